@@ -1,0 +1,25 @@
+# Two commands a user needs: `make run` (install + default experiment, offline) and `make test`.
+PYTHON ?= python3
+PIP = $(PYTHON) -m pip
+# CPU wheel (on local disk here). GPU users: make install TORCH_SPEC="torch==<version>" (CUDA build).
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: install install-dev run test lint
+
+install:
+	$(PIP) install "$(TORCH_SPEC)"
+	$(PIP) install -e .
+
+install-dev:
+	$(PIP) install "$(TORCH_SPEC)"
+	$(PIP) install -e ".[dev,sweeps,augment]"
+
+run: install
+	$(PYTHON) run.py
+
+test: install-dev
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m pytest -n 2
+
+lint:
+	$(PYTHON) -m ruff check .

@@ -1,0 +1,3 @@
+"""brewlab: Hydra-driven knowledge distillation for NLP."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,71 @@
+"""The adaptor contract: the only way distillers see a model.
+
+An adaptor runs a model on a batch and returns a `ModelView` of named pieces (logits, hidden
+states, attention maps, masks, labels). Distillers never touch model attributes, so any model
+(Hugging Face or not) can be distilled once it has an adaptor; models are never edited.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from brewlab.registry import Registry
+
+ADAPTORS: Registry = Registry("adaptor")
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+@dataclass
+class ModelView:
+    """A model's output in the names the losses use.
+
+    logits: (B, C) or (B, L, C). logits_mask: which logit rows count for KD (None = all).
+    hidden: embeddings + one tensor per layer, each (B, L, D). attention: one (B, H, L, L) per layer.
+    """
+
+    logits: torch.Tensor
+    mask: torch.Tensor
+    logits_mask: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
+    hidden: tuple[torch.Tensor, ...] | None = None
+    attention: tuple[torch.Tensor, ...] | None = None
+
+
+@ADAPTORS.register("hf")
+class HFAdaptor:
+    """Adaptor for Hugging Face encoder models with a task head."""
+
+    def __init__(self, model: nn.Module, kind: Any) -> None:
+        self.model = model
+        self.kind = kind
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.model.config.num_hidden_layers)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    @property
+    def num_heads(self) -> int:
+        return int(self.model.config.num_attention_heads)
+
+    def __call__(self, batch: Mapping[str, torch.Tensor], hidden: bool = False, attention: bool = False) -> ModelView:
+        inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
+        out = self.model(**inputs, output_hidden_states=hidden, output_attentions=attention)
+        labels = batch.get("labels")
+        return ModelView(
+            logits=out.logits,
+            mask=batch["attention_mask"],
+            logits_mask=self.kind.logits_mask(batch),
+            labels=labels,
+            hidden=out.hidden_states if hidden else None,
+            attention=out.attentions if attention else None,
+        )

@@ -1,0 +1,130 @@
+"""Validation of the composed config, done once before anything is loaded or trained.
+
+Every check raises `BrewlabError` with one line naming the key, the bad value and the allowed
+values. Checks that need model shapes use the shapes the config declares (or a local model's
+config.json), so a wrong layer index fails in a second, not after teacher training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from brewlab.errors import BrewlabError, bad_choice
+
+TEACHER_KINDS = ("scratch", "hf")
+
+
+@dataclass(frozen=True)
+class Shape:
+    """The model facts loss parsing needs, known before a model exists (adaptor-compatible)."""
+
+    num_layers: int
+    hidden_size: int
+    num_heads: int
+
+
+def to_plain(cfg: Any) -> Any:
+    """DictConfig/ListConfig -> plain dicts and lists (resolved), anything else unchanged."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    if isinstance(cfg, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(cfg, resolve=True)
+    return cfg
+
+
+def stable_hash(data: Any, length: int = 12) -> str:
+    """Content hash of plain data, used as a cache key (order-independent for dicts)."""
+    text = json.dumps(data, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:length]
+
+
+def _shape(arch: Mapping[str, Any]) -> Shape:
+    return Shape(int(arch["num_hidden_layers"]), int(arch["hidden_size"]), int(arch["num_attention_heads"]))
+
+
+def teacher_shape(teacher: Mapping[str, Any]) -> Shape | None:
+    """Shape from the teacher config, or from a local model's config.json; None for hub ids."""
+    if teacher["kind"] == "scratch":
+        return _shape(teacher["arch"])
+    from brewlab.models import check_model_dir, is_local_model_dir
+
+    path = teacher.get("name_or_path")
+    if not path:
+        raise BrewlabError("teacher.name_or_path is required with teacher=hf (a hub id or a local directory)")
+    check_model_dir(path, "teacher.name_or_path")
+    if not is_local_model_dir(path):
+        return None
+    with open(f"{path}/config.json", encoding="utf-8") as fh:
+        conf = json.load(fh)
+    return Shape(conf["num_hidden_layers"], conf["hidden_size"], conf["num_attention_heads"])
+
+
+def _check_number(key: str, value: Any, minimum: float, inclusive: bool = True) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not ok or (value < minimum if inclusive else value <= minimum):
+        op = ">=" if inclusive else ">"
+        raise BrewlabError(f"{key}={value!r} must be a number {op} {minimum}")
+
+
+def validate(cfg: Mapping[str, Any]) -> None:
+    """Check the whole composed (plain) config; raise on the first problem found."""
+    from brewlab.distillers import DISTILLERS, parse_objective
+    from brewlab.schedulers import build_schedules
+    from brewlab.tasks import KINDS, SOURCES
+    from brewlab.tracking import TRACKERS
+
+    task, teacher, student = cfg["task"], cfg["teacher"], cfg["student"]
+    KINDS.get(task["kind"], "task.kind")
+    data = task.get("data") or {}
+    if not data.get("train_file"):
+        SOURCES.get(task["source"], "task.source")
+    for split in ("train", "validation", "test"):
+        path = data.get(f"{split}_file")
+        if path:
+            from pathlib import Path
+
+            if not Path(path).is_file():
+                raise BrewlabError(f"task.data.{split}_file={path!r}: file not found")
+    _check_number("task.max_seq_length", task["max_seq_length"], 8)
+    distiller = DISTILLERS.get(cfg["distiller"]["name"], "distiller")
+    TRACKERS.get(cfg["logger"]["name"], "logger")
+    if teacher["kind"] not in TEACHER_KINDS:
+        raise bad_choice("teacher.kind", teacher["kind"], TEACHER_KINDS)
+    for key in ("epochs", "batch_size"):
+        _check_number(f"trainer.{key}", cfg["trainer"][key], 1)
+    _check_number("optim.lr", cfg["optim"]["lr"], 0, inclusive=False)
+    build_schedules(cfg["scheduler"])
+
+    t_shape = teacher_shape(teacher)
+    s_shape = _shape(student["arch"])
+    if t_shape is None:  # hub teacher: layer checks happen once its config is loaded
+        t_shape = Shape(10**6, s_shape.hidden_size, s_shape.num_heads)
+    objective = parse_objective(cfg["loss"], t_shape if distiller.uses_teacher else None, s_shape)
+    if objective.matches and not distiller.allows_matches:
+        names = ", ".join(m.name for m in objective.matches)
+        raise BrewlabError(
+            f"distiller={cfg['distiller']['name']} takes logit losses only but loss has [{names}]; "
+            "use distiller=general"
+        )
+    if distiller.uses_teacher and not objective.logit_terms and not objective.matches:
+        raise BrewlabError(
+            f"distiller={cfg['distiller']['name']} needs a teacher loss (kd or a match) but loss has only "
+            "hard labels; use distiller=trainer or add kd (loss=kd+hard)"
+        )
+    layers = student.get("init_from_teacher_layers")
+    if layers:
+        for layer in layers:
+            if not 0 <= int(layer) < t_shape.num_layers:
+                raise BrewlabError(
+                    f"student.init_from_teacher_layers: layer {layer} is beyond the teacher's depth "
+                    f"(0..{t_shape.num_layers - 1})"
+                )
+        if len(layers) != s_shape.num_layers:
+            raise BrewlabError(
+                f"student.init_from_teacher_layers={list(layers)} names {len(layers)} layers; "
+                f"student.arch.num_hidden_layers={s_shape.num_layers}"
+            )

@@ -1,0 +1,71 @@
+"""Batches: dynamic padding and length-grouped shuffling, so little compute is spent on pads."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+
+class LengthGroupedBatches(Sampler[list[int]]):
+    """Shuffled batches of similar length: shuffle, cut into pools of `pool` batches, sort each
+    pool by length, slice into batches, then shuffle the batch order. Reseeded per epoch."""
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, pool: int = 50, shuffle: bool = True) -> None:
+        self.lengths = list(lengths)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.pool = pool
+        self.shuffle = shuffle
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return (len(self.lengths) + self.batch_size - 1) // self.batch_size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = list(range(len(self.lengths)))
+        rng = random.Random(self.seed + self.epoch)
+        if self.shuffle:
+            rng.shuffle(order)
+        size = self.batch_size * self.pool
+        batches: list[list[int]] = []
+        for start in range(0, len(order), size):
+            chunk = sorted(order[start : start + size], key=lambda i: -self.lengths[i])
+            batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+        if self.shuffle:
+            rng.shuffle(batches)
+        self.epoch += 1
+        return iter(batches)
+
+
+class PadCollator:
+    """Pads every sequence field to the longest in the batch (labels with -100)."""
+
+    def __init__(self, pad_token_id: int) -> None:
+        self.pad = {"input_ids": pad_token_id, "labels": -100}
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        batch: dict[str, torch.Tensor] = {}
+        for key in rows[0]:
+            values = [r[key] for r in rows]
+            if isinstance(values[0], (list, tuple)):
+                width = max(len(v) for v in values)
+                fill = self.pad.get(key, 0)
+                batch[key] = torch.tensor([list(v) + [fill] * (width - len(v)) for v in values])
+            else:
+                batch[key] = torch.tensor(values)
+        return batch
+
+
+def make_loader(features: Sequence[dict[str, Any]], batch_size: int, pad_token_id: int, seed: int, train: bool, num_workers: int = 0) -> DataLoader:
+    """Training loaders group by length and reshuffle each epoch; evaluation keeps length order
+    (fastest) and the caller restores example order through the `idx` field."""
+    lengths = [len(f["input_ids"]) for f in features]
+    sampler = LengthGroupedBatches(lengths, batch_size, seed, shuffle=train, pool=50 if train else len(lengths))
+    return DataLoader(features, batch_sampler=sampler, collate_fn=PadCollator(pad_token_id), num_workers=num_workers)

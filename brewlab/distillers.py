@@ -1,0 +1,448 @@
+"""Distillers: one training loop, different objectives, chosen by name from a registry.
+
+`trainer` learns from labels (teachers and no-KD baselines), `basic` adds logit KD, `general`
+adds intermediate feature matches. All share `Distiller.fit`, so they log, evaluate, keep the
+best student and save in the same way. Models are reached only through adaptors.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from brewlab.adaptors import ModelView
+from brewlab.errors import BrewlabError
+from brewlab.losses import LOGIT_LOSSES, MATCH_LOSSES, probability_shift
+from brewlab.registry import Registry
+from brewlab.schedulers import Schedules
+
+DISTILLERS: Registry = Registry("distiller.name")
+
+PAIR_LOSSES = {"gram", "fsp", "mmd", "nst"}  # compare two layers on each side
+SAME_DIM_LOSSES = {"hidden_mse", "cos", "pkd", "gram", "fsp"}  # need equal feature sizes
+PROJECTIONS = {"linear": None, "relu": nn.ReLU, "tanh": nn.Tanh}
+FEATURES = ("hidden", "attention")
+
+Layer = int | tuple[int, int]
+
+
+# ----------------------------------------------------------------------------- loss terms
+
+
+@dataclass
+class LogitTerm:
+    name: str
+    fn: Callable[..., torch.Tensor]
+    weight: float
+    t2_scaling: bool
+
+
+@dataclass
+class MatchTerm:
+    name: str
+    fn_name: str
+    feature: str
+    pairs: list[tuple[Layer, Layer]]  # (teacher layer(s), student layer(s))
+    weight: float
+    proj: str | None
+
+
+@dataclass
+class Objective:
+    """The parsed `loss` config: what the total loss is made of."""
+
+    logit_terms: list[LogitTerm]
+    hard_weight: float
+    matches: list[MatchTerm]
+
+    @property
+    def needs_hidden(self) -> bool:
+        return any(m.feature == "hidden" for m in self.matches)
+
+    @property
+    def needs_attention(self) -> bool:
+        return any(m.feature == "attention" for m in self.matches)
+
+
+def uniform_pairs(t_depth: int, s_depth: int, feature: str) -> list[tuple[int, int]]:
+    """Evenly spaced layer mapping (the paper's T3 recipe: teacher 0,4,8,12 -> student 0..3).
+
+    Hidden states include the embeddings (index 0..depth); attention maps are per layer
+    (0..depth-1), so the last layers are aligned.
+    """
+    if feature == "hidden":
+        if s_depth <= t_depth:
+            return [(round(j * t_depth / s_depth), j) for j in range(s_depth + 1)]
+        return [(i, round(i * s_depth / t_depth)) for i in range(t_depth + 1)]
+    if s_depth <= t_depth:
+        return [(round((j + 1) * t_depth / s_depth) - 1, j) for j in range(s_depth)]
+    return [(i, round((i + 1) * s_depth / t_depth) - 1) for i in range(t_depth)]
+
+
+def _layers_of(entry: Layer) -> tuple[int, ...]:
+    return entry if isinstance(entry, tuple) else (entry,)
+
+
+def parse_objective(loss_cfg: Mapping[str, Any], teacher: Any | None, student: Any) -> Objective:
+    """Turn the composed `loss` config into terms, checking every key against the two models.
+
+    `teacher`/`student` are adaptors (for depths and sizes); teacher is None for `trainer`.
+    """
+    logit_terms: list[LogitTerm] = []
+    hard_weight = 0.0
+    matches: list[MatchTerm] = []
+    for name, term in loss_cfg.items():
+        key = f"loss.{name}"
+        kind = term.get("kind")
+        weight = term.get("weight", 1.0)
+        if not isinstance(weight, (int, float)) or isinstance(weight, bool) or weight < 0 or math.isnan(weight):
+            raise BrewlabError(f"{key}.weight={weight!r} must be a number >= 0")
+        if kind == "hard":
+            hard_weight += float(weight)
+        elif kind == "logits":
+            fn = LOGIT_LOSSES.get(term.get("fn", "ce"), f"{key}.fn")
+            logit_terms.append(LogitTerm(name, fn, float(weight), bool(term.get("t2_scaling", False))))
+        elif kind == "match":
+            if teacher is None:
+                continue
+            matches.append(_parse_match(name, term, float(weight), teacher, student))
+        else:
+            raise BrewlabError(f"{key}.kind={kind!r} is not valid; choose one of: hard, logits, match")
+    return Objective(logit_terms, hard_weight, matches)
+
+
+def _parse_match(name: str, term: Mapping[str, Any], weight: float, teacher: Any, student: Any) -> MatchTerm:
+    key = f"loss.{name}"
+    fn_name = term.get("fn")
+    MATCH_LOSSES.get(fn_name, f"{key}.fn")
+    feature = term.get("feature", "hidden")
+    if feature not in FEATURES:
+        raise BrewlabError(f"{key}.feature={feature!r} is not valid; choose one of: {', '.join(FEATURES)}")
+    if feature == "attention" and fn_name in SAME_DIM_LOSSES | PAIR_LOSSES:
+        raise BrewlabError(f"{key}.fn={fn_name!r} works on hidden states, not {key}.feature=attention")
+    if feature == "hidden" and fn_name.startswith("attention"):
+        raise BrewlabError(f"{key}.fn={fn_name!r} needs {key}.feature=attention")
+    layers = term.get("layers", "uniform")
+    if layers == "uniform":
+        base = uniform_pairs(teacher.num_layers, student.num_layers, feature)
+        if fn_name in {"gram", "fsp"}:  # flow between consecutive mapped layers
+            pairs: list[tuple[Layer, Layer]] = [
+                ((t0, t1), (s0, s1)) for (t0, s0), (t1, s1) in zip(base, base[1:], strict=False)
+            ]
+        elif fn_name in PAIR_LOSSES:  # token-similarity within each mapped layer
+            pairs = [((t, t), (s, s)) for t, s in base]
+        else:
+            pairs = list(base)
+    else:
+        pairs = [_explicit_pair(key, entry, fn_name in PAIR_LOSSES) for entry in layers]
+    top = {"hidden": 0, "attention": 1}[feature]
+    for t_layer, s_layer in pairs:
+        for side, adaptor, entry in (("teacher", teacher, t_layer), ("student", student, s_layer)):
+            limit = adaptor.num_layers - top
+            for layer in _layers_of(entry):
+                if not 0 <= layer <= limit:
+                    raise BrewlabError(
+                        f"{key}.layers: {side} layer {layer} is beyond the {side}'s depth "
+                        f"({feature} layers 0..{limit})"
+                    )
+    proj = term.get("proj")
+    if proj is not None and proj not in PROJECTIONS:
+        raise BrewlabError(f"{key}.proj={proj!r} is not valid; choose one of: {', '.join(PROJECTIONS)}, null")
+    if fn_name in SAME_DIM_LOSSES and teacher.hidden_size != student.hidden_size and proj is None:
+        raise BrewlabError(
+            f"{key}.proj=null but {fn_name} needs equal sizes (teacher {teacher.hidden_size}, "
+            f"student {student.hidden_size}); set {key}.proj=linear"
+        )
+    if fn_name in {"attention_mse", "attention_ce"} and teacher.num_heads != student.num_heads:
+        raise BrewlabError(
+            f"{key}.fn={fn_name} needs equal head counts (teacher {teacher.num_heads}, student "
+            f"{student.num_heads}); use attention_mse_sum or attention_ce_mean"
+        )
+    needs_proj = fn_name in SAME_DIM_LOSSES and teacher.hidden_size != student.hidden_size
+    return MatchTerm(name, fn_name, feature, pairs, weight, proj if needs_proj else None)
+
+
+def _explicit_pair(key: str, entry: Any, paired: bool) -> tuple[Layer, Layer]:
+    try:
+        t, s = entry["teacher"], entry["student"]
+    except (KeyError, TypeError):
+        raise BrewlabError(f"{key}.layers entries must be {{teacher: ..., student: ...}}; got {entry!r}") from None
+
+    def norm(value: Any) -> Layer:
+        if paired:
+            pair = tuple(value) if isinstance(value, Sequence) and not isinstance(value, str) else (value, value)
+            if len(pair) != 2:
+                raise BrewlabError(f"{key}.layers: {entry!r} needs two layers per side")
+            return (int(pair[0]), int(pair[1]))
+        if isinstance(value, Sequence) and not isinstance(value, str):
+            raise BrewlabError(f"{key}.layers: {entry!r} needs one layer per side")
+        return int(value)
+
+    return norm(t), norm(s)
+
+
+def build_projections(matches: Sequence[MatchTerm], teacher: Any, student: Any) -> nn.ModuleDict:
+    """One projection (student dim -> teacher dim) per matched student layer that needs it."""
+    modules = nn.ModuleDict()
+    for term in matches:
+        if term.proj is None:
+            continue
+        for _, s_layer in term.pairs:
+            for layer in _layers_of(s_layer):
+                key = f"{term.name}_{layer}"
+                if key not in modules:
+                    act = PROJECTIONS[term.proj]
+                    linear = nn.Linear(student.hidden_size, teacher.hidden_size)
+                    modules[key] = nn.Sequential(linear, act()) if act else linear
+    return modules
+
+
+# ----------------------------------------------------------------------------- teacher cache
+
+
+class TeacherCache:
+    """Teacher logits per training example, reused across epochs when inputs repeat exactly.
+
+    Stored unpadded on the CPU so examples can be regrouped into differently padded batches.
+    """
+
+    def __init__(self) -> None:
+        self.rows: dict[int, torch.Tensor] = {}
+
+    def get(self, idx: torch.Tensor, like: torch.Tensor) -> torch.Tensor | None:
+        keys = idx.tolist()
+        if not all(k in self.rows for k in keys):
+            return None
+        rows = [self.rows[k] for k in keys]
+        if like.dim() == 2:
+            return torch.stack(rows).to(like.device)
+        out = like.new_zeros(like.shape)
+        for i, row in enumerate(rows):
+            out[i, : row.shape[0]] = row
+        return out
+
+    def put(self, idx: torch.Tensor, logits: torch.Tensor, mask: torch.Tensor) -> None:
+        lengths = mask.sum(-1).tolist()
+        for i, k in enumerate(idx.tolist()):
+            row = logits[i] if logits.dim() == 2 else logits[i, : lengths[i]]
+            self.rows[k] = row.detach().cpu()
+
+
+# ----------------------------------------------------------------------------- distillers
+
+
+@dataclass
+class FitResult:
+    best_metric: float
+    best_step: int
+    steps: int
+    train_seconds: float
+    history: list[dict[str, float]]
+
+
+class Distiller:
+    """Shared loop: batches -> `compute_loss` -> step; evaluates, logs and keeps the best."""
+
+    uses_teacher = True
+    allows_matches = True
+
+    def __init__(
+        self,
+        student: Any,
+        objective: Objective,
+        schedules: Schedules,
+        trainer_cfg: Mapping[str, Any],
+        make_optimizer: Callable[[list[nn.Parameter]], torch.optim.Optimizer],
+        kind: Any,
+        teacher: Any | None = None,
+        projections: nn.ModuleDict | None = None,
+        log: Callable[[dict[str, float], int], None] | None = None,
+    ) -> None:
+        self.student = student  # adaptor
+        self.teacher = teacher  # adaptor or None
+        self.objective = objective
+        self.schedules = schedules
+        self.cfg = trainer_cfg
+        self.kind = kind
+        self.projections = projections if projections is not None else nn.ModuleDict()
+        self.params = [p for p in student.model.parameters() if p.requires_grad] + list(self.projections.parameters())
+        self.optimizer = make_optimizer(self.params)
+        self.log = log or (lambda metrics, step: None)
+        use_cache = bool(trainer_cfg.get("cache_teacher_outputs", True)) and not objective.matches
+        self.cache = TeacherCache() if (teacher is not None and use_cache) else None
+
+    # -- objective -----------------------------------------------------------------------
+
+    def compute_loss(self, batch: Mapping[str, torch.Tensor], step: int, total: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        obj = self.objective
+        s_view = self.student(batch, hidden=obj.needs_hidden, attention=obj.needs_attention)
+        parts: dict[str, torch.Tensor] = {}
+        total_loss = s_view.logits.new_zeros(())
+        hard_w = obj.hard_weight * self.schedules.hard_weight(step, total)
+        if hard_w > 0 and s_view.labels is not None:
+            parts["hard"] = self.kind.supervised_loss(s_view.logits, s_view.labels)
+            total_loss = total_loss + hard_w * parts["hard"]
+        if self.teacher is None:
+            return total_loss, parts
+        t_logits, t_view = self._teacher_outputs(batch, s_view)
+        if self.schedules.probability_shift and s_view.labels is not None:
+            t_logits = probability_shift(t_logits, s_view.labels)
+        kd_w = self.schedules.kd_weight(step, total)
+        if obj.logit_terms and kd_w > 0:
+            temperature = self.schedules.temperature(s_view.logits, t_logits, mask=s_view.logits_mask)
+            for term in obj.logit_terms:
+                value = term.fn(s_view.logits, t_logits, temperature, mask=s_view.logits_mask, t2_scaling=term.t2_scaling)
+                parts[term.name] = value
+                total_loss = total_loss + kd_w * term.weight * value
+        for term in obj.matches:
+            value = self._match(term, s_view, t_view)
+            parts[term.name] = value
+            total_loss = total_loss + term.weight * value
+        return total_loss, parts
+
+    def _teacher_outputs(self, batch: Mapping[str, torch.Tensor], s_view: ModelView) -> tuple[torch.Tensor, ModelView | None]:
+        if self.cache is not None and "idx" in batch:
+            cached = self.cache.get(batch["idx"], s_view.logits)
+            if cached is not None:
+                return cached, None
+        obj = self.objective
+        with torch.no_grad():
+            t_view = self.teacher(batch, hidden=obj.needs_hidden, attention=obj.needs_attention)
+        if self.cache is not None and "idx" in batch:
+            self.cache.put(batch["idx"], t_view.logits, batch["attention_mask"])
+        return t_view.logits, t_view
+
+    def _match(self, term: MatchTerm, s_view: ModelView, t_view: ModelView | None) -> torch.Tensor:
+        s_feats = getattr(s_view, term.feature)
+        t_feats = getattr(t_view, term.feature)
+        fn = MATCH_LOSSES.get(term.fn_name)
+        values = []
+        for t_layer, s_layer in term.pairs:
+            s_parts = [self._project(term, layer, s_feats[layer]) for layer in _layers_of(s_layer)]
+            t_parts = [t_feats[layer] for layer in _layers_of(t_layer)]
+            if isinstance(s_layer, tuple):
+                values.append(fn(tuple(s_parts), tuple(t_parts), mask=s_view.mask))
+            else:
+                values.append(fn(s_parts[0], t_parts[0], mask=s_view.mask))
+        return torch.stack(values).mean()
+
+    def _project(self, term: MatchTerm, layer: int, feature: torch.Tensor) -> torch.Tensor:
+        if term.proj is None:
+            return feature
+        return self.projections[f"{term.name}_{layer}"](feature)
+
+    # -- loop ------------------------------------------------------------------------------
+
+    def modules(self) -> list[nn.Module]:
+        return [self.student.model, self.projections]
+
+    def fit(
+        self,
+        train_loader: Any,
+        evaluate: Callable[[], dict[str, float]],
+        main_metric: str,
+        progress: bool = True,
+    ) -> FitResult:
+        """Train for `epochs` (or `max_steps`), evaluating every `eval_every` steps and at each
+        epoch end; the best student (by `main_metric`) is restored at the end."""
+        epochs = int(self.cfg.get("epochs", 1))
+        max_steps = self.cfg.get("max_steps")
+        total = epochs * len(train_loader)
+        if max_steps:
+            total = min(total, int(max_steps))
+        scheduler = self.schedules.lr_scheduler(self.optimizer, max(total, 1))
+        eval_every = self.cfg.get("eval_every")
+        log_every = max(1, int(self.cfg.get("log_every", 20)))
+        clip = self.cfg.get("grad_clip")
+        if self.teacher is not None:
+            self.teacher.model.eval()
+        best = (-math.inf, 0, None)
+        history: list[dict[str, float]] = []
+        step = 0
+        started = time.perf_counter()
+        bar = _progress_bar(total, enabled=progress)
+
+        def run_eval() -> None:
+            nonlocal best
+            metrics = evaluate()
+            metrics["step"] = step
+            history.append(metrics)
+            self.log({f"dev/{k}": v for k, v in metrics.items() if k != "step"}, step)
+            if metrics[main_metric] > best[0]:
+                best = (metrics[main_metric], step, [copy.deepcopy(m.state_dict()) for m in self.modules()])
+            for module in self.modules():
+                module.train()
+
+        for module in self.modules():
+            module.train()
+        running: dict[str, torch.Tensor] = {}
+        while step < total:
+            for batch in train_loader:
+                loss, parts = self.compute_loss(batch, step, total)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if clip:
+                    torch.nn.utils.clip_grad_norm_(self.params, float(clip))
+                self.optimizer.step()
+                scheduler.step()
+                step += 1
+                parts["loss"] = loss.detach()
+                for k, v in parts.items():
+                    running[k] = running.get(k, 0) + v.detach()
+                if step % log_every == 0 or step == total:
+                    # the only host sync of the loop: once per log interval, not per step
+                    n = (step - 1) % log_every + 1
+                    values = {k: float(v) / n for k, v in running.items()}
+                    running = {}
+                    if not all(math.isfinite(v) for v in values.values()):
+                        raise BrewlabError(f"loss became non-finite at step {step}: {values}")
+                    bar.set_postfix(loss=f"{values['loss']:.4f}")
+                    self.log({f"train/{k}": v for k, v in values.items()} | {"train/lr": scheduler.get_last_lr()[0]}, step)
+                bar.update(1)
+                if eval_every and step % int(eval_every) == 0 and step < total:
+                    run_eval()
+                if step >= total:
+                    break
+            if step < total or not history or history[-1]["step"] != step:
+                run_eval()
+        bar.close()
+        seconds = time.perf_counter() - started
+        if best[2] is not None:
+            for module, state in zip(self.modules(), best[2], strict=True):
+                module.load_state_dict(state)
+        for module in self.modules():
+            module.eval()
+        return FitResult(best[0], best[1], step, seconds, history)
+
+
+def _progress_bar(total: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="train", disable=not enabled, dynamic_ncols=True, leave=False)
+
+
+@DISTILLERS.register("trainer")
+class Trainer(Distiller):
+    """Supervised training on gold labels; teachers are trained with it too."""
+
+    uses_teacher = False
+    allows_matches = False
+
+
+@DISTILLERS.register("basic")
+class BasicDistiller(Distiller):
+    """One teacher: logit KD (+ optional hard-label loss), no intermediate matches."""
+
+    allows_matches = False
+
+
+@DISTILLERS.register("general")
+class GeneralDistiller(Distiller):
+    """Basic KD plus intermediate feature matches, with projections where sizes differ."""

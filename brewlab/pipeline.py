@@ -1,0 +1,389 @@
+"""The whole run: task -> tokenizer -> teacher -> student -> distil -> evaluate -> save.
+
+With `run.py`, this is the only module that knows every piece; each piece is reached through its
+registry, so new tasks, distillers, losses and trackers plug in without edits here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from brewlab.config import stable_hash
+from brewlab.errors import BrewlabError
+
+log = logging.getLogger("brewlab")
+
+TEACHER_META = "brewlab_teacher.json"
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (nlpaug and samplers draw from the first two)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write to a temporary file then rename, so a kill never leaves a truncated file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=2, ensure_ascii=False)
+        tmp = fh.name
+    os.replace(tmp, path)
+
+
+def publish_dir(build: Path, final: Path) -> None:
+    """Move a fully written directory into place; an older copy is replaced only now."""
+    if final.exists():
+        old = final.with_name(final.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        os.replace(build, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(build, final)
+
+
+@dataclass
+class Prepared:
+    """A task ready for models: tokenizer and encoded splits."""
+
+    kind: Any
+    label_names: list[str]
+    tokenizer: Any
+    features: dict[str, list[dict[str, Any]]]
+    sizes: dict[str, int]
+    tokenizer_id: str
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def prepare_task(cfg: Mapping[str, Any], cache_dir: Path) -> Prepared:
+    from brewlab.models import load_tokenizer
+    from brewlab.tasks import KINDS, load_task_data
+    from brewlab.vocab import build_char_tokenizer
+
+    task_cfg = cfg["task"]
+    kind = KINDS.get(task_cfg["kind"], "task.kind")
+    data = load_task_data(task_cfg)
+    for split, n in data.sizes().items():
+        if n == 0:
+            raise BrewlabError(f"task {task_cfg['name']}: the {split} split is empty")
+    log.info("task %s: %s", task_cfg["name"], data.sizes())
+    if cfg["teacher"]["kind"] == "hf":
+        tokenizer = load_tokenizer(cfg["teacher"]["name_or_path"])
+    else:
+        tok_cfg = task_cfg.get("tokenizer") or {}
+        texts = [t for row in data.splits["train"] for t in kind.texts(row)]
+        key = stable_hash({"texts": stable_hash(texts, 24), "tok": tok_cfg})
+        tok_dir = cache_dir / "tokenizers" / f"{task_cfg['name']}-{key}"
+        if (tok_dir / "tokenizer.json").is_file():
+            tokenizer = load_tokenizer(str(tok_dir), "tokenizer cache")
+        else:
+            tokenizer = build_char_tokenizer(texts, int(tok_cfg.get("min_freq", 1)), tok_cfg.get("max_size"))
+            build = Path(tempfile.mkdtemp(dir=cache_dir))
+            tokenizer.save_pretrained(str(build))
+            publish_dir(build, tok_dir)
+    tokenizer_id = stable_hash(tokenizer.get_vocab())
+    max_len = int(task_cfg["max_seq_length"])
+    features = {split: kind.encode(rows, tokenizer, max_len) for split, rows in data.splits.items()}
+    return Prepared(kind, data.label_names, tokenizer, features, data.sizes(), tokenizer_id)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def predict(adaptor: Any, features: Sequence[dict[str, Any]], batch_size: int, pad_id: int, device: torch.device) -> tuple[np.ndarray, float]:
+    """Logits for every example in input order, and the wall time spent in the model."""
+    from brewlab.data import make_loader
+
+    loader = make_loader(features, batch_size, pad_id, seed=0, train=False)
+    adaptor.model.eval()
+    rows: dict[int, np.ndarray] = {}
+    seconds = 0.0
+    with torch.inference_mode():
+        for batch in loader:
+            batch = {k: v.to(device) for k, v in batch.items()}
+            start = time.perf_counter()
+            logits = adaptor(batch).logits
+            seconds += time.perf_counter() - start
+            for i, k in enumerate(batch["idx"].tolist()):
+                rows[k] = logits[i].float().cpu().numpy()
+    return np.stack([rows[i] for i in range(len(features))]), seconds
+
+
+def evaluate(adaptor: Any, prep: Prepared, split: str, batch_size: int, device: torch.device) -> dict[str, float]:
+    feats = prep.features[split]
+    logits, seconds = predict(adaptor, feats, batch_size, prep.tokenizer.pad_token_id, device)
+    labels = np.array([f["labels"] for f in feats])
+    metrics = prep.kind.metrics(prep.kind.predictions(logits), labels, prep.label_names)
+    metrics["examples_per_second"] = len(feats) / max(seconds, 1e-9)
+    return metrics
+
+
+# ----------------------------------------------------------------------------- models
+
+
+def build_distiller(
+    name: str,
+    cfg: Mapping[str, Any],
+    student_model: Any,
+    teacher_model: Any | None,
+    prep: Prepared,
+    loss_cfg: Mapping[str, Any],
+    trainer_cfg: Mapping[str, Any],
+    tracker: Any,
+):
+    from hydra.utils import instantiate
+
+    from brewlab.adaptors import ADAPTORS
+    from brewlab.distillers import DISTILLERS, build_projections, parse_objective
+    from brewlab.schedulers import build_schedules
+
+    distiller_cls = DISTILLERS.get(name, "distiller")
+    adaptor_cls = ADAPTORS.get("hf")
+    student = adaptor_cls(student_model, prep.kind)
+    teacher = adaptor_cls(teacher_model, prep.kind) if distiller_cls.uses_teacher else None
+    objective = parse_objective(loss_cfg, teacher, student)
+    projections = build_projections(objective.matches, teacher, student) if teacher else None
+    return distiller_cls(
+        student=student,
+        objective=objective,
+        schedules=build_schedules(cfg["scheduler"]),
+        trainer_cfg=trainer_cfg,
+        make_optimizer=instantiate(cfg["optim"], _partial_=True),
+        kind=prep.kind,
+        teacher=teacher,
+        projections=projections,
+        log=tracker.log,
+    )
+
+
+class DeviceLoader:
+    """Moves each batch to the training device as it is drawn."""
+
+    def __init__(self, loader: Any, device: torch.device) -> None:
+        self.loader, self.device = loader, device
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        return ({k: v.to(self.device) for k, v in b.items()} for b in self.loader)
+
+
+def train_loop(distiller: Any, prep: Prepared, trainer_cfg: Mapping[str, Any], seed: int, device: torch.device, progress: bool):
+    from brewlab.data import make_loader
+
+    loader = make_loader(
+        prep.features["train"], int(trainer_cfg["batch_size"]), prep.tokenizer.pad_token_id, seed, train=True
+    )
+    eval_bs = int(trainer_cfg.get("eval_batch_size", 128))
+    return distiller.fit(
+        DeviceLoader(loader, device),
+        evaluate=lambda: evaluate(distiller.student, prep, "validation", eval_bs, device),
+        main_metric=prep.kind.main_metric,
+        progress=progress,
+    )
+
+
+def get_teacher(cfg: Mapping[str, Any], prep: Prepared, cache_dir: Path, attn: str, device: torch.device, tracker: Any) -> tuple[Any, str]:
+    """The teacher model and where it came from ('loaded', 'cache', 'trained')."""
+    from brewlab.models import build_scratch, load_pretrained, save_model, set_attention
+
+    t_cfg = cfg["teacher"]
+    num_labels = len(prep.label_names)
+    if t_cfg["kind"] == "hf":
+        model = load_pretrained(t_cfg["name_or_path"], prep.kind, num_labels, attn)
+        if model.config.vocab_size < len(prep.tokenizer):
+            raise BrewlabError(
+                f"teacher.name_or_path={t_cfg['name_or_path']!r}: vocabulary {model.config.vocab_size} "
+                f"is smaller than its tokenizer ({len(prep.tokenizer)})"
+            )
+        return model.to(device).eval(), "loaded"
+    key = stable_hash(
+        {
+            "teacher": {k: v for k, v in t_cfg.items() if k != "name"},
+            "task": {k: cfg["task"].get(k) for k in ("name", "kind", "source", "source_files", "label_names", "split", "limit", "data", "max_seq_length", "text_fields")},
+            "tokenizer": prep.tokenizer_id,
+        }
+    )
+    directory = cache_dir / "teachers" / f"{cfg['task']['name']}-{key}"
+    if (directory / TEACHER_META).is_file():
+        model = load_pretrained(str(directory), prep.kind, num_labels, attn, key="teacher cache")
+        log.info("teacher: reused cache %s", directory)
+        return model.to(device).eval(), "cache"
+    log.info("teacher: training from scratch (cache key %s)", key)
+    model = build_scratch(t_cfg["arch"], prep.tokenizer, prep.kind, num_labels).to(device)
+    torch.manual_seed(int(t_cfg.get("seed", 0)))
+    distiller = build_distiller("trainer", cfg, model, None, prep, {"hard": {"kind": "hard", "weight": 1.0}}, t_cfg["train"], _Prefixed(tracker, "teacher/"))
+    result = train_loop(distiller, prep, t_cfg["train"], int(t_cfg.get("seed", 0)), device, cfg["trainer"].get("progress", True))
+    build = Path(tempfile.mkdtemp(dir=cache_dir, prefix=".teacher-"))
+    save_model(model, prep.tokenizer, build)
+    write_json_atomic(build / TEACHER_META, {"key": key, "best_dev": result.best_metric, "train_seconds": result.train_seconds, "steps": result.steps})
+    publish_dir(build, directory)
+    set_attention(model, attn)
+    return model.eval(), "trained"
+
+
+class _Prefixed:
+    """Sends teacher-training metrics to the run's tracker under their own prefix."""
+
+    def __init__(self, tracker: Any, prefix: str) -> None:
+        self.tracker, self.prefix = tracker, prefix
+
+    def log(self, metrics: Mapping[str, float], step: int) -> None:
+        self.tracker.log({self.prefix + k: v for k, v in metrics.items()}, step)
+
+
+def build_student(cfg: Mapping[str, Any], prep: Prepared, teacher: Any, attn: str, device: torch.device):
+    from brewlab.models import build_scratch, init_from_teacher_layers
+
+    s_cfg = cfg["student"]
+    vocab = s_cfg.get("vocab_size")
+    if vocab is not None and int(vocab) != len(prep.tokenizer):
+        raise BrewlabError(
+            f"student.vocab_size={vocab} does not match the task's tokenizer ({len(prep.tokenizer)} tokens); "
+            "leave it null to take the tokenizer's size"
+        )
+    model = build_scratch(s_cfg["arch"], prep.tokenizer, prep.kind, len(prep.label_names), attn)
+    if s_cfg.get("init_from_teacher_layers"):
+        init_from_teacher_layers(model, teacher, [int(i) for i in s_cfg["init_from_teacher_layers"]])
+    return model.to(device)
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def run(cfg: Mapping[str, Any], run_dir: Path, tracker: Any) -> dict[str, Any]:
+    """Execute one composed run; returns the metrics written to metrics.json."""
+    from brewlab.distillers import DISTILLERS
+    from brewlab.models import count_parameters, device_of, save_model
+
+    cache_dir = Path(cfg["cache_dir"]).expanduser()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    device = device_of(cfg["trainer"].get("device", "auto"))
+    seed = int(cfg["seed"])
+    progress = bool(cfg["trainer"].get("progress", True))
+    prep = prepare_task(cfg, cache_dir)
+    needs_attention = any(t.get("feature") == "attention" for t in cfg["loss"].values())
+    attn = "eager" if needs_attention else "sdpa"
+    teacher, teacher_source = get_teacher(cfg, prep, cache_dir, attn, device, tracker)
+
+    seed_everything(seed)
+    student = build_student(cfg, prep, teacher, attn, device)
+    name = cfg["distiller"]["name"]
+    distiller = build_distiller(name, cfg, student, teacher, prep, cfg["loss"], cfg["trainer"], tracker)
+    result = train_loop(distiller, prep, cfg["trainer"], seed, device, progress)
+
+    eval_bs = int(cfg["trainer"].get("eval_batch_size", 128))
+    from brewlab.adaptors import ADAPTORS
+
+    adaptor = ADAPTORS.get("hf")
+    metrics: dict[str, Any] = {
+        "task": {"name": cfg["task"]["name"], "main_metric": prep.kind.main_metric, "sizes": prep.sizes},
+        "distiller": name,
+        "loss": sorted(cfg["loss"]),
+        "seed": seed,
+    }
+    for role, model in (("teacher", teacher), ("student", student)):
+        view = adaptor(model, prep.kind)
+        entry: dict[str, Any] = {split: evaluate(view, prep, split, eval_bs, device) for split in ("validation", "test")}
+        entry["parameters"] = count_parameters(model)
+        entry["examples_per_second"] = entry["test"]["examples_per_second"]
+        metrics[role] = entry
+    metrics["teacher"]["source"] = teacher_source
+    metrics["student"].update(train_seconds=result.train_seconds, steps=result.steps, best_step=result.best_step)
+    if not DISTILLERS.get(name).uses_teacher:
+        metrics["student"]["note"] = "trained on labels only"
+
+    build = Path(tempfile.mkdtemp(dir=run_dir, prefix=".student-"))
+    save_model(student, prep.tokenizer, build, {"projections": distiller.projections})
+    publish_dir(build, run_dir / "student")
+    write_json_atomic(run_dir / "metrics.json", metrics)
+    return metrics
+
+
+def summary_table(metrics: Mapping[str, Any]) -> str:
+    """Teacher vs student: main metric, parameters and inference speed, as plain text."""
+    main = metrics["task"]["main_metric"]
+    lines = [f"{'':8} {'dev ' + main:>14} {'test ' + main:>14} {'params':>12} {'non-emb':>10} {'ex/s':>9}"]
+    for role in ("teacher", "student"):
+        m = metrics[role]
+        lines.append(
+            f"{role:8} {100 * m['validation'][main]:14.2f} {100 * m['test'][main]:14.2f} "
+            f"{m['parameters']['total']:12,d} {m['parameters']['non_embedding']:10,d} {m['examples_per_second']:9.0f}"
+        )
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- job entry
+
+
+def run_job(cfg: Any) -> float:
+    """Hydra job: validate, track, run; user errors become one line and exit code 2.
+
+    In a multirun a failed job records `error.txt` in its directory and returns NaN so the
+    sweep goes on; the report lists it as failed.
+    """
+    import sys
+    import traceback
+
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from brewlab.config import to_plain, validate
+    from brewlab.tracking import make_tracker
+
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    multirun = hc.mode == RunMode.MULTIRUN
+    tracker = None
+    try:
+        plain = to_plain(cfg)
+        validate(plain)
+        overrides = list(hc.overrides.task)
+        tracker = make_tracker(
+            plain["logger"],
+            run_dir,
+            plain,
+            name=hc.job.override_dirname or "default",
+            tags=overrides,
+            group=Path(hc.sweep.dir).name if multirun else None,
+        )
+        seed_everything(int(plain["seed"]))
+        metrics = run(plain, run_dir, tracker)
+        tracker.summary(metrics)
+        tracker.finish(0)
+        print(summary_table(metrics))
+        print(f"outputs: {run_dir}")
+        return float(metrics["student"]["validation"][metrics["task"]["main_metric"]])
+    except (BrewlabError, Exception) as exc:
+        if tracker is not None:
+            tracker.finish(1)
+        user_error = isinstance(exc, BrewlabError)
+        line = f"brewlab: error: {exc}" if user_error else f"brewlab: {type(exc).__name__}: {exc}"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "error.txt").write_text(line + "\n\n" + traceback.format_exc(), encoding="utf-8")
+        if multirun:
+            log.error(line)
+            return float("nan")
+        if not user_error or os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(line, file=sys.stderr)
+        sys.exit(2)

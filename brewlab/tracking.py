@@ -1,0 +1,81 @@
+"""Experiment trackers (W&B or nothing), chosen by `logger.name`.
+
+W&B defaults to offline so a run never needs network or credentials; it writes under the run
+directory and is always finished, also when the job fails, so sweep jobs do not bleed together.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from brewlab.registry import Registry
+
+TRACKERS: Registry = Registry("logger.name")
+log = logging.getLogger("brewlab")
+
+
+@TRACKERS.register("none")
+class NoTracker:
+    def __init__(self, cfg: Mapping[str, Any], run_dir: Path, config: dict, name: str, tags: list[str], group: str | None) -> None:
+        self.run_dir = run_dir
+
+    def log(self, metrics: Mapping[str, float], step: int) -> None:
+        """Nothing to send; metrics.json is written by the pipeline."""
+
+    def summary(self, metrics: Mapping[str, Any]) -> None:
+        """Nothing to send."""
+
+    def finish(self, exit_code: int = 0) -> None:
+        """Nothing to close."""
+
+
+@TRACKERS.register("wandb")
+class WandbTracker(NoTracker):
+    """One W&B run per job: config, every logged metric, final summary; offline unless asked."""
+
+    def __init__(self, cfg: Mapping[str, Any], run_dir: Path, config: dict, name: str, tags: list[str], group: str | None) -> None:
+        super().__init__(cfg, run_dir, config, name, tags, group)
+        import wandb
+
+        mode = os.environ.get("WANDB_MODE") or cfg.get("mode") or "offline"
+        os.environ.setdefault("WANDB_SILENT", "true")
+        self.run = wandb.init(
+            project=cfg.get("project", "brewlab"),
+            entity=cfg.get("entity"),
+            dir=str(run_dir),
+            mode=mode,
+            name=name,
+            tags=[t[:64] for t in tags],
+            group=group,
+            config=config,
+            reinit="finish_previous",
+        )
+
+    def log(self, metrics: Mapping[str, float], step: int) -> None:
+        self.run.log(dict(metrics), step=step)
+
+    def summary(self, metrics: Mapping[str, Any]) -> None:
+        for key, value in _flatten(metrics).items():
+            self.run.summary[key] = value
+
+    def finish(self, exit_code: int = 0) -> None:
+        self.run.finish(exit_code=exit_code)
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(_flatten(value, name + "/"))
+        else:
+            out[name] = value
+    return out
+
+
+def make_tracker(cfg: Mapping[str, Any], run_dir: Path, config: dict, name: str, tags: list[str], group: str | None) -> NoTracker:
+    return TRACKERS.get(cfg.get("name", "none"), "logger")(cfg, run_dir, config, name, tags, group)
