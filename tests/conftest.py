@@ -1,0 +1,50 @@
+"""Shared helpers: run the real CLI in a subprocess with a private cache and output dir."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """One teacher/tokenizer cache per test session (per xdist worker)."""
+    return tmp_path_factory.mktemp("cache")
+
+
+def run_cli(*overrides: str, run_dir: Path, cache: Path, env: dict | None = None, multirun: bool = False) -> subprocess.CompletedProcess:
+    args = [sys.executable, str(ROOT / "run.py")]
+    if multirun:
+        args += ["-m", f"hydra.sweep.dir={run_dir}"]
+    else:
+        args.append(f"hydra.run.dir={run_dir}")
+    args += [f"cache_dir={cache}", "trainer.progress=false", *overrides]
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **(env or {})}
+    full_env.pop("HYDRA_FULL_ERROR", None)
+    full_env.pop("WANDB_MODE", None)
+    return subprocess.run(args, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture
+def cli(tmp_path, cache_dir):
+    """cli(*overrides) -> (CompletedProcess, run_dir); fails loudly with the output on error."""
+
+    def call(*overrides: str, expect_ok: bool = True, name: str = "run", **kwargs):
+        run_dir = tmp_path / name
+        proc = run_cli(*overrides, run_dir=run_dir, cache=kwargs.pop("cache", cache_dir), **kwargs)
+        if expect_ok:
+            assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        return proc, run_dir
+
+    return call
+
+
+def read_metrics(run_dir: Path) -> dict:
+    return json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
