@@ -26,9 +26,8 @@ def run_cli(*overrides: str, run_dir: Path, cache: Path, env: dict | None = None
     else:
         args.append(f"hydra.run.dir={run_dir}")
     args += [f"cache_dir={cache}", "trainer.progress=false", *overrides]
-    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **(env or {})}
-    full_env.pop("HYDRA_FULL_ERROR", None)
-    full_env.pop("WANDB_MODE", None)
+    full_env = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "WANDB_MODE")}
+    full_env.update({"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **(env or {})})
     return subprocess.run(args, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=600)
 
 

@@ -8,10 +8,16 @@ It is enabled only by brewlab's primary config (`hydra.searchpath`), never for o
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from omegaconf import OmegaConf
 
 from hydra.core.object_type import ObjectType
 from hydra.plugins.config_source import ConfigLoadError, ConfigResult, ConfigSource
+
+
+# brewlab's config directory (the repository's conf/, next to run.py), used to name valid parts.
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
 class PlusComboConfigSource(ConfigSource):
@@ -21,12 +27,15 @@ class PlusComboConfigSource(ConfigSource):
 
     @staticmethod
     def _parts(config_path: str) -> list[str] | None:
+        """The presets a `+` name combines, or None when any part is not a preset of its group
+        (Hydra then reports the name as unknown and lists the group's options)."""
         path = config_path[: -len(".yaml")] if config_path.endswith(".yaml") else config_path
         group, _, name = path.rpartition("/")
         if not group or "+" not in name:
             return None
         parts = name.split("+")
-        return parts if all(parts) else None
+        known = {p.stem for p in (CONF_DIR / group).glob("*.yaml")}
+        return parts if all(p in known for p in parts) else None
 
     def load_config(self, config_path: str) -> ConfigResult:
         parts = self._parts(config_path)
@@ -45,4 +54,4 @@ class PlusComboConfigSource(ConfigSource):
         return self._parts(config_path) is not None
 
     def list(self, config_path: str, results_filter: ObjectType | None) -> list[str]:
-        return []
+        return []  # combinations are unbounded; the file source lists the atomic presets
