@@ -14,7 +14,9 @@ class LengthGroupedBatches(Sampler[list[int]]):
     """Shuffled batches of similar length: shuffle, cut into pools of `pool` batches, sort each
     pool by length, slice into batches, then shuffle the batch order. Reseeded per epoch."""
 
-    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, pool: int = 50, shuffle: bool = True) -> None:
+    def __init__(
+        self, lengths: Sequence[int], batch_size: int, seed: int, pool: int = 50, shuffle: bool = True
+    ) -> None:
         self.lengths = list(lengths)
         self.batch_size = batch_size
         self.seed = seed
@@ -63,7 +65,9 @@ class PadCollator:
         return batch
 
 
-def make_loader(features: Sequence[dict[str, Any]], batch_size: int, pad_token_id: int, seed: int, train: bool, num_workers: int = 0) -> DataLoader:
+def make_loader(
+    features: Sequence[dict[str, Any]], batch_size: int, pad_token_id: int, seed: int, train: bool, num_workers: int = 0
+) -> DataLoader:
     """Training loaders group by length and reshuffle each epoch; evaluation keeps length order
     (fastest) and the caller restores example order through the `idx` field."""
     lengths = [len(f["input_ids"]) for f in features]

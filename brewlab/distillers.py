@@ -149,8 +149,7 @@ def _parse_match(name: str, term: Mapping[str, Any], weight: float, teacher: Any
             for layer in _layers_of(entry):
                 if not 0 <= layer <= limit:
                     raise BrewlabError(
-                        f"{key}.layers: {side} layer {layer} is beyond the {side}'s depth "
-                        f"({feature} layers 0..{limit})"
+                        f"{key}.layers: {side} layer {layer} is beyond the {side}'s depth ({feature} layers 0..{limit})"
                     )
     proj = term.get("proj")
     if proj is not None and proj not in PROJECTIONS:
@@ -266,8 +265,8 @@ class Distiller:
         log: Callable[[dict[str, float], int], None] | None = None,
     ) -> None:
         self.student = student  # adaptor
-        self.teacher = teacher  # adaptor or None
-        self.objective = objective
+        self.teacher = teacher if self.uses_teacher else None  # adaptor or None
+        self.objective = objective if self.uses_teacher else Objective([], 1.0, [])
         self.schedules = schedules
         self.cfg = trainer_cfg
         self.kind = kind
@@ -280,7 +279,9 @@ class Distiller:
 
     # -- objective -----------------------------------------------------------------------
 
-    def compute_loss(self, batch: Mapping[str, torch.Tensor], step: int, total: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def compute_loss(
+        self, batch: Mapping[str, torch.Tensor], step: int, total: int
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         obj = self.objective
         s_view = self.student(batch, hidden=obj.needs_hidden, attention=obj.needs_attention)
         parts: dict[str, torch.Tensor] = {}
@@ -298,7 +299,9 @@ class Distiller:
         if obj.logit_terms and kd_w > 0:
             temperature = self.schedules.temperature(s_view.logits, t_logits, mask=s_view.logits_mask)
             for term in obj.logit_terms:
-                value = term.fn(s_view.logits, t_logits, temperature, mask=s_view.logits_mask, t2_scaling=term.t2_scaling)
+                value = term.fn(
+                    s_view.logits, t_logits, temperature, mask=s_view.logits_mask, t2_scaling=term.t2_scaling
+                )
                 parts[term.name] = value
                 total_loss = total_loss + kd_w * term.weight * value
         for term in obj.matches:
@@ -307,7 +310,9 @@ class Distiller:
             total_loss = total_loss + term.weight * value
         return total_loss, parts
 
-    def _teacher_outputs(self, batch: Mapping[str, torch.Tensor], s_view: ModelView) -> tuple[torch.Tensor, ModelView | None]:
+    def _teacher_outputs(
+        self, batch: Mapping[str, torch.Tensor], s_view: ModelView
+    ) -> tuple[torch.Tensor, ModelView | None]:
         if self.cache is not None and "idx" in batch:
             cached = self.cache.get(batch["idx"], s_view.logits)
             if cached is not None:
@@ -404,7 +409,9 @@ class Distiller:
                     if not all(math.isfinite(v) for v in values.values()):
                         raise BrewlabError(f"loss became non-finite at step {step}: {values}")
                     bar.set_postfix(loss=f"{values['loss']:.4f}")
-                    self.log({f"train/{k}": v for k, v in values.items()} | {"train/lr": scheduler.get_last_lr()[0]}, step)
+                    self.log(
+                        {f"train/{k}": v for k, v in values.items()} | {"train/lr": scheduler.get_last_lr()[0]}, step
+                    )
                 bar.update(1)
                 if eval_every and step % int(eval_every) == 0 and step < total:
                     run_eval()
@@ -430,7 +437,8 @@ def _progress_bar(total: int, enabled: bool):
 
 @DISTILLERS.register("trainer")
 class Trainer(Distiller):
-    """Supervised training on gold labels; teachers are trained with it too."""
+    """Supervised training on gold labels (weight 1, whatever `loss` says); teachers are
+    trained with it too."""
 
     uses_teacher = False
     allows_matches = False

@@ -59,9 +59,7 @@ def _zero_invalid(x: Tensor, valid: Tensor) -> Tensor:
 
 def _check_same_shape(s: Tensor, t: Tensor, what: str, hint: str = "") -> None:
     if s.shape != t.shape:
-        raise BrewlabError(
-            f"{what}: student shape {tuple(s.shape)} != teacher shape {tuple(t.shape)}{hint}"
-        )
+        raise BrewlabError(f"{what}: student shape {tuple(s.shape)} != teacher shape {tuple(t.shape)}{hint}")
 
 
 def _check_ndim(x: Tensor, ndim: int, layout: str, what: str) -> None:
@@ -77,10 +75,7 @@ def _pair(feat: Feature, what: str, side: str) -> tuple[Tensor, Tensor]:
     _check_ndim(a, 3, "(B, L, D)", f"{what} ({side} a)")
     _check_ndim(b, 3, "(B, L, D)", f"{what} ({side} b)")
     if a.shape[:2] != b.shape[:2]:
-        raise BrewlabError(
-            f"{what}: {side} layers have different (B, L): {tuple(a.shape[:2])} vs "
-            f"{tuple(b.shape[:2])}"
-        )
+        raise BrewlabError(f"{what}: {side} layers have different (B, L): {tuple(a.shape[:2])} vs {tuple(b.shape[:2])}")
     return a, b
 
 
@@ -125,9 +120,7 @@ def _logit_loss(
     """Shared driver: validate, scale by 1/T, compute per-position loss, weight, masked mean."""
     what = f"kd loss {name!r}"
     if logits_s.dim() not in (2, 3):
-        raise BrewlabError(
-            f"{what}: logits must be (B, C) or (B, L, C), got {tuple(logits_s.shape)}"
-        )
+        raise BrewlabError(f"{what}: logits must be (B, C) or (B, L, C), got {tuple(logits_s.shape)}")
     _check_same_shape(logits_s, logits_t, what)
     lead = logits_s.shape[:-1]
     valid = _valid(mask, lead, logits_s.device, what)
@@ -210,14 +203,10 @@ def kd_kl(
 # --------------------------------------------------------------------------- hidden states
 
 
-def _hidden_pair(
-    feat_s: Tensor, feat_t: Tensor, mask: Tensor | None, what: str
-) -> tuple[Tensor, Tensor, Tensor]:
+def _hidden_pair(feat_s: Tensor, feat_t: Tensor, mask: Tensor | None, what: str) -> tuple[Tensor, Tensor, Tensor]:
     """Validate equal-shape (B, L, D) features; returns student, detached teacher, validity."""
     _check_ndim(feat_s, 3, "(B, L, D)", what)
-    _check_same_shape(
-        feat_s, feat_t, what, "; hidden sizes must match (add a projection for the student)"
-    )
+    _check_same_shape(feat_s, feat_t, what, "; hidden sizes must match (add a projection for the student)")
     valid = _valid(mask, feat_s.shape[:2], feat_s.device, what)
     return feat_s, feat_t.detach(), valid
 
@@ -363,10 +352,7 @@ def _pair_inputs(
     s_a, s_b = _pair(feat_s, what, "student")
     t_a, t_b = _pair(feat_t, what, "teacher")
     if s_a.shape[:2] != t_a.shape[:2]:
-        raise BrewlabError(
-            f"{what}: student (B, L)={tuple(s_a.shape[:2])} != teacher (B, L)="
-            f"{tuple(t_a.shape[:2])}"
-        )
+        raise BrewlabError(f"{what}: student (B, L)={tuple(s_a.shape[:2])} != teacher (B, L)={tuple(t_a.shape[:2])}")
     valid = _valid(mask, s_a.shape[:2], s_a.device, what)
     return s_a, s_b, t_a.detach(), t_b.detach(), valid
 
@@ -443,9 +429,7 @@ def probability_shift(logits_t: Tensor, labels: Tensor, ignore_index: int = -100
     gold = labels.detach().to(out.device).reshape(-1).long()
     keep = gold != ignore_index
     if bool(((gold[keep] < 0) | (gold[keep] >= num_classes)).any()):
-        raise BrewlabError(
-            f"probability_shift: labels must be in [0, {num_classes}) or {ignore_index}"
-        )
+        raise BrewlabError(f"probability_shift: labels must be in [0, {num_classes}) or {ignore_index}")
     top = flat.argmax(-1)
     rows = (keep & (top != gold)).nonzero().squeeze(1)
     top, gold = top[rows], gold[rows]

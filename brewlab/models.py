@@ -53,7 +53,9 @@ def check_model_dir(name_or_path: str, key: str) -> None:
         raise BrewlabError(f"{key}={name_or_path!r}: not a model directory (needs config.json and weights)")
 
 
-def load_pretrained(name_or_path: str, kind: Any, num_labels: int, attn_implementation: str = "sdpa", key: str = "teacher.name_or_path"):
+def load_pretrained(
+    name_or_path: str, kind: Any, num_labels: int, attn_implementation: str = "sdpa", key: str = "teacher.name_or_path"
+):
     """Load a fine-tuned (or base) model by hub id or local directory."""
     check_model_dir(name_or_path, key)
     try:
@@ -108,7 +110,9 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
     return {"total": total, "non_embedding": total - embedding}
 
 
-def save_model(model: nn.Module, tokenizer, directory: str | Path, extra: Mapping[str, nn.Module] | None = None) -> None:
+def save_model(
+    model: nn.Module, tokenizer, directory: str | Path, extra: Mapping[str, nn.Module] | None = None
+) -> None:
     """Write a from_pretrained-loadable directory; extra modules (projections) go beside it."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -118,7 +122,10 @@ def save_model(model: nn.Module, tokenizer, directory: str | Path, extra: Mappin
         if len(list(module.parameters())):
             from safetensors.torch import save_file
 
-            save_file({k: v.detach().contiguous() for k, v in module.state_dict().items()}, str(directory / f"{name}.safetensors"))
+            save_file(
+                {k: v.detach().contiguous() for k, v in module.state_dict().items()},
+                str(directory / f"{name}.safetensors"),
+            )
 
 
 def set_attention(model: nn.Module, implementation: str) -> None:

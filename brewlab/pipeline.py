@@ -108,7 +108,9 @@ def prepare_task(cfg: Mapping[str, Any], cache_dir: Path) -> Prepared:
 # ----------------------------------------------------------------------------- evaluation
 
 
-def predict(adaptor: Any, features: Sequence[dict[str, Any]], batch_size: int, pad_id: int, device: torch.device) -> tuple[np.ndarray, float]:
+def predict(
+    adaptor: Any, features: Sequence[dict[str, Any]], batch_size: int, pad_id: int, device: torch.device
+) -> tuple[np.ndarray, float]:
     """Logits for every example in input order, and the wall time spent in the model."""
     from brewlab.data import make_loader
 
@@ -187,7 +189,9 @@ class DeviceLoader:
         return ({k: v.to(self.device) for k, v in b.items()} for b in self.loader)
 
 
-def train_loop(distiller: Any, prep: Prepared, trainer_cfg: Mapping[str, Any], seed: int, device: torch.device, progress: bool):
+def train_loop(
+    distiller: Any, prep: Prepared, trainer_cfg: Mapping[str, Any], seed: int, device: torch.device, progress: bool
+):
     from brewlab.data import make_loader
 
     loader = make_loader(
@@ -202,7 +206,9 @@ def train_loop(distiller: Any, prep: Prepared, trainer_cfg: Mapping[str, Any], s
     )
 
 
-def get_teacher(cfg: Mapping[str, Any], prep: Prepared, cache_dir: Path, attn: str, device: torch.device, tracker: Any) -> tuple[Any, str]:
+def get_teacher(
+    cfg: Mapping[str, Any], prep: Prepared, cache_dir: Path, attn: str, device: torch.device, tracker: Any
+) -> tuple[Any, str]:
     """The teacher model and where it came from ('loaded', 'cache', 'trained')."""
     from brewlab.models import build_scratch, load_pretrained, save_model, set_attention
 
@@ -219,7 +225,21 @@ def get_teacher(cfg: Mapping[str, Any], prep: Prepared, cache_dir: Path, attn: s
     key = stable_hash(
         {
             "teacher": {k: v for k, v in t_cfg.items() if k != "name"},
-            "task": {k: cfg["task"].get(k) for k in ("name", "kind", "source", "source_files", "label_names", "split", "limit", "data", "max_seq_length", "text_fields")},
+            "task": {
+                k: cfg["task"].get(k)
+                for k in (
+                    "name",
+                    "kind",
+                    "source",
+                    "source_files",
+                    "label_names",
+                    "split",
+                    "limit",
+                    "data",
+                    "max_seq_length",
+                    "text_fields",
+                )
+            },
             "tokenizer": prep.tokenizer_id,
         }
     )
@@ -231,11 +251,20 @@ def get_teacher(cfg: Mapping[str, Any], prep: Prepared, cache_dir: Path, attn: s
     log.info("teacher: training from scratch (cache key %s)", key)
     model = build_scratch(t_cfg["arch"], prep.tokenizer, prep.kind, num_labels).to(device)
     torch.manual_seed(int(t_cfg.get("seed", 0)))
-    distiller = build_distiller("trainer", cfg, model, None, prep, {"hard": {"kind": "hard", "weight": 1.0}}, t_cfg["train"], _Prefixed(tracker, "teacher/"))
-    result = train_loop(distiller, prep, t_cfg["train"], int(t_cfg.get("seed", 0)), device, cfg["trainer"].get("progress", True))
+    teacher_cfg = {**cfg, "optim": {**cfg["optim"], "lr": t_cfg["train"].get("lr", cfg["optim"]["lr"])}}
+    hard_only = {"hard": {"kind": "hard", "weight": 1.0}}
+    distiller = build_distiller(
+        "trainer", teacher_cfg, model, None, prep, hard_only, t_cfg["train"], _Prefixed(tracker, "teacher/")
+    )
+    result = train_loop(
+        distiller, prep, t_cfg["train"], int(t_cfg.get("seed", 0)), device, cfg["trainer"].get("progress", True)
+    )
     build = Path(tempfile.mkdtemp(dir=cache_dir, prefix=".teacher-"))
     save_model(model, prep.tokenizer, build)
-    write_json_atomic(build / TEACHER_META, {"key": key, "best_dev": result.best_metric, "train_seconds": result.train_seconds, "steps": result.steps})
+    write_json_atomic(
+        build / TEACHER_META,
+        {"key": key, "best_dev": result.best_metric, "train_seconds": result.train_seconds, "steps": result.steps},
+    )
     publish_dir(build, directory)
     set_attention(model, attn)
     return model.eval(), "trained"
@@ -275,6 +304,9 @@ def run(cfg: Mapping[str, Any], run_dir: Path, tracker: Any) -> dict[str, Any]:
     from brewlab.distillers import DISTILLERS
     from brewlab.models import count_parameters, device_of, save_model
 
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own bar shows the training loss; no per-file bars
     cache_dir = Path(cfg["cache_dir"]).expanduser()
     cache_dir.mkdir(parents=True, exist_ok=True)
     device = device_of(cfg["trainer"].get("device", "auto"))
@@ -303,7 +335,9 @@ def run(cfg: Mapping[str, Any], run_dir: Path, tracker: Any) -> dict[str, Any]:
     }
     for role, model in (("teacher", teacher), ("student", student)):
         view = adaptor(model, prep.kind)
-        entry: dict[str, Any] = {split: evaluate(view, prep, split, eval_bs, device) for split in ("validation", "test")}
+        entry: dict[str, Any] = {
+            split: evaluate(view, prep, split, eval_bs, device) for split in ("validation", "test")
+        }
         entry["parameters"] = count_parameters(model)
         entry["examples_per_second"] = entry["test"]["examples_per_second"]
         metrics[role] = entry

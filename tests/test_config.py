@@ -24,7 +24,18 @@ def compose_cfg(*overrides: str):
 
 
 def test_groups_present():
-    required = {"teacher", "student", "loss", "scheduler", "task", "augmentation", "distiller", "optim", "logger", "debug"}
+    required = {
+        "teacher",
+        "student",
+        "loss",
+        "scheduler",
+        "task",
+        "augmentation",
+        "distiller",
+        "optim",
+        "logger",
+        "debug",
+    }
     assert required <= set(GROUPS)
     assert {"kd", "hard", "hidden", "cos", "pkd", "att", "fsp", "nst"} <= set(ATOMIC_LOSSES)
 

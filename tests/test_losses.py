@@ -86,7 +86,7 @@ def ref_cos(s, t, mask) -> float:
         for i in range(len(s[b])):
             if ok_tok(mask, b, i):
                 u, v = s[b][i], t[b][i]
-                dot = sum(x * y for x, y in zip(u, v))
+                dot = sum(x * y for x, y in zip(u, v, strict=False))
                 nu = math.sqrt(sum(x * x for x in u))
                 nv = math.sqrt(sum(y * y for y in v))
                 total += 1.0 - dot / (nu * nv)
@@ -100,7 +100,7 @@ def ref_pkd(s, t, mask) -> float:
         u, v = s[b][0], t[b][0]
         nu = math.sqrt(sum(x * x for x in u))
         nv = math.sqrt(sum(y * y for y in v))
-        total += sum((x / nu - y / nv) ** 2 for x, y in zip(u, v))
+        total += sum((x / nu - y / nv) ** 2 for x, y in zip(u, v, strict=False))
     return total / len(s)
 
 
@@ -148,10 +148,7 @@ def ref_attention_ce(s, t, mask) -> float:
 def ref_gram_matrix(a, c, mask, b: int):
     rows = [i for i in range(len(a[b])) if ok_tok(mask, b, i)]
     da, dc = len(a[b][0]), len(c[b][0])
-    return [
-        [sum(a[b][i][p] * c[b][i][q] for i in rows) / len(rows) for q in range(dc)]
-        for p in range(da)
-    ]
+    return [[sum(a[b][i][p] * c[b][i][q] for i in rows) / len(rows) for q in range(dc)] for p in range(da)]
 
 
 def ref_gram(s, t, mask) -> float:
@@ -214,16 +211,12 @@ def match_case(name: str, hs: int = 2, ht: int = 2):
             return (
                 s,
                 t,
-                lambda a, c, m: ref_attention_mse(
-                    heads_combined(a, "sum"), heads_combined(c, "sum"), m
-                ),
+                lambda a, c, m: ref_attention_mse(heads_combined(a, "sum"), heads_combined(c, "sum"), m),
             )
         return (
             s,
             t,
-            lambda a, c, m: ref_attention_ce(
-                heads_combined(a, "mean"), heads_combined(c, "mean"), m
-            ),
+            lambda a, c, m: ref_attention_ce(heads_combined(a, "mean"), heads_combined(c, "mean"), m),
         )
     if name in ("gram", "fsp"):
         s = (rand(B, L, 3, seed=5), rand(B, L, 3, seed=6))
@@ -556,7 +549,7 @@ def test_match_loss_shape_errors() -> None:
 def ref_shift(logits: list, labels: list, ignore_index: int) -> list:
     """Loop reference on one flat list of rows."""
     out = []
-    for row, y in zip(logits, labels):
+    for row, y in zip(logits, labels, strict=False):
         row = list(row)
         top = max(range(len(row)), key=lambda c: (row[c], -c))  # first max, like argmax
         if y != ignore_index and top != y:
@@ -566,15 +559,11 @@ def ref_shift(logits: list, labels: list, ignore_index: int) -> list:
 
 
 def test_probability_shift_2d_explicit() -> None:
-    logits = torch.tensor(
-        [[3.0, 1.0, 0.0], [0.5, 2.0, -1.0], [0.0, 0.1, 5.0], [4.0, 0.0, 1.0]], dtype=DT
-    )
+    logits = torch.tensor([[3.0, 1.0, 0.0], [0.5, 2.0, -1.0], [0.0, 0.1, 5.0], [4.0, 0.0, 1.0]], dtype=DT)
     labels = torch.tensor([0, 2, -100, 1])
     before = logits.clone()
     out = probability_shift(logits, labels)
-    expected = torch.tensor(
-        [[3.0, 1.0, 0.0], [0.5, -1.0, 2.0], [0.0, 0.1, 5.0], [0.0, 4.0, 1.0]], dtype=DT
-    )
+    expected = torch.tensor([[3.0, 1.0, 0.0], [0.5, -1.0, 2.0], [0.0, 0.1, 5.0], [0.0, 4.0, 1.0]], dtype=DT)
     assert torch.equal(out, expected)
     assert torch.equal(logits, before)  # input untouched
     assert out.argmax(-1)[[0, 1, 3]].tolist() == [0, 2, 1]

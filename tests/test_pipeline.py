@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
@@ -45,7 +43,13 @@ def _reload_and_compare(run_dir):
     with torch.inference_mode():
         for start in range(0, len(rows), 16):
             chunk = rows[start : start + 16]
-            enc = tok([r["text"] for r in chunk], truncation=True, max_length=cfg["task"]["max_seq_length"], padding=True, return_tensors="pt")
+            enc = tok(
+                [r["text"] for r in chunk],
+                truncation=True,
+                max_length=cfg["task"]["max_seq_length"],
+                padding=True,
+                return_tensors="pt",
+            )
             preds = model(**enc).logits.argmax(-1).numpy()
             correct += int((preds == np.array([r["label"] for r in chunk])).sum())
     assert correct / len(rows) == pytest.approx(read_metrics(run_dir)["student"]["test"]["accuracy"])
@@ -53,11 +57,17 @@ def _reload_and_compare(run_dir):
 
 @pytest.mark.parametrize(
     "distiller,loss,terms",
-    [("trainer", "hard", {"hard"}), ("basic", "kd+hard", {"kd", "hard"}), ("general", "nst+hidden+att", {"kd", "nst", "hidden", "att"})],
+    [
+        ("trainer", "hard", {"hard"}),
+        ("basic", "kd+hard", {"kd", "hard"}),
+        ("general", "nst+hidden+att", {"kd", "nst", "hidden", "att"}),
+    ],
 )
 def test_smoke_end_to_end(cli, distiller, loss, terms):
     # a narrower student than the smoke teacher (32) so hidden matches need a projection
-    proc, run_dir = cli("debug=smoke", f"distiller={distiller}", f"loss={loss}", "logger=none", "student.arch.hidden_size=16")
+    proc, run_dir = cli(
+        "debug=smoke", f"distiller={distiller}", f"loss={loss}", "logger=none", "student.arch.hidden_size=16"
+    )
     metrics = _check_outputs(run_dir, distiller)
     assert set(metrics["loss"]) == terms
     assert "teacher" in proc.stdout and "student" in proc.stdout and "test accuracy" in proc.stdout
@@ -85,7 +95,9 @@ def test_teacher_cache_reused_and_hf_teacher_from_directory(cli, tmp_path):
     for key in ("accuracy", "macro_f1"):
         assert read_metrics(second)["teacher"]["test"][key] == read_metrics(first)["teacher"]["test"][key]
     # the same model through teacher=hf from its local directory
-    _, third = cli("debug=smoke", "logger=none", "teacher=hf", f"teacher.name_or_path={teacher_dir}", name="third", cache=cache)
+    _, third = cli(
+        "debug=smoke", "logger=none", "teacher=hf", f"teacher.name_or_path={teacher_dir}", name="third", cache=cache
+    )
     m3 = read_metrics(third)
     assert m3["teacher"]["source"] == "loaded"
     assert m3["teacher"]["test"]["accuracy"] == read_metrics(first)["teacher"]["test"]["accuracy"]

@@ -51,7 +51,7 @@ def _lrs(scheduler_fn, total_steps, base_lr=1.0, **kwargs):
 
 
 def _cos(a, b):
-    dot = sum(x * y for x, y in zip(a, b))
+    dot = sum(x * y for x, y in zip(a, b, strict=False))
     return dot / (math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b)))
 
 
@@ -163,12 +163,8 @@ def test_flsw_hand_computed():
     s1, t1 = [1.0, 2.0, 3.0], [3.0, 2.0, 1.0]  # cos = 10/14
     s2, t2 = [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]  # cos = 0
     base, beta, gamma = 2.0, 1.5, 2.0
-    tau = TEMPERATURES.get("flsw")(
-        torch.tensor([s1, s2]), torch.tensor([t1, t2]), base, beta=beta, gamma=gamma
-    )
-    expected = [
-        base + beta * (1 - _cos(s, t)) ** gamma for s, t in ((s1, t1), (s2, t2))
-    ]
+    tau = TEMPERATURES.get("flsw")(torch.tensor([s1, s2]), torch.tensor([t1, t2]), base, beta=beta, gamma=gamma)
+    expected = [base + beta * (1 - _cos(s, t)) ** gamma for s, t in ((s1, t1), (s2, t2))]
     assert expected[0] == pytest.approx(2.0 + 1.5 * (4 / 14) ** 2)
     assert tau.tolist() == pytest.approx(expected, rel=1e-6)
 
@@ -241,9 +237,7 @@ def test_flsw_3d_averages_cosine_over_valid_positions():
     tau = TEMPERATURES.get("flsw")(z_s, z_t, base, mask=mask, beta=beta, gamma=gamma)
     expected = []
     for b in range(2):
-        cosines = [
-            _cos(z_s[b, i].tolist(), z_t[b, i].tolist()) for i in range(3) if mask[b, i]
-        ]
+        cosines = [_cos(z_s[b, i].tolist(), z_t[b, i].tolist()) for i in range(3) if mask[b, i]]
         mean_cos = sum(cosines) / len(cosines)
         expected.append(base + beta * (1 - mean_cos) ** gamma)
     assert tau.tolist() == pytest.approx(expected, rel=1e-5)
@@ -364,24 +358,15 @@ def test_build_accepts_any_mapping_and_dictconfig():
         ),
         (
             _cfg(kd_weight="cosine"),
-            (
-                "scheduler.kd_weight='cosine' is not valid; "
-                "choose one of: constant, linear_decay, linear_growth"
-            ),
+            ("scheduler.kd_weight='cosine' is not valid; choose one of: constant, linear_decay, linear_growth"),
         ),
         (
             _cfg(hard_weight="step"),
-            (
-                "scheduler.hard_weight='step' is not valid; "
-                "choose one of: constant, linear_decay, linear_growth"
-            ),
+            ("scheduler.hard_weight='step' is not valid; choose one of: constant, linear_decay, linear_growth"),
         ),
         (
             _cfg(lr={"kind": "cosine"}),
-            (
-                "scheduler.lr.kind='cosine' is not valid; "
-                "choose one of: constant, linear, slanted_triangular"
-            ),
+            ("scheduler.lr.kind='cosine' is not valid; choose one of: constant, linear, slanted_triangular"),
         ),
         (_cfg(temperature={"base": 0}), "scheduler.temperature.base=0 must be > 0"),
         (
@@ -425,9 +410,7 @@ def test_build_validation_errors(cfg, message):
 
 
 def test_direct_construction_is_validated():
-    with pytest.raises(
-        BrewlabError, match=r"scheduler\.temperature\.base=0 must be > 0"
-    ):
+    with pytest.raises(BrewlabError, match=r"scheduler\.temperature\.base=0 must be > 0"):
         Schedules(temperature_base=0.0)
     with pytest.raises(BrewlabError, match=r"scheduler\.lr\.kind='nope'"):
         Schedules(lr_kind="nope")

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
 from hydra.core.object_type import ObjectType
 from hydra.plugins.config_source import ConfigLoadError, ConfigResult, ConfigSource
-
+from omegaconf import OmegaConf
 
 # brewlab's config directory (the repository's conf/, next to run.py), used to name valid parts.
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -42,7 +40,9 @@ class PlusComboConfigSource(ConfigSource):
         if parts is None:
             raise ConfigLoadError(f"Config not found: {config_path}")
         cfg = OmegaConf.create({"defaults": [*parts, "_self_"]})
-        return ConfigResult(config=cfg, path=f"{self.scheme()}://{self.path}", provider=self.provider, header={"package": None})
+        return ConfigResult(
+            config=cfg, path=f"{self.scheme()}://{self.path}", provider=self.provider, header={"package": None}
+        )
 
     def available(self) -> bool:
         return True

