@@ -62,7 +62,7 @@ class HFAdaptor:
         out = self.model(**inputs, output_hidden_states=hidden, output_attentions=attention)
         labels = batch.get("labels")
         return ModelView(
-            logits=out.logits,
+            logits=self.kind.model_logits(out, batch),
             mask=batch["attention_mask"],
             logits_mask=self.kind.logits_mask(batch),
             labels=labels,

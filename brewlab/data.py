@@ -47,7 +47,8 @@ class LengthGroupedBatches(Sampler[list[int]]):
 
 
 class PadCollator:
-    """Pads every sequence field to the longest in the batch (labels with -100)."""
+    """Pads every sequence field to the longest in the batch (labels with -100); keys starting
+    with "_" are per-example metadata (offsets, ids) and stay out of the batch."""
 
     def __init__(self, pad_token_id: int) -> None:
         self.pad = {"input_ids": pad_token_id, "labels": -100}
@@ -55,6 +56,8 @@ class PadCollator:
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         batch: dict[str, torch.Tensor] = {}
         for key in rows[0]:
+            if key.startswith("_"):
+                continue
             values = [r[key] for r in rows]
             if isinstance(values[0], (list, tuple)):
                 width = max(len(v) for v in values)

@@ -209,29 +209,32 @@ def build_projections(matches: Sequence[MatchTerm], teacher: Any, student: Any) 
 class TeacherCache:
     """Teacher logits per training example, reused across epochs when inputs repeat exactly.
 
-    Stored unpadded on the CPU so examples can be regrouped into differently padded batches.
+    Rows are stored unpadded on the CPU (cut at the example's length along the task kind's
+    `seq_axis`) so examples can be regrouped into differently padded batches later.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, seq_axis: int | None, pad_value: float) -> None:
         self.rows: dict[int, torch.Tensor] = {}
+        self.axis = seq_axis
+        self.pad_value = pad_value
 
     def get(self, idx: torch.Tensor, like: torch.Tensor) -> torch.Tensor | None:
         keys = idx.tolist()
         if not all(k in self.rows for k in keys):
             return None
-        rows = [self.rows[k] for k in keys]
-        if like.dim() == 2:
-            return torch.stack(rows).to(like.device)
-        out = like.new_zeros(like.shape)
-        for i, row in enumerate(rows):
-            out[i, : row.shape[0]] = row
-        return out
+        if self.axis is None:
+            return torch.stack([self.rows[k] for k in keys]).to(like.device)
+        out = torch.full(like.shape, self.pad_value, dtype=like.dtype)
+        for i, k in enumerate(keys):
+            row = self.rows[k]
+            out[i].narrow(self.axis, 0, row.shape[self.axis]).copy_(row)
+        return out.to(like.device)
 
     def put(self, idx: torch.Tensor, logits: torch.Tensor, mask: torch.Tensor) -> None:
         lengths = mask.sum(-1).tolist()
         for i, k in enumerate(idx.tolist()):
-            row = logits[i] if logits.dim() == 2 else logits[i, : lengths[i]]
-            self.rows[k] = row.detach().cpu()
+            row = logits[i] if self.axis is None else logits[i].narrow(self.axis, 0, int(lengths[i]))
+            self.rows[k] = row.detach().cpu().clone()
 
 
 # ----------------------------------------------------------------------------- distillers
@@ -275,7 +278,7 @@ class Distiller:
         self.optimizer = make_optimizer(self.params)
         self.log = log or (lambda metrics, step: None)
         use_cache = bool(trainer_cfg.get("cache_teacher_outputs", True)) and not objective.matches
-        self.cache = TeacherCache() if (teacher is not None and use_cache) else None
+        self.cache = TeacherCache(kind.seq_axis, kind.logit_pad) if (self.teacher is not None and use_cache) else None
 
     # -- objective -----------------------------------------------------------------------
 

@@ -66,6 +66,7 @@ class Prepared:
     label_names: list[str]
     tokenizer: Any
     features: dict[str, list[dict[str, Any]]]
+    rows: dict[str, list[dict[str, Any]]]
     sizes: dict[str, int]
     tokenizer_id: str
 
@@ -100,9 +101,8 @@ def prepare_task(cfg: Mapping[str, Any], cache_dir: Path) -> Prepared:
             tokenizer.save_pretrained(str(build))
             publish_dir(build, tok_dir)
     tokenizer_id = stable_hash(tokenizer.get_vocab())
-    max_len = int(task_cfg["max_seq_length"])
-    features = {split: kind.encode(rows, tokenizer, max_len) for split, rows in data.splits.items()}
-    return Prepared(kind, data.label_names, tokenizer, features, data.sizes(), tokenizer_id)
+    features = {split: kind.encode(rows, tokenizer, task_cfg) for split, rows in data.splits.items()}
+    return Prepared(kind, data.label_names, tokenizer, features, data.splits, data.sizes(), tokenizer_id)
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -126,15 +126,14 @@ def predict(
             seconds += time.perf_counter() - start
             for i, k in enumerate(batch["idx"].tolist()):
                 rows[k] = logits[i].float().cpu().numpy()
-    return np.stack([rows[i] for i in range(len(features))]), seconds
+    return [rows[i] for i in range(len(features))], seconds
 
 
 def evaluate(adaptor: Any, prep: Prepared, split: str, batch_size: int, device: torch.device) -> dict[str, float]:
     feats = prep.features[split]
     logits, seconds = predict(adaptor, feats, batch_size, prep.tokenizer.pad_token_id, device)
-    labels = np.array([f["labels"] for f in feats])
-    metrics = prep.kind.metrics(prep.kind.predictions(logits), labels, prep.label_names)
-    metrics["examples_per_second"] = len(feats) / max(seconds, 1e-9)
+    metrics = prep.kind.score(logits, feats, prep.rows[split], prep.label_names)
+    metrics["examples_per_second"] = len(prep.rows[split]) / max(seconds, 1e-9)
     return metrics
 
 
@@ -213,7 +212,7 @@ def get_teacher(
     from brewlab.models import build_scratch, load_pretrained, save_model, set_attention
 
     t_cfg = cfg["teacher"]
-    num_labels = len(prep.label_names)
+    num_labels = prep.kind.num_labels(prep.label_names)
     if t_cfg["kind"] == "hf":
         model = load_pretrained(t_cfg["name_or_path"], prep.kind, num_labels, attn)
         if model.config.vocab_size < len(prep.tokenizer):
@@ -290,7 +289,7 @@ def build_student(cfg: Mapping[str, Any], prep: Prepared, teacher: Any, attn: st
             f"student.vocab_size={vocab} does not match the task's tokenizer ({len(prep.tokenizer)} tokens); "
             "leave it null to take the tokenizer's size"
         )
-    model = build_scratch(s_cfg["arch"], prep.tokenizer, prep.kind, len(prep.label_names), attn)
+    model = build_scratch(s_cfg["arch"], prep.tokenizer, prep.kind, prep.kind.num_labels(prep.label_names), attn)
     if s_cfg.get("init_from_teacher_layers"):
         init_from_teacher_layers(model, teacher, [int(i) for i in s_cfg["init_from_teacher_layers"]])
     return model.to(device)
@@ -301,10 +300,10 @@ def build_student(cfg: Mapping[str, Any], prep: Prepared, teacher: Any, attn: st
 
 def run(cfg: Mapping[str, Any], run_dir: Path, tracker: Any) -> dict[str, Any]:
     """Execute one composed run; returns the metrics written to metrics.json."""
+    from transformers.utils import logging as hf_logging
+
     from brewlab.distillers import DISTILLERS
     from brewlab.models import count_parameters, device_of, save_model
-
-    from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # our own bar shows the training loss; no per-file bars
     cache_dir = Path(cfg["cache_dir"]).expanduser()

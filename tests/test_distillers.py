@@ -13,7 +13,7 @@ from brewlab.distillers import DISTILLERS, build_projections, parse_objective, u
 from brewlab.errors import BrewlabError
 from brewlab.models import count_parameters, init_from_teacher_layers
 from brewlab.schedulers import build_schedules
-from brewlab.tasks import Classification
+from brewlab.tasks.classification import Classification
 
 
 def tiny(layers: int, hidden: int, heads: int = 2, seed: int = 0) -> BertForSequenceClassification:
@@ -26,7 +26,9 @@ def tiny(layers: int, hidden: int, heads: int = 2, seed: int = 0) -> BertForSequ
         intermediate_size=2 * hidden,
         num_labels=3,
     )
-    return BertForSequenceClassification(config, attn_implementation="eager").eval()
+    model = BertForSequenceClassification(config)
+    model.set_attn_implementation("eager")
+    return model.eval()
 
 
 def batch(seed: int = 0) -> dict[str, torch.Tensor]:

