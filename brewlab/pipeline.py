@@ -224,21 +224,7 @@ def get_teacher(
     key = stable_hash(
         {
             "teacher": {k: v for k, v in t_cfg.items() if k != "name"},
-            "task": {
-                k: cfg["task"].get(k)
-                for k in (
-                    "name",
-                    "kind",
-                    "source",
-                    "source_files",
-                    "label_names",
-                    "split",
-                    "limit",
-                    "data",
-                    "max_seq_length",
-                    "text_fields",
-                )
-            },
+            "task": cfg["task"],  # everything that shapes the data
             "tokenizer": prep.tokenizer_id,
         }
     )
