@@ -110,11 +110,6 @@ def validate(cfg: Mapping[str, Any]) -> None:
             f"distiller={cfg['distiller']['name']} takes logit losses only but loss has [{names}]; "
             "use distiller=general"
         )
-    if distiller.uses_teacher and not objective.logit_terms and not objective.matches:
-        raise BrewlabError(
-            f"distiller={cfg['distiller']['name']} needs a teacher loss (kd or a match) but loss has only "
-            "hard labels; use distiller=trainer or add kd (loss=kd+hard)"
-        )
     layers = student.get("init_from_teacher_layers")
     if layers:
         for layer in layers:

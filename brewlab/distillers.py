@@ -293,8 +293,8 @@ class Distiller:
         if hard_w > 0 and s_view.labels is not None:
             parts["hard"] = self.kind.supervised_loss(s_view.logits, s_view.labels)
             total_loss = total_loss + hard_w * parts["hard"]
-        if self.teacher is None:
-            return total_loss, parts
+        if self.teacher is None or not (obj.logit_terms or obj.matches):
+            return total_loss, parts  # labels only: no teacher forward at all
         t_logits, t_view = self._teacher_outputs(batch, s_view)
         if self.schedules.probability_shift and s_view.labels is not None:
             t_logits = probability_shift(t_logits, s_view.labels)

@@ -317,6 +317,7 @@ def run(cfg: Mapping[str, Any], run_dir: Path, tracker: Any) -> dict[str, Any]:
         "distiller": name,
         "loss": sorted(cfg["loss"]),
         "seed": seed,
+        "study": cfg.get("study"),
     }
     for role, model in (("teacher", teacher), ("student", student)):
         view = adaptor(model, prep.kind)
@@ -383,7 +384,7 @@ def run_job(cfg: Any) -> float:
             plain,
             name=hc.job.override_dirname or "default",
             tags=overrides,
-            group=Path(hc.sweep.dir).name if multirun else None,
+            group=plain.get("study") or (Path(hc.sweep.dir).name if multirun else None),
         )
         seed_everything(int(plain["seed"]))
         metrics = run(plain, run_dir, tracker)
