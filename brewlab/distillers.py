@@ -247,6 +247,7 @@ class FitResult:
     steps: int
     train_seconds: float
     history: list[dict[str, float]]
+    final_losses: dict[str, float]
 
 
 class Distiller:
@@ -391,6 +392,7 @@ class Distiller:
         for module in self.modules():
             module.train()
         running: dict[str, torch.Tensor] = {}
+        values: dict[str, float] = {}
         while step < total:
             for batch in train_loader:
                 loss, parts = self.compute_loss(batch, step, total)
@@ -429,7 +431,7 @@ class Distiller:
                 module.load_state_dict(state)
         for module in self.modules():
             module.eval()
-        return FitResult(best[0], best[1], step, seconds, history)
+        return FitResult(best[0], best[1], step, seconds, history, values)
 
 
 def _progress_bar(total: int, enabled: bool):

@@ -328,7 +328,9 @@ def run(cfg: Mapping[str, Any], run_dir: Path, tracker: Any) -> dict[str, Any]:
         entry["examples_per_second"] = entry["test"]["examples_per_second"]
         metrics[role] = entry
     metrics["teacher"]["source"] = teacher_source
-    metrics["student"].update(train_seconds=result.train_seconds, steps=result.steps, best_step=result.best_step)
+    metrics["student"].update(
+        train_seconds=result.train_seconds, steps=result.steps, best_step=result.best_step, final_losses=result.final_losses
+    )
     if not DISTILLERS.get(name).uses_teacher:
         metrics["student"]["note"] = "trained on labels only"
 

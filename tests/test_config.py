@@ -45,6 +45,8 @@ def test_every_option_composes_and_validates(group, option):
     overrides = [f"{'+' if group == 'experiment' else ''}{group}={option}", "debug=smoke"]
     if (group, option) in NEEDS_VALUE:
         return  # composed with a directory in test_pipeline.py (teacher=hf)
+    if (group, option) == ("hparams_search", "optuna"):
+        pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="optional extra hydra-optuna-sweeper")
     if group == "loss" and option not in ("kd", "hard"):
         overrides.append("distiller=general")
     cfg = to_plain(compose_cfg(*overrides))
