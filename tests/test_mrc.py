@@ -1,0 +1,320 @@
+"""Span-extraction MRC: windowing and decoding, CMRC/SQuAD metrics, the generated cmrc_pd98 data
+set, nested CMRC files end to end through the CLI, and the offline hub error."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from conftest import read_metrics
+
+from brewlab.errors import BrewlabError
+from brewlab.tasks import KINDS, SPLITS, _read_local, load_task_data
+from brewlab.tasks.mrc import (
+    MASKED,
+    answer_metrics,
+    check_config,
+    cmrc_pd98,
+    parse_tagged_line,
+    pd98_files,
+    score_en,
+    score_zh,
+)
+from brewlab.vocab import build_char_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+FIXTURES = ROOT / "tests" / "fixtures" / "cmrc"
+KIND = KINDS.get("span_extraction")
+WINDOW_CFG = {
+    "name": "t",
+    "max_seq_length": 48,
+    "doc_stride": 16,
+    "max_query_length": 12,
+    "n_best_size": 20,
+    "max_answer_length": 30,
+}
+
+
+def _row(context: str, question: str, answer: str, start: int | None = None) -> dict:
+    start = context.index(answer) if start is None else start
+    raw = {"id": "q", "context": context, "question": question, "answers": {"text": [answer], "answer_start": [start]}}
+    return KIND.normalise(raw, ["start", "end"], WINDOW_CFG, "test")
+
+
+def _perfect_logits(features: list[dict]) -> list[np.ndarray]:
+    """What an ideal model outputs: a peak at each window's labelled start and end (CLS when
+    the answer is elsewhere), passage-masked like `model_logits`."""
+    out = []
+    for f in features:
+        logits = np.zeros((2, len(f["input_ids"])), dtype=np.float32)
+        logits[0, f["labels"][0]] = logits[1, f["labels"][1]] = 10.0
+        logits[:, np.array(f["context_mask"]) == 0] = MASKED
+        out.append(logits)
+    return out
+
+
+def _context_span(feature: dict) -> tuple[int, int]:
+    offsets = [o for o in feature["_offsets"] if o is not None]
+    return offsets[0][0], offsets[-1][1]
+
+
+def _windows_case(context: str, question: str, answer: str, start: int, language: str):
+    tokenizer = build_char_tokenizer([context, question])
+    rows = [_row(context, question, answer, start)]
+    features = KIND.encode(rows, tokenizer, {**WINDOW_CFG, "language": language})
+    assert len(features) >= 3 and all(len(f["input_ids"]) <= 48 for f in features)
+    metrics = KIND.score(_perfect_logits(features), features, rows, ["start", "end"])
+    assert metrics == {"em": 1.0, "f1": 1.0, "unanswered": 0.0, "questions": 1.0}
+    return features
+
+
+def test_zh_answer_in_second_window_and_across_a_window_boundary():
+    question = "谁在会上发言？"  # 7 tokens: 38 passage tokens per window, windows start 22 apart
+    filler = "今天天气很好大家都来到了会场" * 10
+    # only in the second window (chars 22..59; the third starts at 44)
+    context = filler[:40] + "张三丰" + filler[40:]
+    features = _windows_case(context, question, "张三丰", 40, "zh")
+    assert features[0]["labels"] == [0, 0] and features[2]["labels"] == [0, 0]
+    start, end = features[1]["labels"]
+    assert context[features[1]["_offsets"][start][0] : features[1]["_offsets"][end][1]] == "张三丰"
+    # straddles the end of the first window; the overlap holds it whole in the second
+    context = filler[:36] + "李四光" + filler[36:]
+    features = _windows_case(context, question, "李四光", 36, "zh")
+    first_start, first_end = _context_span(features[0])
+    assert first_start <= 36 < first_end < 39
+    assert features[0]["labels"] == [0, 0] and features[1]["labels"] != [0, 0]
+
+
+def test_en_answer_across_a_window_boundary():
+    question, answer = "Who spoke?", "Marie Curie"
+    filler = " ".join(["the quiet river runs by the old mill"] * 8)
+    tokenizer = build_char_tokenizer([filler, question, answer])
+    first = KIND.encode([_row(filler, question, "mill")], tokenizer, WINDOW_CFG)[0]
+    end = _context_span(first)[1]
+    position = filler.rindex(" ", 0, end - 3) + 1  # a word start just before the first window ends
+    context = filler[:position] + answer + " " + filler[position:]
+    features = _windows_case(context, question, answer, position, "en")
+    assert position < _context_span(features[0])[1] < position + len(answer)  # cut by the first window
+    assert features[0]["labels"] == [0, 0] and features[1]["labels"] != [0, 0]
+
+
+def test_features_metadata_and_question_cap():
+    tokenizer = build_char_tokenizer(["甲乙丙丁戊己庚辛壬癸" * 3])
+    long_question = "甲乙丙丁戊己庚辛壬癸" * 3  # 30 tokens, capped at 12
+    rows = [_row("甲乙丙丁" * 30, long_question, "丙丁", 2)]
+    (first, *_rest) = KIND.encode(rows, tokenizer, WINDOW_CFG)
+    assert first["token_type_ids"].count(0) == 12 + 2  # [CLS] question [SEP]
+    assert first["context_mask"][0] == 1 and sum(first["context_mask"]) == 1 + (48 - 12 - 3)
+    assert first["_example"] == 0 and first["_offsets"][0] is None and first["labels"] == [14 + 2, 14 + 3]
+    assert first["_decode"] == {"n_best_size": 20, "max_answer_length": 30, "language": "zh"}
+
+
+def test_doc_stride_must_fit_the_window():
+    with pytest.raises(BrewlabError, match=r"task.doc_stride=33 .*task.max_seq_length=48"):
+        check_config({**WINDOW_CFG, "doc_stride": 33})
+    check_config({**WINDOW_CFG, "doc_stride": 32})
+    for name in ("cmrc", "cmrc_pd98", "drcd", "squad"):
+        check_config(yaml.safe_load((CONF / "task" / f"{name}.yaml").read_text()))
+
+
+def test_logits_view_and_supervised_loss():
+    class Output:
+        start_logits = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
+        end_logits = torch.tensor([[4.0, 3.0, 2.0, 1.0]])
+
+    batch = {"context_mask": torch.tensor([[1, 0, 1, 1]])}
+    logits = KIND.model_logits(Output(), batch)
+    assert logits.shape == (1, 2, 4) and logits[0, 0, 1] == MASKED and logits[0, 1, 3] == 1.0
+    assert KIND.logits_mask(batch) is None
+    loss = KIND.supervised_loss(logits, torch.tensor([[3, 0]]))
+    expected = (torch.logsumexp(logits[0, 0], 0) - 4.0 + torch.logsumexp(logits[0, 1], 0) - 4.0) / 2
+    assert loss.item() == pytest.approx(expected.item())
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def test_zh_metric_cases():
+    assert score_zh("《人民 日报》。", "人民日报") == (1.0, 1.0)  # Chinese punctuation and spaces
+    assert score_zh("“北京市”", "北京") == (0.0, pytest.approx(0.8))  # lcs 2: p 2/3, r 1
+    assert score_zh("北京天安门", "天安门广场") == (0.0, pytest.approx(0.6))  # lcs 3 of 5 and 5
+    assert score_zh("ABC，", "abc") == (1.0, 1.0)
+    assert score_zh("上海", "北京") == (0.0, 0.0)
+    metrics = answer_metrics(["北京", "", "中国"], [["上海", "北京市"], ["中国"], ["中国", "中华"]], "zh")
+    assert metrics["em"] == pytest.approx(1 / 3)  # only the third is exact
+    assert metrics["f1"] == pytest.approx((0.8 + 0.0 + 1.0) / 3)  # max over gold answers
+    assert metrics["unanswered"] == 1 and metrics["questions"] == 3
+
+
+def test_en_metric_cases():
+    assert score_en("The Eiffel Tower!", "eiffel  tower") == (1.0, 1.0)
+    assert score_en("a big red car", "the red car") == (0.0, pytest.approx(0.8))  # 2 of 3 and 2 of 2 words
+    assert score_en("an apple", "apples") == (0.0, 0.0)
+    metrics = answer_metrics(["Paris", ""], [["paris", "Paris, France"], ["London"]], "en")
+    assert metrics == {"em": 0.5, "f1": 0.5, "unanswered": 1.0, "questions": 2.0}
+
+
+# ----------------------------------------------------------------------------- cmrc_pd98
+
+
+def test_pd98_line_parsing_merges_names_and_compounds():
+    text, entities = parse_tagged_line(
+        "在/p  [香港/ns  特别/a  行政区/n]ns  ，/w  江/nr  泽民/nr  与/c  克林顿/nr  访问/v  新华社/nt"
+    )
+    assert text == "在香港特别行政区，江泽民与克林顿访问新华社"
+    assert [(text[s:e], kind) for s, e, kind in entities] == [
+        ("香港特别行政区", "LOC"),
+        ("江泽民", "PER"),
+        ("克林顿", "PER"),
+        ("新华社", "ORG"),
+    ]
+
+
+@pytest.fixture(scope="module")
+def pd98(tmp_path_factory):
+    cfg = yaml.safe_load((CONF / "task" / "cmrc_pd98.yaml").read_text())
+    cfg["data_dir"] = str(tmp_path_factory.mktemp("pd98"))
+    return cfg, cmrc_pd98(cfg)
+
+
+def test_pd98_is_generated_deterministically_as_cmrc_files(pd98, tmp_path):
+    cfg, splits = pd98
+    files = pd98_files(cfg)
+    assert files["train"].parent.name.startswith("cmrc_pd98-")
+    assert json.loads(files["test"].read_text("utf-8"))["data"][0]["paragraphs"][0]["qas"]
+    again = pd98_files({**cfg, "data_dir": str(tmp_path)})
+    for split in SPLITS:
+        assert again[split].read_bytes() == files[split].read_bytes()
+        assert splits[split] == _read_local(str(files[split]), "task.data.train_file")  # the local-file reader
+
+
+def test_pd98_answers_sizes_and_disjoint_passages(pd98):
+    _, splits = pd98
+    sizes = {split: len(rows) for split, rows in splits.items()}
+    assert 8000 <= sum(sizes.values()) <= 15000
+    assert 0.75 <= sizes["train"] / sum(sizes.values()) <= 0.85 and min(sizes.values()) >= 800
+    contexts = {split: {r["context"] for r in rows} for split, rows in splits.items()}
+    assert not (contexts["train"] & contexts["validation"] or contexts["train"] & contexts["test"])
+    assert not contexts["validation"] & contexts["test"]
+    for rows in splits.values():
+        for row in rows:
+            (text,), (start,) = row["answers"]["text"], row["answers"]["answer_start"]
+            assert row["context"][start : start + len(text)] == text and len(text) >= 2
+            assert 150 <= len(row["context"]) <= 400 and text not in row["question"]
+    ids = [r["id"] for rows in splits.values() for r in rows]
+    assert len(set(ids)) == len(ids)
+
+
+# ----------------------------------------------------------------------------- distillation
+
+
+def test_kd_losses_schedules_shift_and_teacher_cache_on_position_logits(tmp_path):
+    """The (B, 2, L) view goes through the shared KD machinery unchanged: every logit loss,
+    dynamic temperatures, probability shift, attention/hidden matches and the teacher cache."""
+    from types import SimpleNamespace
+
+    from hydra import compose, initialize_config_dir
+
+    from brewlab.config import to_plain
+    from brewlab.data import make_loader
+    from brewlab.models import build_scratch
+    from brewlab.pipeline import build_distiller, build_student, prepare_task
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        overrides = ["task=cmrc", f"task.data.train_file={FIXTURES / 'train.json'}", "debug=smoke", "logger=none"]
+        cfg = to_plain(compose("config", overrides=[*overrides, f"cache_dir={tmp_path}"]))
+    prep = prepare_task(cfg, tmp_path)
+    torch.manual_seed(0)
+    teacher = build_scratch(cfg["teacher"]["arch"], prep.tokenizer, prep.kind, 2, "eager").eval()
+    student = build_student(cfg, prep, teacher, "eager", torch.device("cpu"))
+    batches = list(make_loader(prep.features["train"], 5, prep.tokenizer.pad_token_id, seed=0, train=True))
+    assert len({b["input_ids"].shape[1] for b in batches}) > 1  # cached rows get re-padded
+    tracker = SimpleNamespace(log=lambda metrics, step: None)
+    temperatures = [{"kind": "constant", "base": 4.0}, {"kind": "flsw", "base": 2.0}, {"kind": "cwsm", "base": 2.0}]
+    for temperature in temperatures:
+        for fn in ("ce", "kl", "mse"):
+            run_cfg = {**cfg, "scheduler": {**cfg["scheduler"], "temperature": temperature, "probability_shift": True}}
+            loss_cfg = {"hard": {"kind": "hard", "weight": 1.0}, "kd": {"kind": "logits", "fn": fn, "weight": 1.0}}
+            distiller = build_distiller("basic", run_cfg, student, teacher, prep, loss_cfg, cfg["trainer"], tracker)
+            for k, batch in enumerate(batches * 2):  # the second pass reads the teacher cache
+                loss, parts = distiller.compute_loss(batch, 0, 10)
+                assert torch.isfinite(loss) and set(parts) == {"hard", "kd"}
+                if k == len(batches):
+                    loss.backward()
+    for batch in batches:
+        direct = distiller.teacher(batch).logits
+        assert torch.equal(distiller.cache.get(batch["idx"], direct), direct)
+    loss_cfg = {
+        "kd": {"kind": "logits", "fn": "ce", "weight": 1.0},
+        "att": {"kind": "match", "fn": "attention_mse_sum", "feature": "attention", "weight": 1.0},
+        "hidden": {"kind": "match", "fn": "hidden_mse", "feature": "hidden", "weight": 1.0},
+    }
+    distiller = build_distiller("general", cfg, student, teacher, prep, loss_cfg, cfg["trainer"], tracker)
+    loss, parts = distiller.compute_loss(batches[0], 0, 10)
+    assert torch.isfinite(loss) and set(parts) == {"kd", "att", "hidden"}
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+def _check_split_metrics(metrics: dict) -> None:
+    for role in ("teacher", "student"):
+        for split in ("validation", "test"):
+            entry = metrics[role][split]
+            assert {"em", "f1", "unanswered", "questions", "examples_per_second"} <= set(entry)
+            assert 0.0 <= entry["em"] <= entry["f1"] <= 1.0
+
+
+def test_local_cmrc_files_end_to_end_and_reload(cli):
+    train, dev = FIXTURES / "train.json", FIXTURES / "dev.json"
+    _, run_dir = cli(
+        "task=cmrc",
+        f"task.data.train_file={train}",
+        f"task.data.validation_file={dev}",
+        "debug=smoke",
+        "logger=none",
+        "distiller=general",
+        "loss=nst+hidden",
+    )
+    metrics = read_metrics(run_dir)
+    assert metrics["task"]["sizes"] == {"train": 16, "validation": 6, "test": 2}  # test cut from train
+    assert metrics["task"]["main_metric"] == "f1" and set(metrics["loss"]) == {"kd", "nst", "hidden"}
+    _check_split_metrics(metrics)
+    assert metrics["student"]["validation"]["questions"] == 6
+
+    # the saved student reloads as a QA model and reproduces its test metrics
+    from transformers import AutoModelForQuestionAnswering, AutoTokenizer
+
+    model = AutoModelForQuestionAnswering.from_pretrained(run_dir / "student").eval()
+    tokenizer = AutoTokenizer.from_pretrained(run_dir / "student")
+    cfg = yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())
+    rows = load_task_data(cfg["task"]).splits["test"]
+    features = KIND.encode(rows, tokenizer, cfg["task"])
+    logits = []
+    with torch.inference_mode():
+        for f in features:
+            batch = {k: torch.tensor([f[k]]) for k in ("input_ids", "attention_mask", "token_type_ids", "context_mask")}
+            inputs = {k: v for k, v in batch.items() if k != "context_mask"}
+            logits.append(KIND.model_logits(model(**inputs), batch)[0].numpy())
+    again = KIND.score(logits, features, rows, ["start", "end"])
+    for key in ("em", "f1", "unanswered"):
+        assert again[key] == pytest.approx(metrics["student"]["test"][key])
+
+
+def test_cmrc_pd98_end_to_end(cli):
+    _, run_dir = cli("task=cmrc_pd98", "debug=smoke", "logger=none")
+    metrics = read_metrics(run_dir)
+    assert metrics["task"]["sizes"] == {"train": 192, "validation": 64, "test": 64}
+    _check_split_metrics(metrics)
+
+
+def test_hub_offline_points_at_local_files(cli):
+    proc, _ = cli("task=cmrc", "debug=smoke", "logger=none", expect_ok=False)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "hfl/cmrc2018" in lines[0] and "task.data.train_file" in lines[0]
