@@ -11,6 +11,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from brewlab.errors import BrewlabError, bad_choice
@@ -84,11 +85,8 @@ def validate(cfg: Mapping[str, Any]) -> None:
         SOURCES.get(task["source"], "task.source")
     for split in ("train", "validation", "test"):
         path = data.get(f"{split}_file")
-        if path:
-            from pathlib import Path
-
-            if not Path(path).is_file():
-                raise BrewlabError(f"task.data.{split}_file={path!r}: file not found")
+        if path and not Path(path).is_file():
+            raise BrewlabError(f"task.data.{split}_file={path!r}: file not found")
     _check_number("task.max_seq_length", task["max_seq_length"], 8)
     distiller = DISTILLERS.get(cfg["distiller"]["name"], "distiller")
     TRACKERS.get(cfg["logger"]["name"], "logger")

@@ -153,18 +153,19 @@ def test_cached_teacher_outputs_give_the_same_losses():
     assert len(cached.cache.rows) == 4 and plain.cache is None
 
 
-def test_total_loss_is_the_weighted_sum_of_terms():
-    loss = {
-        **KD_HARD,
-        "hid": {
-            "kind": "match",
-            "fn": "hidden_mse",
-            "feature": "hidden",
-            "layers": "uniform",
-            "proj": "linear",
-            "weight": 3.0,
-        },
+def hidden_term(weight: float) -> dict:
+    return {
+        "kind": "match",
+        "fn": "hidden_mse",
+        "feature": "hidden",
+        "layers": "uniform",
+        "proj": "linear",
+        "weight": weight,
     }
+
+
+def test_total_loss_is_the_weighted_sum_of_terms():
+    loss = {**KD_HARD, "hid": hidden_term(3.0)}
     d = make("general", loss)
     total, parts = d.compute_loss(batch(), 0, 10)
     assert set(parts) == {"kd", "hard", "hid"}
@@ -172,17 +173,7 @@ def test_total_loss_is_the_weighted_sum_of_terms():
 
 
 def test_fit_trains_student_and_projections_never_the_teacher():
-    loss = {
-        **KD_HARD,
-        "hid": {
-            "kind": "match",
-            "fn": "hidden_mse",
-            "feature": "hidden",
-            "layers": "uniform",
-            "proj": "linear",
-            "weight": 1.0,
-        },
-    }
+    loss = {**KD_HARD, "hid": hidden_term(1.0)}
     d = make("general", loss)
     teacher_before = {k: v.clone() for k, v in d.teacher.model.state_dict().items()}
     proj_before = {k: v.clone() for k, v in d.projections.state_dict().items()}
