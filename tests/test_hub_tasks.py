@@ -28,3 +28,26 @@ def test_hub_id_fails_fast_offline_with_a_pointer_to_local_files(cli):
     (line,) = [x for x in proc.stderr.splitlines() if x.startswith("brewlab: error:")]
     assert "task.hub_id='facebook/xnli'" in line and "task.data.train_file" in line
     assert "Traceback" not in proc.stderr
+
+
+def test_article_per_row_hub_uploads_are_flattened(monkeypatch):
+    """voidful/DRCD stores one article per row under a `data` column; it reads like the flat copies."""
+    import datasets
+    from omegaconf import OmegaConf
+
+    from brewlab.tasks import load_task_data
+
+    def article(i: int) -> dict:
+        context = f"台達電子成立於{1971 + i}年。"
+        answer = str(1971 + i)
+        qa = {"id": f"q{i}", "question": "台達電子成立於哪一年？", "answers": [{"id": "1", "text": answer, "answer_start": 7}]}
+        return {"data": {"id": f"a{i}", "title": "台達", "paragraphs": [{"id": f"p{i}", "context": context, "qas": [qa]}]}}
+
+    hub = {"train": [article(i) for i in range(8)], "dev": [article(10)], "test": [article(20), article(21)]}
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: hub)
+    cfg = OmegaConf.to_container(OmegaConf.load(Path(__file__).parents[1] / "conf" / "task" / "drcd.yaml"))
+    data = load_task_data(cfg)
+    assert data.sizes() == {"train": 8, "validation": 1, "test": 2}
+    row = data.splits["test"][1]
+    assert row["context"][row["answers"]["answer_start"][0]:].startswith("1992")
+    assert row["answers"]["text"] == ["1992"]

@@ -122,9 +122,7 @@ def _read_local(path: str, key: str) -> list[Example]:
 
 def _read_squad_layout(file: Path, key: str) -> list[Example] | None:
     """Rows of a nested SQuAD-layout file, the original form of SQuAD, CMRC 2018 and DRCD
-    ({"data": [{"paragraphs": [{"context", "qas": [{"id", "question", "answers"}]}]}]}),
-    flattened to the hub's columns (id, title, context, question, answers{text, answer_start});
-    None for any other JSON, which is left to `datasets`."""
+    ({"data": [{"paragraphs": [...]}]}); None for any other JSON, which is left to `datasets`."""
     try:
         with open(file, encoding="utf-8") as fh:
             top = json.load(fh)
@@ -133,6 +131,13 @@ def _read_squad_layout(file: Path, key: str) -> list[Example] | None:
     articles = top.get("data") if isinstance(top, dict) else None
     if not articles or not all(isinstance(a, dict) and "paragraphs" in a for a in articles):
         return None
+    return flatten_articles(articles, f"{key}={str(file)!r}")
+
+
+def flatten_articles(articles: Sequence[Mapping], where: str) -> list[Example]:
+    """SQuAD-layout articles ({"title", "paragraphs": [{"context", "qas": [{"id", "question",
+    "answers"}]}]}) flattened to the hub's flat columns (id, title, context, question,
+    answers{text, answer_start}), so one reader serves nested files and flat hub copies."""
     try:
         return [
             {
@@ -150,7 +155,18 @@ def _read_squad_layout(file: Path, key: str) -> list[Example] | None:
             for qa in paragraph.get("qas") or []
         ]
     except (KeyError, TypeError, ValueError) as exc:
-        raise BrewlabError(f"{key}={str(file)!r}: malformed SQuAD-layout JSON ({type(exc).__name__}: {exc})") from None
+        raise BrewlabError(f"{where}: malformed SQuAD-layout data ({type(exc).__name__}: {exc})") from None
+
+
+def _hub_rows(split: Any, where: str) -> list[Example]:
+    """Rows of one hub split; article-per-row uploads of the nested layout (a `paragraphs`
+    column, or a `data` column holding the article, as in voidful/DRCD) are flattened."""
+    rows = [dict(r) for r in split]
+    if rows and "paragraphs" in rows[0]:
+        return flatten_articles(rows, where)
+    if rows and isinstance(rows[0].get("data"), Mapping) and "paragraphs" in rows[0]["data"]:
+        return flatten_articles([r["data"] for r in rows], where)
+    return rows
 
 
 @SOURCES.register("hub")
@@ -167,7 +183,8 @@ def hub(cfg: Mapping) -> dict[str, list[Example]]:
             "in the hub format"
         ) from None
     names = cfg.get("hub_splits") or {s: s for s in SPLITS}
-    return {split: [dict(r) for r in ds[names[split]]] for split in SPLITS if names.get(split) in ds}
+    where = f"task.hub_id={cfg['hub_id']!r}"
+    return {split: _hub_rows(ds[names[split]], where) for split in SPLITS if names.get(split) in ds}
 
 
 def load_task_data(cfg: Mapping) -> TaskData:
