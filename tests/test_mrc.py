@@ -205,7 +205,7 @@ def test_pd98_answers_sizes_and_disjoint_passages(pd98):
         for row in rows:
             (text,), (start,) = row["answers"]["text"], row["answers"]["answer_start"]
             assert row["context"][start : start + len(text)] == text and len(text) >= 2
-            assert 150 <= len(row["context"]) <= 400 and text not in row["question"]
+            assert 100 <= len(row["context"]) <= 240 and text not in row["question"]
     ids = [r["id"] for rows in splits.values() for r in rows]
     assert len(set(ids)) == len(ids)
 
