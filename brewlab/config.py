@@ -16,7 +16,7 @@ from typing import Any
 
 from brewlab.errors import BrewlabError, bad_choice
 
-TEACHER_KINDS = ("scratch", "hf")
+TEACHER_KINDS = ("scratch", "pretrained_scratch", "hf")
 
 
 @dataclass(frozen=True)
@@ -49,14 +49,19 @@ def _shape(arch: Mapping[str, Any]) -> Shape:
 
 def teacher_shape(teacher: Mapping[str, Any]) -> Shape | None:
     """Shape from the teacher config, or from a local model's config.json; None for hub ids."""
-    if teacher["kind"] == "scratch":
+    if teacher["kind"] in ("scratch", "pretrained_scratch"):
         return _shape(teacher["arch"])
-    from brewlab.models import check_model_dir, is_local_model_dir
-
     path = teacher.get("name_or_path")
     if not path:
         raise BrewlabError("teacher.name_or_path is required with teacher=hf (a hub id or a local directory)")
-    check_model_dir(path, "teacher.name_or_path")
+    return model_dir_shape(path, "teacher.name_or_path")
+
+
+def model_dir_shape(path: str, key: str) -> Shape | None:
+    """Shape from a local model's config.json (checked to hold weights); None for hub ids."""
+    from brewlab.models import check_model_dir, is_local_model_dir
+
+    check_model_dir(path, key)
     if not is_local_model_dir(path):
         return None
     with open(f"{path}/config.json", encoding="utf-8") as fh:
@@ -99,6 +104,10 @@ def validate(cfg: Mapping[str, Any]) -> None:
 
     t_shape = teacher_shape(teacher)
     s_shape = _shape(student["arch"])
+    if student.get("init_from"):
+        if student.get("init_from_teacher_layers"):
+            raise BrewlabError("student.init_from and student.init_from_teacher_layers exclude each other; set one")
+        s_shape = model_dir_shape(str(student["init_from"]), "student.init_from") or s_shape
     if t_shape is None:  # hub teacher: layer checks happen once its config is loaded
         t_shape = Shape(10**6, s_shape.hidden_size, s_shape.num_heads)
     objective = parse_objective(cfg["loss"], t_shape if distiller.uses_teacher else None, s_shape)

@@ -74,7 +74,9 @@ class Prepared:
 # ----------------------------------------------------------------------------- data
 
 
-def prepare_task(cfg: Mapping[str, Any], cache_dir: Path) -> Prepared:
+def prepare_task(cfg: Mapping[str, Any], cache_dir: Path, tokenizer_from: str | None = None) -> Prepared:
+    """Read and encode the task. The tokenizer is the one saved with `tokenizer_from` (a model
+    the teacher starts from), else a character vocabulary built from the training split."""
     from brewlab.models import load_tokenizer
     from brewlab.tasks import KINDS, load_task_data
     from brewlab.vocab import build_char_tokenizer
@@ -86,8 +88,8 @@ def prepare_task(cfg: Mapping[str, Any], cache_dir: Path) -> Prepared:
         if n == 0:
             raise BrewlabError(f"task {task_cfg['name']}: the {split} split is empty")
     log.info("task %s: %s", task_cfg["name"], data.sizes())
-    if cfg["teacher"]["kind"] == "hf":
-        tokenizer = load_tokenizer(cfg["teacher"]["name_or_path"])
+    if tokenizer_from is not None:
+        tokenizer = load_tokenizer(tokenizer_from)
     else:
         tok_cfg = task_cfg.get("tokenizer") or {}
         texts = [t for row in data.splits["train"] for t in kind.texts(row)]
@@ -205,19 +207,49 @@ def train_loop(
     )
 
 
+def teacher_base(cfg: Mapping[str, Any], cache_dir: Path, device: torch.device, tracker: Any) -> str | None:
+    """The model a teacher starts from (and whose tokenizer the run uses): a hub id or directory
+    for `hf`, the cached masked LM for `pretrained_scratch` (pretrained first if missing), or
+    None for `scratch`."""
+    t_cfg = cfg["teacher"]
+    if t_cfg["kind"] == "hf":
+        return str(t_cfg["name_or_path"])
+    if t_cfg["kind"] != "pretrained_scratch":
+        return None
+    from brewlab.models import build_scratch
+
+    p_cfg = t_cfg["pretrain"]
+    key = stable_hash({"arch": t_cfg["arch"], "pretrain": p_cfg})
+    directory = cache_dir / "pretrained" / f"{p_cfg['task']['name']}-{key}"
+    if (directory / TEACHER_META).is_file():
+        log.info("pretrained masked LM: reused cache %s", directory)
+        return str(directory)
+    stage = {**cfg, "task": p_cfg["task"]}
+    prep = prepare_task(stage, cache_dir)
+    log.info("pretraining a masked LM on %s %s (cache key %s)", p_cfg["task"]["name"], prep.sizes, key)
+    torch.manual_seed(int(p_cfg["train"].get("seed", 0)))
+    model = build_scratch(t_cfg["arch"], prep.tokenizer, prep.kind, prep.kind.num_labels(prep.label_names)).to(device)
+    _train_and_cache(stage, model, prep, p_cfg["train"], directory, key, device, _Prefixed(tracker, "pretrain/"))
+    return str(directory)
+
+
 def get_teacher(
-    cfg: Mapping[str, Any], prep: Prepared, cache_dir: Path, attn: str, device: torch.device, tracker: Any
+    cfg: Mapping[str, Any], prep: Prepared, base: str | None, cache_dir: Path, attn: str, device: torch.device, tracker: Any
 ) -> tuple[Any, str]:
-    """The teacher model and where it came from ('loaded', 'cache', 'trained')."""
-    from brewlab.models import build_scratch, load_pretrained, save_model, set_attention
+    """The teacher model and where it came from ('loaded', 'cache', 'trained').
+
+    A teacher with `finetune: true` (always for `scratch`) is trained on the task with the
+    `trainer` distiller, starting from `base`, and cached by everything that shapes it."""
+    from brewlab.models import build_scratch, load_pretrained, set_attention
 
     t_cfg = cfg["teacher"]
     num_labels = prep.kind.num_labels(prep.label_names)
-    if t_cfg["kind"] == "hf":
-        model = load_pretrained(t_cfg["name_or_path"], prep.kind, num_labels, attn)
+    finetune = t_cfg["kind"] == "scratch" or bool(t_cfg.get("finetune", False))
+    if base is not None and not finetune:
+        model = load_pretrained(base, prep.kind, num_labels, attn)
         if model.config.vocab_size < len(prep.tokenizer):
             raise BrewlabError(
-                f"teacher.name_or_path={t_cfg['name_or_path']!r}: vocabulary {model.config.vocab_size} "
+                f"teacher.name_or_path={base!r}: vocabulary {model.config.vocab_size} "
                 f"is smaller than its tokenizer ({len(prep.tokenizer)})"
             )
         return model.to(device).eval(), "loaded"
@@ -226,6 +258,7 @@ def get_teacher(
             "teacher": {k: v for k, v in t_cfg.items() if k != "name"},
             "task": cfg["task"],  # everything that shapes the data
             "tokenizer": prep.tokenizer_id,
+            "init": "teacher-seed",  # weights are initialised from teacher.seed, not the run's seed
         }
     )
     directory = cache_dir / "teachers" / f"{cfg['task']['name']}-{key}"
@@ -233,26 +266,53 @@ def get_teacher(
         model = load_pretrained(str(directory), prep.kind, num_labels, attn, key="teacher cache")
         log.info("teacher: reused cache %s", directory)
         return model.to(device).eval(), "cache"
-    log.info("teacher: training from scratch (cache key %s)", key)
-    model = build_scratch(t_cfg["arch"], prep.tokenizer, prep.kind, num_labels).to(device)
+    log.info("teacher: training %s (cache key %s)", f"from {base}" if base else "from scratch", key)
     torch.manual_seed(int(t_cfg.get("seed", 0)))
-    teacher_cfg = {**cfg, "optim": {**cfg["optim"], "lr": t_cfg["train"].get("lr", cfg["optim"]["lr"])}}
+    if base is None:
+        model = build_scratch(t_cfg["arch"], prep.tokenizer, prep.kind, num_labels)
+    else:
+        model = load_pretrained(base, prep.kind, num_labels, key="teacher base")
+    model = model.to(device)
+    train_cfg = {"seed": t_cfg.get("seed", 0), **t_cfg["train"]}
+    _train_and_cache(cfg, model, prep, train_cfg, directory, key, device, _Prefixed(tracker, "teacher/"))
+    set_attention(model, attn)
+    return model.eval(), "trained"
+
+
+def _train_and_cache(
+    cfg: Mapping[str, Any],
+    model: Any,
+    prep: Prepared,
+    train_cfg: Mapping[str, Any],
+    directory: Path,
+    key: str,
+    device: torch.device,
+    tracker: Any,
+) -> None:
+    """Train `model` on the task's labels and publish it (with its tokenizer) to `directory`,
+    written aside and renamed into place so an interrupted run never leaves a half cache."""
+    from brewlab.models import save_model
+
+    stage_cfg = {**cfg, "optim": {**cfg["optim"], "lr": train_cfg.get("lr", cfg["optim"]["lr"])}}
     hard_only = {"hard": {"kind": "hard", "weight": 1.0}}
-    distiller = build_distiller(
-        "trainer", teacher_cfg, model, None, prep, hard_only, t_cfg["train"], _Prefixed(tracker, "teacher/")
-    )
-    result = train_loop(
-        distiller, prep, t_cfg["train"], int(t_cfg.get("seed", 0)), device, cfg["trainer"].get("progress", True)
-    )
-    build = Path(tempfile.mkdtemp(dir=cache_dir, prefix=".teacher-"))
+    distiller = build_distiller("trainer", stage_cfg, model, None, prep, hard_only, train_cfg, tracker)
+    seed = int(train_cfg.get("seed", 0))
+    result = train_loop(distiller, prep, train_cfg, seed, device, cfg["trainer"].get("progress", True))
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    build = Path(tempfile.mkdtemp(dir=directory.parent, prefix=".build-"))
     save_model(model, prep.tokenizer, build)
     write_json_atomic(
         build / TEACHER_META,
-        {"key": key, "best_dev": result.best_metric, "train_seconds": result.train_seconds, "steps": result.steps},
+        {
+            "key": key,
+            "task": prep.sizes,
+            "best_dev": result.best_metric,
+            "dev": result.history[-1] if result.history else {},
+            "train_seconds": result.train_seconds,
+            "steps": result.steps,
+        },
     )
     publish_dir(build, directory)
-    set_attention(model, attn)
-    return model.eval(), "trained"
 
 
 class _Prefixed:
@@ -266,16 +326,28 @@ class _Prefixed:
 
 
 def build_student(cfg: Mapping[str, Any], prep: Prepared, teacher: Any, attn: str, device: torch.device):
-    from brewlab.models import build_scratch, init_from_teacher_layers
+    """A random student of `student.arch`, or one initialised from a saved model
+    (`student.init_from`, e.g. a general-distilled student) or from teacher layers."""
+    from brewlab.models import build_scratch, init_from_teacher_layers, load_pretrained, load_tokenizer
 
     s_cfg = cfg["student"]
+    num_labels = prep.kind.num_labels(prep.label_names)
     vocab = s_cfg.get("vocab_size")
     if vocab is not None and int(vocab) != len(prep.tokenizer):
         raise BrewlabError(
             f"student.vocab_size={vocab} does not match the task's tokenizer ({len(prep.tokenizer)} tokens); "
             "leave it null to take the tokenizer's size"
         )
-    model = build_scratch(s_cfg["arch"], prep.tokenizer, prep.kind, prep.kind.num_labels(prep.label_names), attn)
+    init_from = s_cfg.get("init_from")
+    if init_from:
+        if stable_hash(load_tokenizer(init_from, "student.init_from").get_vocab()) != prep.tokenizer_id:
+            raise BrewlabError(
+                f"student.init_from={init_from!r} was trained with another vocabulary than this run's tokenizer; "
+                "use the teacher it was distilled from (e.g. the same teacher=pretrained_scratch settings)"
+            )
+        model = load_pretrained(init_from, prep.kind, num_labels, attn, key="student.init_from")
+    else:
+        model = build_scratch(s_cfg["arch"], prep.tokenizer, prep.kind, num_labels, attn)
     if s_cfg.get("init_from_teacher_layers"):
         init_from_teacher_layers(model, teacher, [int(i) for i in s_cfg["init_from_teacher_layers"]])
     return model.to(device)
@@ -297,10 +369,11 @@ def run(cfg: Mapping[str, Any], run_dir: Path, tracker: Any) -> dict[str, Any]:
     device = device_of(cfg["trainer"].get("device", "auto"))
     seed = int(cfg["seed"])
     progress = bool(cfg["trainer"].get("progress", True))
-    prep = prepare_task(cfg, cache_dir)
+    base = teacher_base(cfg, cache_dir, device, tracker)
+    prep = prepare_task(cfg, cache_dir, tokenizer_from=base)
     needs_attention = any(t.get("feature") == "attention" for t in cfg["loss"].values())
     attn = "eager" if needs_attention else "sdpa"
-    teacher, teacher_source = get_teacher(cfg, prep, cache_dir, attn, device, tracker)
+    teacher, teacher_source = get_teacher(cfg, prep, base, cache_dir, attn, device, tracker)
 
     seed_everything(seed)
     student = build_student(cfg, prep, teacher, attn, device)
@@ -382,14 +455,17 @@ def run_job(cfg: Any) -> float:
     try:
         plain = to_plain(cfg)
         validate(plain)
-        overrides = list(hc.overrides.task)
+        study = plain.get("study")
+        # one W&B group per sweep (its directory, e.g. ablation_losses/2026-11-29_03-00-00), so
+        # repetitions of a configuration sit together and two sweeps of one study stay apart
+        group = "/".join(Path(hc.sweep.dir).parts[-2:]) if multirun else study
         tracker = make_tracker(
             plain["logger"],
             run_dir,
             plain,
-            name=hc.job.override_dirname or "default",
-            tags=overrides,
-            group=plain.get("study") or (Path(hc.sweep.dir).name if multirun else None),
+            name=f"{hc.job.override_dirname or 'default'},seed={plain['seed']}",
+            tags=list(hc.overrides.task) + ([f"study={study}"] if study else []),
+            group=group,
         )
         seed_everything(int(plain["seed"]))
         metrics = run(plain, run_dir, tracker)

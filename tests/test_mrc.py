@@ -19,11 +19,11 @@ from brewlab.tasks.mrc import (
     answer_metrics,
     check_config,
     cmrc_pd98,
-    parse_tagged_line,
     pd98_files,
     score_en,
     score_zh,
 )
+from brewlab.tasks.pd98 import parse_tagged_line
 from brewlab.vocab import build_char_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]

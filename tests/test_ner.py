@@ -54,6 +54,9 @@ def test_pd98_line_to_character_bio():
     row = parse_pd98_line("李/nr  鹏/nr  、/w  朱/nr  镕基/nr  在/p  中国/ns  北京/ns")
     assert row["tokens"] == list("李鹏、朱镕基在中国北京")
     assert row["ner_tags"] == ["B-PER", "I-PER", "O", "B-PER", "I-PER", "I-PER", "O"] + ["B-LOC", "I-LOC"] * 2
+    # names the corpus lists back to back without a separator are still separate people
+    row = parse_pd98_line("江/nr  泽民/nr  李/nr  鹏/nr  欧阳/nr  中石/nr  出席/v")
+    assert row["ner_tags"] == ["B-PER", "I-PER", "I-PER", "B-PER", "I-PER", "B-PER", "I-PER", "I-PER", "I-PER", "O", "O"]
 
 
 def test_pd98_source_splits_and_entity_counts():

