@@ -54,16 +54,30 @@ def check_model_dir(name_or_path: str, key: str) -> None:
 
 
 def load_pretrained(
-    name_or_path: str, kind: Any, num_labels: int, attn_implementation: str = "sdpa", key: str = "teacher.name_or_path"
+    name_or_path: str,
+    kind: Any,
+    num_labels: int,
+    attn_implementation: str = "sdpa",
+    key: str = "teacher.name_or_path",
+    new_head: bool = False,
 ):
-    """Load a fine-tuned (or base) model by hub id or local directory."""
+    """Load a fine-tuned (or base) model by hub id or local directory. With `new_head` the
+    checkpoint is a body for another head (a masked LM fine-tuned for a task), so the report of
+    unused and freshly initialised head weights is expected and kept quiet."""
+    from transformers.utils import logging as hf_logging
+
     check_model_dir(name_or_path, key)
+    verbosity = hf_logging.get_verbosity()
+    if new_head:
+        hf_logging.set_verbosity_error()
     try:
         return _auto_class(kind).from_pretrained(
             name_or_path, num_labels=num_labels, attn_implementation=attn_implementation
         )
     except OSError as exc:
         raise BrewlabError(f"{key}={name_or_path!r} could not be loaded: {str(exc).splitlines()[0]}") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
 
 
 def load_tokenizer(name_or_path: str, key: str = "teacher.name_or_path"):

@@ -120,12 +120,15 @@ def predict(
     adaptor.model.eval()
     rows: dict[int, np.ndarray] = {}
     seconds = 0.0
+    compact = getattr(adaptor.kind, "compact", None)  # kinds with huge logits keep only what `score` reads
     with torch.inference_mode():
         for batch in loader:
             batch = {k: v.to(device) for k, v in batch.items()}
             start = time.perf_counter()
             logits = adaptor(batch).logits
             seconds += time.perf_counter() - start
+            if compact is not None:
+                logits = compact(logits, batch)
             for i, k in enumerate(batch["idx"].tolist()):
                 rows[k] = logits[i].float().cpu().numpy()
     return [rows[i] for i in range(len(features))], seconds
@@ -271,7 +274,7 @@ def get_teacher(
     if base is None:
         model = build_scratch(t_cfg["arch"], prep.tokenizer, prep.kind, num_labels)
     else:
-        model = load_pretrained(base, prep.kind, num_labels, key="teacher base")
+        model = load_pretrained(base, prep.kind, num_labels, key="teacher base", new_head=True)
     model = model.to(device)
     train_cfg = {"seed": t_cfg.get("seed", 0), **t_cfg["train"]}
     _train_and_cache(cfg, model, prep, train_cfg, directory, key, device, _Prefixed(tracker, "teacher/"))
@@ -328,7 +331,7 @@ class _Prefixed:
 def build_student(cfg: Mapping[str, Any], prep: Prepared, teacher: Any, attn: str, device: torch.device):
     """A random student of `student.arch`, or one initialised from a saved model
     (`student.init_from`, e.g. a general-distilled student) or from teacher layers."""
-    from brewlab.models import build_scratch, init_from_teacher_layers, load_pretrained, load_tokenizer
+    from brewlab.models import build_scratch, init_from_teacher_layers, load_pretrained
 
     s_cfg = cfg["student"]
     num_labels = prep.kind.num_labels(prep.label_names)
@@ -340,17 +343,25 @@ def build_student(cfg: Mapping[str, Any], prep: Prepared, teacher: Any, attn: st
         )
     init_from = s_cfg.get("init_from")
     if init_from:
-        if stable_hash(load_tokenizer(init_from, "student.init_from").get_vocab()) != prep.tokenizer_id:
-            raise BrewlabError(
-                f"student.init_from={init_from!r} was trained with another vocabulary than this run's tokenizer; "
-                "use the teacher it was distilled from (e.g. the same teacher=pretrained_scratch settings)"
-            )
-        model = load_pretrained(init_from, prep.kind, num_labels, attn, key="student.init_from")
+        model = load_pretrained(init_from, prep.kind, num_labels, attn, key="student.init_from", new_head=True)
     else:
         model = build_scratch(s_cfg["arch"], prep.tokenizer, prep.kind, num_labels, attn)
     if s_cfg.get("init_from_teacher_layers"):
         init_from_teacher_layers(model, teacher, [int(i) for i in s_cfg["init_from_teacher_layers"]])
     return model.to(device)
+
+
+def check_student_init(cfg: Mapping[str, Any], prep: Prepared) -> None:
+    """A student initialised from a saved model must share the run's vocabulary; checked
+    before any teacher is trained."""
+    from brewlab.models import load_tokenizer
+
+    init_from = cfg["student"].get("init_from")
+    if init_from and stable_hash(load_tokenizer(init_from, "student.init_from").get_vocab()) != prep.tokenizer_id:
+        raise BrewlabError(
+            f"student.init_from={init_from!r} was trained with another vocabulary than this run's tokenizer; "
+            "use the teacher it was distilled from (e.g. the same teacher=pretrained_scratch settings)"
+        )
 
 
 # ----------------------------------------------------------------------------- the run
@@ -371,6 +382,7 @@ def run(cfg: Mapping[str, Any], run_dir: Path, tracker: Any) -> dict[str, Any]:
     progress = bool(cfg["trainer"].get("progress", True))
     base = teacher_base(cfg, cache_dir, device, tracker)
     prep = prepare_task(cfg, cache_dir, tokenizer_from=base)
+    check_student_init(cfg, prep)
     needs_attention = any(t.get("feature") == "attention" for t in cfg["loss"].values())
     attn = "eager" if needs_attention else "sdpa"
     teacher, teacher_source = get_teacher(cfg, prep, base, cache_dir, attn, device, tracker)
