@@ -278,7 +278,11 @@ class Distiller:
         self.params = [p for p in student.model.parameters() if p.requires_grad] + list(self.projections.parameters())
         self.optimizer = make_optimizer(self.params)
         self.log = log or (lambda metrics, step: None)
-        use_cache = bool(trainer_cfg.get("cache_teacher_outputs", True)) and not objective.matches
+        use_cache = (
+            bool(trainer_cfg.get("cache_teacher_outputs", True))
+            and not objective.matches
+            and getattr(kind, "cache_teacher_logits", True)  # a kind may have logits too large to keep
+        )
         self.cache = TeacherCache(kind.seq_axis, kind.logit_pad) if (self.teacher is not None and use_cache) else None
 
     # -- objective -----------------------------------------------------------------------

