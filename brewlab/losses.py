@@ -137,8 +137,7 @@ def _ce(s: Tensor, t: Tensor) -> Tensor:
     return -(F.softmax(t, dim=-1) * F.log_softmax(s, dim=-1)).sum(-1)
 
 
-def _mse(s: Tensor, t: Tensor) -> Tensor:
-    return (s - t).pow(2).mean(-1)
+RULED_OUT = -1e3  # teacher logits at or below this mark classes a task rules out (MRC: outside the passage)
 
 
 def _kl(s: Tensor, t: Tensor) -> Tensor:
@@ -179,8 +178,15 @@ def kd_mse(
     Matches raw logits rather than probabilities (Ba & Caruana style); averaging over the C
     classes keeps the scale independent of the vocabulary/label count. `t2_scaling` as in
     "ce" (multiply each position's loss by T^2; default off). Mean over valid positions.
+    Classes the teacher rules out (logit <= RULED_OUT) are left out of the class mean, so an
+    MRC window's loss does not shrink with the padding and question around the passage.
     """
-    return _logit_loss(_mse, logits_s, logits_t, temperature, mask, t2_scaling, "mse")
+    kept = (logits_t.detach() > RULED_OUT).to(logits_s.dtype)
+
+    def per_position(s: Tensor, t: Tensor) -> Tensor:
+        return ((s - t).pow(2) * kept).sum(-1) / kept.sum(-1).clamp(min=1.0)
+
+    return _logit_loss(per_position, logits_s, logits_t, temperature, mask, t2_scaling, "mse")
 
 
 @LOGIT_LOSSES.register("kl")

@@ -55,7 +55,14 @@ def publish_dir(build: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(build, final)
+        try:
+            os.replace(build, final)
+        except OSError:
+            if not final.is_dir():
+                raise
+            # a parallel job (joblib launcher, empty cache) published the same entry first;
+            # entries are keyed by content, so its copy serves and ours is dropped
+            shutil.rmtree(build, ignore_errors=True)
 
 
 @dataclass

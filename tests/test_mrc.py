@@ -103,6 +103,44 @@ def test_en_answer_across_a_window_boundary():
     assert features[0]["labels"] == [0, 0] and features[1]["labels"] != [0, 0]
 
 
+def test_en_answer_only_in_the_second_window():
+    question, answer = "Who spoke?", "Marie Curie"
+    filler = " ".join(["the quiet river runs by the old mill"] * 8)
+    tokenizer = build_char_tokenizer([filler, question, answer])
+    first = KIND.encode([_row(filler, question, "mill")], tokenizer, WINDOW_CFG)[0]
+    position = filler.index(" ", _context_span(first)[1]) + 1  # the first word start past window 1
+    context = filler[:position] + answer + " " + filler[position:]
+    features = _windows_case(context, question, answer, position, "en")
+    second_start, second_end = _context_span(features[1])
+    assert _context_span(features[0])[1] <= position and second_start <= position < position + len(answer) <= second_end
+    assert features[0]["labels"] == [0, 0] and features[1]["labels"] != [0, 0]
+
+
+@pytest.mark.parametrize("fn", ["ce", "kl", "mse"])
+def test_position_kd_ignores_everything_outside_the_passage(fn):
+    """Logits of question, special and padding positions change neither the KD loss nor, when
+    more padding is added, its scale."""
+    from types import SimpleNamespace
+
+    from brewlab.losses import LOGIT_LOSSES
+
+    loss = LOGIT_LOSSES.get(fn)
+    context = torch.tensor([[0, 0, 1, 1, 1, 0], [0, 1, 1, 0, 0, 0]])
+
+    def view(logits, mask):
+        return KIND.model_logits(SimpleNamespace(start_logits=logits[0], end_logits=logits[1]), {"context_mask": mask})
+
+    torch.manual_seed(0)
+    s, t = torch.randn(2, 2, 6), torch.randn(2, 2, 6)
+    base = loss(view(s, context), view(t, context), 2.0)
+    outside = (~context.bool()).float()
+    noisy = loss(view(s + 9 * torch.randn_like(s) * outside, context), view(t - 5 * outside, context), 2.0)
+    assert torch.allclose(noisy, base)
+    wide = torch.cat([context, torch.zeros(2, 10, dtype=torch.long)], 1)  # 10 more padded positions
+    s_wide, t_wide = torch.cat([s, torch.randn(2, 2, 10)], 2), torch.cat([t, torch.randn(2, 2, 10)], 2)
+    assert torch.allclose(loss(view(s_wide, wide), view(t_wide, wide), 2.0), base)
+
+
 def test_features_metadata_and_question_cap():
     tokenizer = build_char_tokenizer(["甲乙丙丁戊己庚辛壬癸" * 3])
     long_question = "甲乙丙丁戊己庚辛壬癸" * 3  # 30 tokens, capped at 12
