@@ -6,6 +6,7 @@ directory and is always finished, also when the job fails, so sweep jobs do not 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Mapping
@@ -58,6 +59,10 @@ class WandbTracker(NoTracker):
             config=config,
             reinit="finish_previous",
         )
+        # where this job's W&B run is, readable without W&B (the report and users' scripts)
+        identity = {"id": self.run.id, "name": name, "group": group, "tags": list(self.run.tags), "mode": mode,
+                    "project": self.run.project}
+        (run_dir / "wandb_run.json").write_text(json.dumps(identity, indent=2, ensure_ascii=False), encoding="utf-8")
 
     def log(self, metrics: Mapping[str, float], step: int) -> None:
         self.run.log(dict(metrics), step=step)

@@ -45,6 +45,12 @@ def test_basic_launcher_sweep_isolated_jobs_failures_and_report(tmp_path, cache_
     for name, metrics in jobs.items():
         assert metrics["seed"] == int(name[-1])
         assert len(list((sweep / name / "wandb").glob("offline-run-*"))) == 1
+        identity = json.loads((sweep / name / "wandb_run.json").read_text())
+        configuration = name.split("/")[0]
+        assert identity["group"] == "/".join(sweep.parts[-2:]) and identity["mode"] == "offline"
+        assert identity["name"] == f"{configuration},seed={metrics['seed']}"
+        expected_tags = {"distiller=general", f"loss={configuration.split('loss=')[1]}", f"seed={metrics['seed']}"}
+        assert expected_tags <= set(identity["tags"])
     # the last job of the in-process sweep equals the same job run alone: nothing leaked
     alone = tmp_path / "alone"
     run_cli(*SMOKE, "logger=none", "loss=nst+hidden", "seed=2", run_dir=alone, cache=cache_dir)
