@@ -73,3 +73,24 @@ def test_scheduler_partials_combine():
     assert cfg["temperature"]["kind"] == "flsw"
     assert cfg["probability_shift"] is True
     assert cfg["lr"]["kind"] == "linear"
+
+
+STUDIES = sorted(f.stem for f in (CONF / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("study", STUDIES)
+def test_every_job_of_every_study_composes_and_validates(study):
+    """Expand each study's sweeper grid (seeds aside) and validate every job's config."""
+    import yaml
+
+    spec = yaml.safe_load((CONF / "experiment" / f"{study}.yaml").read_text())
+    params = ((spec.get("hydra") or {}).get("sweeper") or {}).get("params") or {}
+    grid = {key: str(values).split(",") for key, values in params.items() if key != "seed"}
+    combos = list(itertools.product(*grid.values())) if grid else [()]
+    for combo in combos:
+        overrides = [f"{key}={value}" for key, value in zip(grid, combo, strict=True)]
+        cfg = to_plain(compose_cfg(f"+experiment={study}", "debug=smoke", *overrides))
+        validate(cfg)
+        for key, value in zip(grid, combo, strict=True):
+            if key == "loss":
+                assert set(value.split("+")) <= set(cfg["loss"])
