@@ -138,3 +138,11 @@ def test_submitit_local_runs_and_slurm_composes(tmp_path, cache_dir):
     assert cfg.returncode == 0, cfg.stderr
     assert "partition: gpu" in cfg.stdout and "gpus_per_node: 1" in cfg.stdout and "timeout_min: 240" in cfg.stdout
     assert "SlurmLauncher" in cfg.stdout
+    # the plugin's own config name composes too (its defaults, no project settings)
+    cfg = subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), "hydra/launcher=submitit_slurm", "hydra.launcher.partition=gpu",
+         "--cfg", "hydra", "--package", "hydra.launcher"],
+        cwd=ROOT, capture_output=True, text=True,
+    )
+    assert cfg.returncode == 0, cfg.stderr
+    assert "partition: gpu" in cfg.stdout and "SlurmLauncher" in cfg.stdout
