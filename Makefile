@@ -12,7 +12,7 @@ install:
 
 install-dev:
 	$(PIP) install "$(TORCH_SPEC)"
-	$(PIP) install -e ".[dev,sweeps,augment]"
+	$(PIP) install -e ".[dev,sweeps,augment,optuna]"
 
 run: install
 	$(PYTHON) run.py

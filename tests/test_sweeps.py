@@ -146,3 +146,21 @@ def test_submitit_local_runs_and_slurm_composes(tmp_path, cache_dir):
     )
     assert cfg.returncode == 0, cfg.stderr
     assert "partition: gpu" in cfg.stdout and "SlurmLauncher" in cfg.stdout
+
+
+def test_optuna_search_maximises_the_metric_run_py_returns(tmp_path, cache_dir):
+    """run.py returns the student's dev metric: Optuna's best value is the best job's metric."""
+    import pytest
+    import yaml
+
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="optional extra: pip install -e .[optuna]")
+    sweep = tmp_path / "optuna"
+    proc = run_cli(
+        "hparams_search=optuna", "debug=smoke", "logger=none", "hydra.sweeper.n_trials=2",
+        run_dir=sweep, cache=cache_dir, multirun=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    dev = [m["student"]["validation"][m["task"]["main_metric"]] for m in _jobs(sweep).values()]
+    assert len(dev) == 2 and result["best_value"] == max(dev)
+    assert set(result["best_params"]) == {"optim.lr", "scheduler.temperature.base", "loss.kd.weight", "loss.hard.weight"}
