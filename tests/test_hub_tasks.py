@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from conftest import read_metrics
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -51,3 +52,32 @@ def test_article_per_row_hub_uploads_are_flattened(monkeypatch):
     row = data.splits["test"][1]
     assert row["context"][row["answers"]["answer_start"][0]:].startswith("1992")
     assert row["answers"]["text"] == ["1992"]
+
+
+HUB_ROWS = {  # one row per hub data set, in its own column names
+    "lcqmc": {"sentence1": "今天天气怎么样", "sentence2": "今天天气如何", "score": 1},
+    "chnsenticorp": {"text": "酒店很干净，服务也好", "label": 1},
+    "sst2": {"idx": 0, "sentence": "a gripping, funny film", "label": 1},
+    "mnli": {"premise": "A man is playing.", "hypothesis": "Nobody plays.", "label": 2, "idx": 0},
+}
+
+
+@pytest.mark.parametrize("task", sorted(HUB_ROWS))
+def test_classification_hub_formats_read_from_local_files(task, tmp_path):
+    from omegaconf import OmegaConf
+
+    from brewlab.tasks import load_task_data, write_jsonl
+
+    row = HUB_ROWS[task]
+    files = {}
+    for split, n in (("train", 30), ("validation", 5), ("test", 5)):
+        files[split] = tmp_path / f"{split}.jsonl"
+        write_jsonl([row] * n, files[split])
+    cfg = OmegaConf.to_container(OmegaConf.load(Path(__file__).parents[1] / "conf" / "task" / f"{task}.yaml"))
+    cfg["data"] = {f"{split}_file": str(path) for split, path in files.items()}
+    data = load_task_data(cfg)
+    assert data.sizes() == {"train": 30, "validation": 5, "test": 5}
+    example = data.splits["test"][0]
+    fields = cfg["text_fields"]
+    assert example["text"] == row[fields[0]] and example["label"] == row[cfg["label_field"]]
+    assert example["text_pair"] == (row[fields[1]] if len(fields) > 1 else None)

@@ -344,6 +344,24 @@ def test_local_cmrc_files_end_to_end_and_reload(cli):
         assert again[key] == pytest.approx(metrics["student"]["test"][key])
 
 
+def test_flat_hub_rows_of_cmrc_end_to_end(cli, tmp_path):
+    """hfl/cmrc2018's own layout (one question per row: id, context, question, answers{text,
+    answer_start}) as JSON lines runs the same pipeline."""
+    from brewlab.tasks import write_jsonl
+
+    files = {}
+    for split, name in (("train", "train.json"), ("validation", "dev.json")):
+        files[split] = tmp_path / f"{split}.jsonl"
+        write_jsonl(_read_local(str(FIXTURES / name), split), files[split])
+    first = json.loads(files["train"].read_text().splitlines()[0])
+    assert set(first) >= {"id", "context", "question", "answers"} and "answer_start" in first["answers"]
+    _, run_dir = cli("task=cmrc", f"task.data.train_file={files['train']}",
+                     f"task.data.validation_file={files['validation']}", "debug=smoke", "logger=none")
+    metrics = read_metrics(run_dir)
+    assert metrics["task"]["sizes"] == {"train": 16, "validation": 6, "test": 2}
+    assert metrics["student"]["validation"]["questions"] == 6
+
+
 def test_cmrc_pd98_end_to_end(cli):
     _, run_dir = cli("task=cmrc_pd98", "debug=smoke", "logger=none")
     metrics = read_metrics(run_dir)
