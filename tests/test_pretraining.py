@@ -139,7 +139,7 @@ def test_corpus_holds_out_every_evaluation_text(tmp_path):
     assert max(len(r["text"]) for r in pieces) <= 126 and len(pieces) > 30000
 
 
-def test_pretrain_general_distill_and_task_stage_end_to_end(cli, tmp_path):
+def test_pretrain_general_distill_and_task_stage_end_to_end(cli, cache_dir):
     """Each new stage under debug=smoke: pretrain + fine-tune a teacher, distil the masked LM
     into a general student, start a task student from it."""
     from transformers import AutoModelForMaskedLM
@@ -148,6 +148,13 @@ def test_pretrain_general_distill_and_task_stage_end_to_end(cli, tmp_path):
     assert "pretraining a masked LM on mlm_zh" in proc.stdout + proc.stderr
     metrics = read_metrics(run)
     assert metrics["teacher"]["source"] == "trained" and "accuracy" in metrics["student"]["test"]
+
+    # any masked LM (a hub id such as bert-base-chinese; here the cached local one) fine-tunes the same way
+    (base,) = (cache_dir / "pretrained").iterdir()
+    _, hf_run = cli("teacher=hf", f"teacher.name_or_path={base}", "teacher.finetune=true", "debug=smoke",
+                    "logger=none", name="hf_finetune")
+    metrics = read_metrics(hf_run)
+    assert metrics["teacher"]["source"] == "trained" and metrics["teacher"]["parameters"]["total"] > 0
 
     proc, general = cli("+experiment=general_distillation", "debug=smoke", "logger=none", name="general")
     assert "pretrained masked LM: reused cache" in proc.stdout + proc.stderr  # the cached stage is shared
