@@ -245,8 +245,8 @@ def teacher_base(cfg: Mapping[str, Any], cache_dir: Path, device: torch.device, 
 
 def get_teacher(
     cfg: Mapping[str, Any], prep: Prepared, base: str | None, cache_dir: Path, attn: str, device: torch.device, tracker: Any
-) -> tuple[Any, str]:
-    """The teacher model and where it came from ('loaded', 'cache', 'trained').
+) -> tuple[Any, str, Path | None]:
+    """The teacher model, where it came from ('loaded', 'cache', 'trained') and its cache entry.
 
     A teacher with `finetune: true` (always for `scratch`) is trained on the task with the
     `trainer` distiller, starting from `base`, and cached by everything that shapes it."""
@@ -262,7 +262,7 @@ def get_teacher(
                 f"teacher.name_or_path={base!r}: vocabulary {model.config.vocab_size} "
                 f"is smaller than its tokenizer ({len(prep.tokenizer)})"
             )
-        return model.to(device).eval(), "loaded"
+        return model.to(device).eval(), "loaded", None
     key = stable_hash(
         {
             "teacher": {k: v for k, v in t_cfg.items() if k != "name"},
@@ -275,7 +275,7 @@ def get_teacher(
     if (directory / TEACHER_META).is_file():
         model = load_pretrained(str(directory), prep.kind, num_labels, attn, key="teacher cache")
         log.info("teacher: reused cache %s", directory)
-        return model.to(device).eval(), "cache"
+        return model.to(device).eval(), "cache", directory
     log.info("teacher: training %s (cache key %s)", f"from {base}" if base else "from scratch", key)
     torch.manual_seed(int(t_cfg.get("seed", 0)))
     if base is None:
@@ -286,7 +286,7 @@ def get_teacher(
     train_cfg = {"seed": t_cfg.get("seed", 0), **t_cfg["train"]}
     _train_and_cache(cfg, model, prep, train_cfg, directory, key, device, _Prefixed(tracker, "teacher/"))
     set_attention(model, attn)
-    return model.eval(), "trained"
+    return model.eval(), "trained", directory
 
 
 def _train_and_cache(
@@ -392,7 +392,7 @@ def run(cfg: Mapping[str, Any], run_dir: Path, tracker: Any) -> dict[str, Any]:
     check_student_init(cfg, prep)
     needs_attention = any(t.get("feature") == "attention" for t in cfg["loss"].values())
     attn = "eager" if needs_attention else "sdpa"
-    teacher, teacher_source = get_teacher(cfg, prep, base, cache_dir, attn, device, tracker)
+    teacher, teacher_source, teacher_dir = get_teacher(cfg, prep, base, cache_dir, attn, device, tracker)
 
     seed_everything(seed)
     student = build_student(cfg, prep, teacher, attn, device)
@@ -423,6 +423,11 @@ def run(cfg: Mapping[str, Any], run_dir: Path, tracker: Any) -> dict[str, Any]:
         entry["examples_per_second"] = entry["test"]["examples_per_second"]
         metrics[role] = entry
     metrics["teacher"]["source"] = teacher_source
+    pretrained = base if cfg["teacher"]["kind"] == "pretrained_scratch" else None
+    for stage, directory in (("training", teacher_dir), ("pretraining", pretrained)):
+        meta = Path(directory) / TEACHER_META if directory else None
+        if meta is not None and meta.is_file():  # how the cached stage was made (time, steps, dev score)
+            metrics["teacher"][stage] = json.loads(meta.read_text(encoding="utf-8"))
     metrics["student"].update(
         train_seconds=result.train_seconds, steps=result.steps, best_step=result.best_step, final_losses=result.final_losses
     )

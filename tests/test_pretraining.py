@@ -148,6 +148,9 @@ def test_pretrain_general_distill_and_task_stage_end_to_end(cli, cache_dir):
     assert "pretraining a masked LM on mlm_zh" in proc.stdout + proc.stderr
     metrics = read_metrics(run)
     assert metrics["teacher"]["source"] == "trained" and "accuracy" in metrics["student"]["test"]
+    stages = metrics["teacher"]["pretraining"], metrics["teacher"]["training"]
+    assert all(stage["steps"] > 0 and stage["train_seconds"] > 0 for stage in stages)
+    assert "perplexity" in stages[0]["dev"] and stages[0]["task"]["train"] == 192  # smoke slice of the corpus
 
     # any masked LM (a hub id such as bert-base-chinese; here the cached local one) fine-tunes the same way
     (base,) = (cache_dir / "pretrained").iterdir()
