@@ -429,7 +429,9 @@ def _extra_md(rows: Sequence[Row]) -> str:
     return "## Other metrics\n\n" + _md_table(["configuration", *(p + unit for p in paths)], body) + "\n"
 
 
-def render_markdown(title: str, sweep: Path, jobs: Sequence[Job], rows: Sequence[Row]) -> str:
+def render_markdown(
+    title: str, sweep: Path, jobs: Sequence[Job], rows: Sequence[Row], shared: Sequence[str] = ()
+) -> str:
     """The whole report.md: summary line, table, failures, running jobs."""
     failed = [j for j in jobs if j.status == "failed"]
     running = [j for j in jobs if j.status == "running"]
@@ -439,7 +441,10 @@ def render_markdown(title: str, sweep: Path, jobs: Sequence[Job], rows: Sequence
     summary = f"Sweep `{sweep}` · jobs: {finished} finished, {len(failed)} failed, {len(running)} running"
     if tasks:
         summary += " · task: " + ", ".join(tasks)
-    parts += [summary, "", "Student numbers are mean ± sample std over seeds; the others are means.", ""]
+    parts += [summary, ""]
+    if shared:
+        parts += ["Every job also ran with: " + ", ".join(f"`{x}`" for x in shared), ""]
+    parts += ["Student numbers are mean ± sample std over seeds; the others are means.", ""]
     parts += [main_table(rows) if rows else "_No finished jobs yet._", ""]
     extra = _extra_md(rows)
     if extra:
@@ -569,6 +574,21 @@ def plot(path: Path, rows: Sequence[Row], title: str) -> None:
 # ----------------------------------------------------------------------------- entry
 
 
+def factor_shared(jobs: Sequence[Job]) -> list[str]:
+    """Overrides every job of a multi-configuration sweep shares (e.g. `trainer.epochs=1` for a
+    reduced-size study): taken out of the configuration labels and returned, so the report
+    states them once and the rows show only what varies."""
+    parts = [j.config.split(",") for j in jobs]
+    if len({j.config for j in jobs}) < 2 or not all(all("=" in x for x in ps) for ps in parts):
+        return []
+    shared = set(parts[0]).intersection(*parts[1:])
+    if not shared:
+        return []
+    for job, ps in zip(jobs, parts, strict=True):
+        job.config = ",".join(x for x in ps if x not in shared) or DEFAULT_LABEL
+    return sorted(shared)
+
+
 def build_report(
     sweep: Path, out: Path | None = None, metric: str | None = None, title: str | None = None
 ) -> tuple[str, list[Job]]:
@@ -577,6 +597,7 @@ def build_report(
     Raises ReportError on bad input, so library callers decide how to show it.
     """
     jobs = load_jobs(sweep)
+    shared = factor_shared(jobs)
     rows = aggregate(jobs, metric)
     if metric and rows and all(math.isnan(r.values["student_test"][0]) for r in rows):
         found = sorted(
@@ -592,7 +613,7 @@ def build_report(
     out = out or sweep
     out.mkdir(parents=True, exist_ok=True)
     name = title or experiment_name(jobs, sweep)
-    (out / "report.md").write_text(render_markdown(name, sweep, jobs, rows), encoding="utf-8")
+    (out / "report.md").write_text(render_markdown(name, sweep, jobs, rows, shared), encoding="utf-8")
     write_csv(out / "report.csv", jobs, rows)
     if rows:
         plot(out / "report.png", rows, name)

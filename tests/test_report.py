@@ -218,3 +218,13 @@ def test_compare_script(sweep: Path, monkeypatch: pytest.MonkeyPatch, capsys: py
     assert done.value.code == 0
     assert "| loss=kd | 2 |" in capsys.readouterr().out
     assert (sweep / "report.png").read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_overrides_shared_by_every_job_are_stated_once(tmp_path: Path) -> None:
+    root = tmp_path / "multirun" / "reduced"
+    for num, (config, seed, dev) in enumerate([("loss=kd", 1, 0.8), ("loss=hidden", 1, 0.7), ("loss=kd", 2, 0.9)]):
+        add_job(root, f"{config},trainer.epochs=1", seed, num, metrics(seed, dev=dev, test=dev, teacher=0.8, seconds=1.0))
+    assert main([str(root)]) == 0
+    assert "Every job also ran with: `trainer.epochs=1`" in (root / "report.md").read_text()
+    rows = {r["configuration"]: r for r in read_csv(root / "report.csv")}
+    assert set(rows) == {"loss=kd", "loss=hidden"}
