@@ -616,7 +616,7 @@ def build_report(
     (out / "report.md").write_text(render_markdown(name, sweep, jobs, rows, shared), encoding="utf-8")
     write_csv(out / "report.csv", jobs, rows)
     if rows:
-        plot(out / "report.png", rows, name)
+        plot(out / "report.png", rows, f"{name}\n(all jobs: {', '.join(shared)})" if shared else name)
     return (main_table(rows) if rows else "no finished jobs yet"), jobs
 
 
