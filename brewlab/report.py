@@ -512,6 +512,22 @@ def _tick_label(config: str, width: int = 22) -> str:
     return "\n".join([*lines, line])
 
 
+def y_limits(means: Sequence[float], stds: Sequence[float], known: Sequence[float]) -> tuple[float, float] | None:
+    """Value-axis range: from 0 with headroom for labels, unless the results sit close together
+    far from zero (e.g. 80.4 vs 80.7), where an axis from 0 would hide every difference."""
+    pairs = [(m, s) for m, s in zip(means, stds, strict=True) if not math.isnan(m)]
+    tops = [m + s for m, s in pairs] + list(known)
+    lows = [m - s for m, s in pairs] + list(known)
+    if not tops:
+        return None
+    span = max(tops) - min(lows)
+    if min(lows) > 0 and span > 0 and min(lows) > 4 * span:
+        return min(lows) - span, max(tops) + 1.2 * span
+    if max(tops) > 0 and min([m for m, _ in pairs] + list(known)) >= 0:
+        return 0.0, max(tops) * 1.25
+    return None
+
+
 def plot(path: Path, rows: Sequence[Row], title: str) -> None:
     """Bar chart of student test metric ± std, with the teacher as a labelled reference."""
     import matplotlib
@@ -557,10 +573,11 @@ def plot(path: Path, rows: Sequence[Row], title: str) -> None:
     labels = [_tick_label(r.config) for r in rows]
     crowded = len(rows) > 8
     ax.set_xticklabels(labels, rotation=30 if crowded else 0, ha="right" if crowded else "center", fontsize=8)
-    finite = [m for m in means if not math.isnan(m)]
-    tops = [m + s for m, s in zip(means, stds, strict=True) if not math.isnan(m)] + known
-    if tops and max(tops) > 0 and min(finite + known) >= 0:
-        ax.set_ylim(0, max(tops) * 1.25)  # headroom for value labels and the legend
+    limits = y_limits(means, stds, known)
+    if limits is not None:
+        ax.set_ylim(*limits)
+        if limits[0] > 0:
+            ax.set_ylabel(ax.get_ylabel() + " (axis zoomed, not from 0)")
     pad = max(0.75, (4 - len(rows)) / 2 + 0.5)  # a lone bar stays bar-shaped instead of filling the axes
     ax.set_xlim(-pad, len(rows) - 1 + pad)
     ax.grid(axis="y", alpha=0.3)

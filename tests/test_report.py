@@ -228,3 +228,11 @@ def test_overrides_shared_by_every_job_are_stated_once(tmp_path: Path) -> None:
     assert "Every job also ran with: `trainer.epochs=1`" in (root / "report.md").read_text()
     rows = {r["configuration"]: r for r in read_csv(root / "report.csv")}
     assert set(rows) == {"loss=kd", "loss=hidden"}
+
+
+def test_value_axis_zooms_only_for_close_results_far_from_zero() -> None:
+    from brewlab.report import y_limits
+
+    low, high = y_limits([80.55, 80.36], [0.18, 0.36], [80.93])
+    assert 79.0 < low < 80.0 and 81.0 < high < 82.5  # every bar, error bar and the teacher inside
+    assert y_limits([30.0, 70.0], [2.0, 3.0], [75.0]) == (0.0, 75.0 * 1.25)  # far apart: from zero
