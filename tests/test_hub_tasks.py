@@ -31,6 +31,16 @@ def test_hub_id_fails_fast_offline_with_a_pointer_to_local_files(cli):
     assert "Traceback" not in proc.stderr
 
 
+def test_unreachable_hub_fails_in_seconds_not_after_retries(cli):
+    """No offline variables set and no route to the endpoint: the connection probe answers with
+    one line at once (the message only that probe writes), instead of ~90 s of retries."""
+    env = {"HF_HUB_OFFLINE": "", "HF_DATASETS_OFFLINE": "", "HF_ENDPOINT": "http://127.0.0.1:9"}
+    proc, _ = cli("task=xnli", "debug=smoke", "logger=none", expect_ok=False, env=env)
+    assert proc.returncode == 2
+    (line,) = [x for x in proc.stderr.splitlines() if x.startswith("brewlab: error:")]
+    assert "http://127.0.0.1:9 cannot be reached" in line and "task.data.train_file" in line
+
+
 def test_article_per_row_hub_uploads_are_flattened(monkeypatch):
     """voidful/DRCD stores one article per row under a `data` column; it reads like the flat copies."""
     import datasets
