@@ -399,6 +399,11 @@ def run(cfg: Mapping[str, Any], run_dir: Path, tracker: Any) -> dict[str, Any]:
     name = cfg["distiller"]["name"]
     distiller = build_distiller(name, cfg, student, teacher, prep, cfg["loss"], cfg["trainer"], tracker)
     result = train_loop(distiller, prep, cfg["trainer"], seed, device, progress)
+    if attn != "sdpa":  # attention maps were only needed by the losses: measure and save with sdpa
+        from brewlab.models import set_attention
+
+        for model in (teacher, student):
+            set_attention(model, "sdpa")
 
     eval_bs = int(cfg["trainer"].get("eval_batch_size", 128))
     from brewlab.adaptors import ADAPTORS
