@@ -56,6 +56,7 @@ def test_article_per_row_hub_uploads_are_flattened(monkeypatch):
 
     hub = {"train": [article(i) for i in range(8)], "dev": [article(10)], "test": [article(20), article(21)]}
     monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: hub)
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")  # no connection probe: the stub stands in for the hub
     cfg = OmegaConf.to_container(OmegaConf.load(Path(__file__).parents[1] / "conf" / "task" / "drcd.yaml"))
     data = load_task_data(cfg)
     assert data.sizes() == {"train": 8, "validation": 1, "test": 2}
