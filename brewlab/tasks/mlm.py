@@ -23,6 +23,7 @@ import numpy as np
 
 from brewlab.errors import BrewlabError
 from brewlab.tasks import KINDS, SOURCES, Example, load_task_data, package_file
+from brewlab.tasks.ner import TokenClassification
 from brewlab.tasks.pd98 import parse_tagged_line
 
 IGNORE = -100
@@ -216,11 +217,8 @@ class MaskedLM:
         """Logit KD compares the models at masked positions only."""
         return batch["labels"] != IGNORE
 
-    @staticmethod
-    def supervised_loss(logits: Any, labels: Any) -> Any:
-        import torch.nn.functional as F
-
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE)
+    # the MLM loss is token cross-entropy over the labelled (masked) positions, as for NER
+    supervised_loss = staticmethod(TokenClassification.supervised_loss)
 
     @staticmethod
     def compact(logits: Any, batch: Mapping) -> Any:
