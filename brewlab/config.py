@@ -93,6 +93,9 @@ def validate(cfg: Mapping[str, Any]) -> None:
         if path and not Path(path).is_file():
             raise BrewlabError(f"task.data.{split}_file={path!r}: file not found")
     _check_number("task.max_seq_length", task["max_seq_length"], 8)
+    fraction = task.get("train_fraction", 1.0)
+    if not isinstance(fraction, (int, float)) or isinstance(fraction, bool) or not 0 < fraction <= 1:
+        raise BrewlabError(f"task.train_fraction={fraction!r} must be a fraction in (0, 1]")
     distiller = DISTILLERS.get(cfg["distiller"]["name"], "distiller")
     TRACKERS.get(cfg["logger"]["name"], "logger")
     if teacher["kind"] not in TEACHER_KINDS:
@@ -101,6 +104,7 @@ def validate(cfg: Mapping[str, Any]) -> None:
         _check_number(f"trainer.{key}", cfg["trainer"][key], 1)
     _check_number("optim.lr", cfg["optim"]["lr"], 0, inclusive=False)
     build_schedules(cfg["scheduler"])
+    _check_augmentation(cfg, KINDS.get(task["kind"]), distiller)
 
     t_shape = teacher_shape(teacher)
     s_shape = _shape(student["arch"])
@@ -130,3 +134,30 @@ def validate(cfg: Mapping[str, Any]) -> None:
                 f"student.init_from_teacher_layers={list(layers)} names {len(layers)} layers; "
                 f"student.arch.num_hidden_layers={s_shape.num_layers}"
             )
+
+
+def _check_augmentation(cfg: Mapping[str, Any], kind: Any, distiller: Any) -> None:
+    """Augmented text has no gold label, so it needs a teacher and a task kind that can rebuild
+    its examples from augmented text."""
+    from brewlab import augment
+
+    aug = cfg.get("augmentation") or {}
+    augment.check_config(aug)
+    ops = augment.ops_of(aug)
+    if not ops:
+        return
+    if not distiller.uses_teacher:
+        raise BrewlabError(
+            f"augmentation ops [{', '.join(sorted(ops))}] need a teacher to label the augmented text, but "
+            f"distiller={cfg['distiller']['name']} learns from gold labels only; use distiller=basic or general"
+        )
+    for name, op in ops.items():
+        if op["kind"] == "mlm" and op.get("model_name_or_path"):
+            model_dir_shape(str(op["model_name_or_path"]), f"augmentation.ops.{name}.model_name_or_path")
+    if not hasattr(kind, "augment_texts"):
+        from brewlab.tasks import KINDS
+
+        able = [name for name in KINDS.names() if hasattr(KINDS.get(name), "augment_texts")]
+        raise BrewlabError(
+            f"task.kind={cfg['task']['kind']} does not support augmentation; kinds that do: {', '.join(able)}"
+        )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -76,3 +76,26 @@ def make_loader(
     lengths = [len(f["input_ids"]) for f in features]
     sampler = LengthGroupedBatches(lengths, batch_size, seed, shuffle=train, pool=50 if train else len(lengths))
     return DataLoader(features, batch_sampler=sampler, collate_fn=PadCollator(pad_token_id), num_workers=num_workers)
+
+
+class FreshEachEpoch:
+    """Training batches whose examples are rebuilt every epoch (online augmentation: new noise
+    each pass). Its length is that of the first epoch; later epochs may differ slightly (MRC
+    windows), which the step-counted training loop absorbs."""
+
+    def __init__(
+        self, make_features: Callable[[int], Sequence[dict[str, Any]]], batch_size: int, pad_token_id: int, seed: int
+    ) -> None:
+        self.make_features = make_features
+        self.batch_size, self.pad_token_id, self.seed = batch_size, pad_token_id, seed
+        self.epoch = 0
+        self.first = make_features(0)
+
+    def __len__(self) -> int:
+        return (len(self.first) + self.batch_size - 1) // self.batch_size
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        features = self.first if self.epoch == 0 else self.make_features(self.epoch)
+        loader = make_loader(features, self.batch_size, self.pad_token_id, self.seed + self.epoch, train=True)
+        self.epoch += 1
+        return iter(loader)

