@@ -65,6 +65,24 @@ def publish_dir(build: Path, final: Path) -> None:
             shutil.rmtree(build, ignore_errors=True)
 
 
+def cache_key(data: Any, cache_dir: str | Path) -> str:
+    """Content hash of a cache entry's config. Paths inside the cache (e.g. a generated data set)
+    are hashed relative to it, so a config keeps its key wherever the cache lives (cwd,
+    BREWLAB_CACHE) and a moved cache is still found."""
+    root = str(cache_dir)
+
+    def relative(value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return {k: relative(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [relative(v) for v in value]
+        if isinstance(value, str) and value.startswith(root):
+            return "<cache>" + value[len(root) :]
+        return value
+
+    return stable_hash(relative(data))
+
+
 @dataclass
 class Prepared:
     """A task ready for models: tokenizer and encoded splits."""
@@ -270,7 +288,10 @@ def augmented_training(
         )
         info["features"] = len(batches.first)
     else:
-        key = stable_hash({"rows": stable_hash(rows, 24), "augmentation": aug_cfg, "models": models, "language": language})
+        key = cache_key(
+            {"rows": stable_hash(rows, 24), "augmentation": aug_cfg, "models": models, "language": language},
+            cfg["cache_dir"],
+        )
         path = cache_dir / "augmented" / f"{task_cfg['name']}-{key}.jsonl"
         if path.is_file():
             augmented = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
@@ -303,7 +324,7 @@ def teacher_base(cfg: Mapping[str, Any], cache_dir: Path, device: torch.device, 
     from brewlab.models import build_scratch
 
     p_cfg = t_cfg["pretrain"]
-    key = stable_hash({"arch": t_cfg["arch"], "pretrain": p_cfg})
+    key = cache_key({"arch": t_cfg["arch"], "pretrain": p_cfg}, cfg["cache_dir"])
     directory = cache_dir / "pretrained" / f"{p_cfg['task']['name']}-{key}"
     if (directory / TEACHER_META).is_file():
         log.info("pretrained masked LM: reused cache %s", directory)
@@ -337,13 +358,14 @@ def get_teacher(
                 f"is smaller than its tokenizer ({len(prep.tokenizer)})"
             )
         return model.to(device).eval(), "loaded", None
-    key = stable_hash(
+    key = cache_key(
         {
             "teacher": {k: v for k, v in t_cfg.items() if k != "name"},
             "task": cfg["task"],  # everything that shapes the data
             "tokenizer": prep.tokenizer_id,
             "init": "teacher-seed",  # weights are initialised from teacher.seed, not the run's seed
-        }
+        },
+        cfg["cache_dir"],
     )
     directory = cache_dir / "teachers" / f"{cfg['task']['name']}-{key}"
     if (directory / TEACHER_META).is_file():

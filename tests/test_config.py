@@ -94,3 +94,18 @@ def test_every_job_of_every_study_composes_and_validates(study):
         for key, value in zip(grid, combo, strict=True):
             if key == "loss":
                 assert set(value.split("+")) <= set(cfg["loss"])
+
+
+def test_cache_keys_do_not_depend_on_where_the_cache_lives():
+    """cmrc_pd98 (held out of the pretraining corpus) names a path inside the cache; the
+    pretrained masked LM must keep its key when the cache moves (BREWLAB_CACHE, another cwd)."""
+    from brewlab.pipeline import cache_key
+
+    keys = set()
+    for where in (".cache/brewlab", "/elsewhere/cache"):
+        cfg = to_plain(compose_cfg("teacher=pretrained_scratch", f"cache_dir={where}"))
+        pretrain = cfg["teacher"]["pretrain"]
+        assert pretrain["task"]["corpus"]["held_out"]["cmrc_pd98"]["data_dir"] == f"{where}/data"
+        keys.add(cache_key({"arch": cfg["teacher"]["arch"], "pretrain": pretrain}, cfg["cache_dir"]))
+    assert len(keys) == 1
+    assert cache_key({"d": "/a/cache/x"}, "/a/cache") != cache_key({"d": "/a/cache/y"}, "/a/cache")
