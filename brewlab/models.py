@@ -42,9 +42,22 @@ def is_local_model_dir(name_or_path: str) -> bool:
     return Path(name_or_path).expanduser().exists() or name_or_path.startswith((".", "/", "~"))
 
 
+def _require_hub(name_or_path: str, key: str) -> None:
+    from brewlab.hub import hub_unreachable
+
+    endpoint = hub_unreachable()
+    if endpoint is not None:
+        raise BrewlabError(
+            f"{key}={name_or_path!r} is a hub id but {endpoint} cannot be reached; give a local model "
+            "directory (or set HF_HUB_OFFLINE=1 to read a local Hugging Face cache)"
+        )
+
+
 def check_model_dir(name_or_path: str, key: str) -> None:
-    """Local model directories must exist and hold weights; hub ids are left to the hub."""
+    """Local model directories must exist and hold weights; a hub id needs a reachable hub
+    (checked in seconds, so an offline run fails at startup rather than after minutes of retries)."""
     if not is_local_model_dir(name_or_path):
+        _require_hub(name_or_path, key)
         return
     path = Path(name_or_path).expanduser()
     if not path.is_dir():
@@ -83,6 +96,8 @@ def load_pretrained(
 def load_tokenizer(name_or_path: str, key: str = "teacher.name_or_path"):
     from transformers import AutoTokenizer
 
+    if not is_local_model_dir(name_or_path):
+        _require_hub(name_or_path, key)
     try:
         return AutoTokenizer.from_pretrained(name_or_path)
     except (OSError, ValueError) as exc:

@@ -41,6 +41,25 @@ def test_unreachable_hub_fails_in_seconds_not_after_retries(cli):
     assert "http://127.0.0.1:9 cannot be reached" in line and "task.data.train_file" in line
 
 
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (["teacher=hf", "teacher.name_or_path=bert-base-chinese"], "teacher.name_or_path='bert-base-chinese'"),
+        (["augmentation=mlm", "augmentation.ops.mlm.model_name_or_path=hfl/chinese-roberta-wwm-ext"],
+         "augmentation.ops.mlm.model_name_or_path='hfl/chinese-roberta-wwm-ext'"),
+    ],
+)
+def test_hub_model_ids_fail_at_startup_when_the_hub_is_unreachable(cli, overrides, key):
+    """A hub model id is probed before anything runs: one line naming the key, not minutes of
+    transformers retries after the data is read."""
+    env = {"HF_HUB_OFFLINE": "", "HF_DATASETS_OFFLINE": "", "HF_ENDPOINT": "http://127.0.0.1:9"}
+    proc, _ = cli(*overrides, "debug=smoke", "logger=none", expect_ok=False, env=env)
+    assert proc.returncode == 2
+    (line,) = [x for x in proc.stderr.splitlines() if x.startswith("brewlab: error:")]
+    assert key in line and "http://127.0.0.1:9 cannot be reached" in line and "local model directory" in line
+    assert "task reviews_zh" not in proc.stdout + proc.stderr  # refused before the data was read
+
+
 def test_article_per_row_hub_uploads_are_flattened(monkeypatch):
     """voidful/DRCD stores one article per row under a `data` column; it reads like the flat copies."""
     import datasets

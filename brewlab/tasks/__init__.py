@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from brewlab.errors import BrewlabError
+from brewlab.hub import hub_unreachable
 from brewlab.registry import Registry
 
 SPLITS = ("train", "validation", "test")
@@ -170,31 +171,10 @@ def _hub_rows(split: Any, where: str) -> list[Example]:
     return rows
 
 
-def _hub_unreachable() -> str | None:
-    """The hub endpoint when no connection to it opens within seconds, else None. Without this
-    check `datasets` retries for about 90 s before it gives up on a machine with no network.
-    Skipped in offline mode (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE), where the local HF cache serves."""
-    import os
-    import socket
-    from urllib.parse import urlparse
-
-    if any(os.environ.get(v, "").upper() in {"1", "ON", "YES", "TRUE"} for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):
-        return None
-    from huggingface_hub import constants
-
-    url = urlparse(constants.ENDPOINT)
-    port = url.port or (80 if url.scheme == "http" else 443)
-    try:
-        socket.create_connection((url.hostname or "huggingface.co", port), timeout=5).close()
-    except OSError:
-        return constants.ENDPOINT
-    return None
-
-
 @SOURCES.register("hub")
 def hub(cfg: Mapping) -> dict[str, list[Example]]:
     """A Hugging Face hub data set; fails fast with a pointer to local files when offline."""
-    endpoint = _hub_unreachable()
+    endpoint = hub_unreachable()
     if endpoint is not None:
         raise BrewlabError(
             f"task.hub_id={cfg['hub_id']!r} needs the hub but {endpoint} cannot be reached; without internet "
