@@ -31,8 +31,12 @@ log = logging.getLogger("brewlab")
 AUGMENTERS: Registry = Registry("augmentation.ops.<name>.kind")
 MODES = ("offline", "online")
 LANGUAGES = ("auto", "zh", "en")
-CHAR_ACTIONS = {"zh": ("swap", "delete", "insert", "substitute"), "en": ("swap", "delete", "insert", "substitute", "keyboard", "ocr")}
+CHAR_ACTIONS = {
+    "zh": ("swap", "delete", "insert", "substitute"),
+    "en": ("swap", "delete", "insert", "substitute", "keyboard", "ocr"),
+}
 WORD_ACTIONS = ("swap", "delete", "crop", "substitute")
+VERSION = 2  # bump when augmented output changes for the same config (part of the offline cache key)
 
 TextFn = Callable[[list[str]], list[str]]  # texts -> augmented texts, drawing from the seeded global RNGs
 
@@ -112,6 +116,19 @@ def check_config(aug_cfg: Mapping[str, Any]) -> None:
                     raise bad_choice(f"augmentation.ops.{name}.actions", action, allowed)
 
 
+def check_language(aug_cfg: Mapping[str, Any], language: str) -> None:
+    """Actions that do not exist for the text's language, refused before any model is loaded."""
+    for name, op in ops_of(aug_cfg).items():
+        if op.get("kind") == "char":
+            allowed = CHAR_ACTIONS[language]
+            for action in op["actions"]:
+                if action not in allowed:
+                    raise BrewlabError(
+                        f"augmentation.ops.{name}.actions: {action!r} is not available for {language} text; "
+                        f"choose from: {', '.join(allowed)}"
+                    )
+
+
 # ----------------------------------------------------------------------------- operations
 
 
@@ -122,10 +139,19 @@ def _first(result: Any, fallback: str) -> str:
 
 
 def _nlpaug_fn(augmenters: Sequence[Callable[[str], Any]]) -> TextFn:
-    """Each text gets one of the augmenters, chosen at random."""
+    """Each text gets one of the augmenters, chosen at random. nlpaug strips the ends of a
+    text; they are put back, so pieces that are joined again (an MRC passage around its
+    answer) keep their spaces."""
+
+    def one(text: str) -> str:
+        core = text.strip()
+        if not core:
+            return text
+        head, tail = text[: len(text) - len(text.lstrip())], text[len(text.rstrip()) :]
+        return head + _first(random.choice(augmenters)(core), core) + tail
 
     def apply(texts: list[str]) -> list[str]:
-        return [_first(random.choice(augmenters)(t), t) if t.strip() else t for t in texts]
+        return [one(t) for t in texts]
 
     return apply
 
@@ -135,14 +161,8 @@ def char_op(name: str, op: Mapping[str, Any], rate: float, vocab: Vocabulary, **
     """Character noise. Chinese: each character is a token; swap/delete move or drop a fraction
     `rate` of them and insert/substitute draw from the task's own CJK characters. English:
     nlpaug's random, keyboard and OCR noise on a fraction `rate` of the words."""
-    allowed = CHAR_ACTIONS[vocab.language]
+    check_language({"ops": {name: op}}, vocab.language)
     actions = list(op["actions"])
-    for action in actions:
-        if action not in allowed:
-            raise BrewlabError(
-                f"augmentation.ops.{name}.actions: {action!r} is not available for {vocab.language} text; "
-                f"choose from: {', '.join(allowed)}"
-            )
     import nlpaug.augmenter.char as nac
     import nlpaug.augmenter.word as naw
 
@@ -151,16 +171,34 @@ def char_op(name: str, op: Mapping[str, Any], rate: float, vocab: Vocabulary, **
         if vocab.language == "zh":
             chars = {"tokenizer": list, "reverse_tokenizer": "".join}
             if action in ("swap", "delete"):
-                augmenters.append(naw.RandomWordAug(action=action, aug_p=rate, aug_min=1, aug_max=None, **chars).augment)
+                augmenters.append(
+                    naw.RandomWordAug(action=action, aug_p=rate, aug_min=1, aug_max=None, **chars).augment
+                )
             else:
                 augmenters.append(
                     nac.RandomCharAug(
-                        action=action, aug_word_p=rate, aug_word_min=1, aug_word_max=None, aug_char_p=1.0,
-                        aug_char_min=1, aug_char_max=1, min_char=1, candidates=vocab.chars, **chars,
+                        action=action,
+                        aug_word_p=rate,
+                        aug_word_min=1,
+                        aug_word_max=None,
+                        aug_char_p=1.0,
+                        aug_char_min=1,
+                        aug_char_max=1,
+                        min_char=1,
+                        candidates=vocab.chars,
+                        **chars,
                     ).augment
                 )
             continue
-        words = {"aug_word_p": rate, "aug_word_min": 1, "aug_word_max": None, "aug_char_min": 1, "aug_char_max": 2}
+        words = {  # whitespace words, so words that are not picked stay exactly as they were
+            "aug_word_p": rate,
+            "aug_word_min": 1,
+            "aug_word_max": None,
+            "aug_char_min": 1,
+            "aug_char_max": 2,
+            "tokenizer": str.split,
+            "reverse_tokenizer": " ".join,
+        }
         if action == "keyboard":
             augmenters.append(nac.KeyboardAug(aug_char_p=0.2, min_char=2, **words).augment)
         elif action == "ocr":
@@ -168,7 +206,13 @@ def char_op(name: str, op: Mapping[str, Any], rate: float, vocab: Vocabulary, **
         else:
             augmenters.append(
                 nac.RandomCharAug(
-                    action=action, aug_char_p=0.2, min_char=2, include_numeric=False, include_upper_case=False, **words
+                    action=action,
+                    aug_char_p=0.2,
+                    min_char=2,
+                    include_numeric=False,
+                    include_upper_case=False,
+                    spec_char="",
+                    **words,
                 ).augment
             )
     return _nlpaug_fn(augmenters)
@@ -194,9 +238,10 @@ def word_op(name: str, op: Mapping[str, Any], rate: float, vocab: Vocabulary, **
         )
         if action != "crop":
             return aug.augment
-        # nlpaug's crop cannot cut fewer than two words (its range sampling comes up empty),
-        # so crops are at least two words and texts of under three words are left whole
-        return lambda text: aug.augment(text) if len(split_words(text, language)) >= 3 else text
+        # nlpaug's crop cannot cut fewer than two words (its range sampling comes up empty), so
+        # texts too short for a two-word crop at this rate are left whole
+        shortest = max(3, math.ceil(2 / rate))
+        return lambda text: aug.augment(text) if len(split_words(text, language)) >= shortest else text
 
     augmenters = [make(action) for action in op["actions"]]
     return _nlpaug_fn(augmenters)
@@ -228,11 +273,17 @@ class MaskedLMReplace:
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()
         try:
-            self.model = AutoModelForMaskedLM.from_pretrained(model_path).eval()
+            model, info = AutoModelForMaskedLM.from_pretrained(model_path, output_loading_info=True)
         except (OSError, ValueError) as exc:
             raise BrewlabError(f"{key}={model_path!r} could not be loaded: {str(exc).splitlines()[0]}") from None
         finally:
             hf_logging.set_verbosity(verbosity)
+        if info.get("missing_keys"):  # e.g. a fine-tuned classifier: its LM head would be random
+            missing = sorted(info["missing_keys"])
+            raise BrewlabError(
+                f"{key}={model_path!r} is not a masked LM: {len(missing)} weights are missing ({', '.join(missing[:3])}, ...)"
+            )
+        self.model = model.eval()
         self.rate = rate
         self.top_k = int(op.get("top_k", 8))
         self.batch_size = int(op.get("batch_size", 32))
@@ -251,13 +302,14 @@ class MaskedLMReplace:
             elif piece.isalpha() and not piece.startswith("##") and not any(is_cjk(ch) for ch in piece):
                 self.word[i] = True
 
-    def _eligible(self, ids: list[int], k: int) -> str | None:
-        """'cjk' or 'word' when token k is a whole CJK character or a whole word, else None."""
-        i = ids[k]
-        if i < len(self.cjk) and self.cjk[i]:
+    def _eligible(self, token: int, text: str, start: int, end: int) -> str | None:
+        """'cjk' or 'word' when the token is a whole CJK character or a whole alphabetic word
+        of the text (judged by its characters, not by the tokenizer's piece markers), else None."""
+        if token < len(self.cjk) and self.cjk[token]:
             return "cjk"
-        following = self.pieces[ids[k + 1]] if k + 1 < len(ids) else ""
-        if i < len(self.word) and self.word[i] and not following.startswith("##"):
+        span = text[start:end]
+        whole = (start == 0 or not text[start - 1].isalnum()) and (end == len(text) or not text[end].isalnum())
+        if whole and span.isalpha() and not any(is_cjk(ch) for ch in span):
             return "word"
         return None
 
@@ -269,8 +321,13 @@ class MaskedLMReplace:
         for begin in range(0, len(texts), self.batch_size):
             chunk = texts[begin : begin + self.batch_size]
             enc = self.tokenizer(
-                chunk, truncation=True, max_length=self.max_length, padding=True,
-                return_offsets_mapping=True, return_special_tokens_mask=True, return_tensors="pt",
+                chunk,
+                truncation=True,
+                max_length=self.max_length,
+                padding=True,
+                return_offsets_mapping=True,
+                return_special_tokens_mask=True,
+                return_tensors="pt",
             )
             offsets = enc.pop("offset_mapping")
             special = enc.pop("special_tokens_mask")
@@ -282,7 +339,8 @@ class MaskedLMReplace:
                 for k in range(len(ids)):
                     if special[b, k] or not enc["attention_mask"][b, k]:
                         continue
-                    script = self._eligible(ids, k)
+                    start, end = offsets[b, k].tolist()
+                    script = self._eligible(ids[k], chunk[b], start, end)
                     if script is not None:
                         slots.append((k, script))
                 count = min(len(slots), max(1, round(self.rate * len(slots)))) if slots else 0

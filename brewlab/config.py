@@ -104,7 +104,6 @@ def validate(cfg: Mapping[str, Any]) -> None:
         _check_number(f"trainer.{key}", cfg["trainer"][key], 1)
     _check_number("optim.lr", cfg["optim"]["lr"], 0, inclusive=False)
     build_schedules(cfg["scheduler"])
-    _check_augmentation(cfg, KINDS.get(task["kind"]), distiller)
 
     t_shape = teacher_shape(teacher)
     s_shape = _shape(student["arch"])
@@ -115,6 +114,7 @@ def validate(cfg: Mapping[str, Any]) -> None:
     if t_shape is None:  # hub teacher: layer checks happen once its config is loaded
         t_shape = Shape(10**6, s_shape.hidden_size, s_shape.num_heads)
     objective = parse_objective(cfg["loss"], t_shape if distiller.uses_teacher else None, s_shape)
+    _check_augmentation(cfg, KINDS.get(task["kind"]), distiller, objective)
     if objective.matches and not distiller.allows_matches:
         names = ", ".join(m.name for m in objective.matches)
         raise BrewlabError(
@@ -136,7 +136,7 @@ def validate(cfg: Mapping[str, Any]) -> None:
             )
 
 
-def _check_augmentation(cfg: Mapping[str, Any], kind: Any, distiller: Any) -> None:
+def _check_augmentation(cfg: Mapping[str, Any], kind: Any, distiller: Any, objective: Any) -> None:
     """Augmented text has no gold label, so it needs a teacher and a task kind that can rebuild
     its examples from augmented text."""
     from brewlab import augment
@@ -151,9 +151,22 @@ def _check_augmentation(cfg: Mapping[str, Any], kind: Any, distiller: Any) -> No
             f"augmentation ops [{', '.join(sorted(ops))}] need a teacher to label the augmented text, but "
             f"distiller={cfg['distiller']['name']} learns from gold labels only; use distiller=basic or general"
         )
+    if not (objective.logit_terms or objective.matches):
+        raise BrewlabError(
+            f"augmentation ops [{', '.join(sorted(ops))}] are learnt from the teacher through KD or match losses, "
+            f"but loss has only [{', '.join(sorted(cfg['loss']))}]; add one, e.g. loss=kd+hard"
+        )
+    import importlib.util
+
+    from brewlab.models import check_model_dir
+
     for name, op in ops.items():
+        if op["kind"] in ("char", "word") and importlib.util.find_spec("nlpaug") is None:
+            raise BrewlabError(
+                f"augmentation.ops.{name} needs nlpaug; install the extra: pip install -e '.[augment]'"
+            )
         if op["kind"] == "mlm" and op.get("model_name_or_path"):
-            model_dir_shape(str(op["model_name_or_path"]), f"augmentation.ops.{name}.model_name_or_path")
+            check_model_dir(str(op["model_name_or_path"]), f"augmentation.ops.{name}.model_name_or_path")
     if not hasattr(kind, "augment_texts"):
         from brewlab.tasks import KINDS
 

@@ -15,6 +15,8 @@ def hub_unreachable() -> str | None:
 
     if any(os.environ.get(v, "").upper() in {"1", "ON", "YES", "TRUE"} for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):
         return None
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY")):
+        return None  # a direct connection says nothing behind a proxy: let the hub libraries try
     from huggingface_hub import constants
 
     url = urlparse(constants.ENDPOINT)

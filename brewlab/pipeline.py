@@ -69,15 +69,17 @@ def cache_key(data: Any, cache_dir: str | Path) -> str:
     """Content hash of a cache entry's config. Paths inside the cache (e.g. a generated data set)
     are hashed relative to it, so a config keeps its key wherever the cache lives (cwd,
     BREWLAB_CACHE) and a moved cache is still found."""
-    root = str(cache_dir)
+    roots = {str(cache_dir).rstrip("/"), str(Path(cache_dir).expanduser())}  # as written and as used
 
     def relative(value: Any) -> Any:
         if isinstance(value, Mapping):
             return {k: relative(v) for k, v in value.items()}
         if isinstance(value, list):
             return [relative(v) for v in value]
-        if isinstance(value, str) and value.startswith(root):
-            return "<cache>" + value[len(root) :]
+        if isinstance(value, str):
+            for root in roots:
+                if value == root or value.startswith(root + "/"):
+                    return "<cache>" + value[len(root) :]
         return value
 
     return stable_hash(relative(data))
@@ -267,6 +269,7 @@ def augmented_training(
     texts = [t for row in rows for t in kind.augment_texts(row) if t]
     language = aug_cfg.get("language", "auto")
     language = augment.detect_language(texts) if language == "auto" else language
+    augment.check_language(aug_cfg, language)  # before any masked LM is loaded or pretrained
     models = {
         name: op.get("model_name_or_path") or teacher_base({**cfg, "teacher": op["masked_lm"]}, cache_dir, device, tracker)
         for name, op in ops.items()
@@ -284,17 +287,27 @@ def augmented_training(
     info = {"ops": sorted(ops), "mode": aug_cfg["mode"], "copies": copies, "rate": aug_cfg["rate"], "language": language}
     if aug_cfg["mode"] == "online":
         batches = FreshEachEpoch(
-            lambda epoch: mixed(augment.augment_rows(rows, kind, fn, copies, seed * 1_000_003 + epoch)), bs, pad, seed
+            lambda epoch: mixed(augment.augment_rows(rows, kind, fn, copies, seed * 1_000_003 + epoch)),
+            bs,
+            pad,
+            int(cfg["seed"]),  # batch order follows the run's seed, as without augmentation
         )
         info["features"] = len(batches.first)
     else:
-        key = cache_key(
-            {"rows": stable_hash(rows, 24), "augmentation": aug_cfg, "models": models, "language": language},
-            cfg["cache_dir"],
-        )
+        from importlib.metadata import version
+
+        stamp = {
+            "rows": stable_hash(rows, 24),
+            "augmentation": aug_cfg,
+            "models": {name: [path, _weights_stamp(path)] for name, path in models.items()},
+            "language": language,
+            "code": [augment.VERSION, version("nlpaug"), version("jieba")],
+        }
+        key = cache_key(stamp, cfg["cache_dir"])
         path = cache_dir / "augmented" / f"{task_cfg['name']}-{key}.jsonl"
         if path.is_file():
-            augmented = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+            with open(path, encoding="utf-8") as fh:  # iterate on "\n" only: texts may hold U+2028 and kin
+                augmented = [json.loads(line) for line in fh]
             log.info("augmentation: reused cache %s (%d examples)", path, len(augmented))
         else:
             augmented = augment.augment_rows(rows, kind, fn, copies, seed)
@@ -310,6 +323,17 @@ def augmented_training(
     info["seconds"] = time.perf_counter() - started
     log.info("augmentation %s: %d original + %d augmented examples", "+".join(sorted(ops)), len(rows), copies * len(rows))
     return batches, info
+
+
+def _weights_stamp(path: str) -> list[Any]:
+    """Size and time of a local model's weight files, so retrained weights at the same path
+    make new augmented data; empty for hub ids."""
+    from brewlab.models import WEIGHT_FILES, is_local_model_dir
+
+    if not is_local_model_dir(path):
+        return []
+    files = [Path(path).expanduser() / name for name in WEIGHT_FILES]
+    return [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files if f.is_file()]
 
 
 def teacher_base(cfg: Mapping[str, Any], cache_dir: Path, device: torch.device, tracker: Any) -> str | None:

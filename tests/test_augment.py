@@ -112,14 +112,41 @@ def test_combined_operations_give_each_text_one_of_them():
     assert lengths == {True, False}  # some texts grew (insert), others shrank (delete), none both
 
 
-def test_augmentation_restores_the_global_random_state():
+def test_augmentation_restores_the_global_random_states():
     import random
 
+    import numpy as np
+
     random.seed(5)
-    expected = random.random()
+    np.random.seed(5)
+    expected = random.random(), np.random.rand()
     random.seed(5)
+    np.random.seed(5)
     _augment(ZH, "char", ["substitute"], rate=0.1)
-    assert random.random() == expected
+    assert (random.random(), np.random.rand()) == expected
+
+
+@pytest.mark.parametrize(("kind", "action"), [("word", "swap"), ("word", "delete"), ("char", "swap"), ("char", "insert")])
+def test_english_mrc_keeps_the_answer_a_separate_word(kind, action):
+    """nlpaug strips the ends of the pieces around the answer; the spaces must come back."""
+    context = ("The capital of France is Paris, a big city on the river Seine that many people "
+               "visit every year to see its museums and old streets.")
+    answer = "Paris"
+    row = {"id": "e", "question": "What is the capital of France?", "context": context,
+           "answers": {"text": [answer], "answer_start": [context.index(answer)]}}
+    fn = augment.build({"ops": {"o": {"kind": kind, "actions": [action]}}, "rate": 0.2},
+                       augment.vocabulary([context], "en"))
+    for new in augment.augment_rows([row], SpanExtraction, fn, 4, 0):
+        start = new["answers"]["answer_start"][0]
+        assert new["context"][start - 1] == " " and new["context"][start : start + 6] == "Paris,"
+        assert new["context"] != context
+
+
+def test_english_char_noise_leaves_unpicked_words_as_they_were():
+    text = "U.S. officials don't expect rain in New York ."
+    out = _augment(text, "char", ["swap"], rate=0.2, language="en")
+    kept = [w for w in out.split() if w in text.split()]
+    assert len(out.split()) == len(text.split()) and len(kept) >= len(text.split()) - 2
 
 
 # ----------------------------------------------------------------------------- masked LM
@@ -148,6 +175,21 @@ def test_mlm_replaces_whole_english_words_and_keeps_the_spacing(tmp_path):
     changed = [a for a, b in zip(out.split(), text.split(), strict=True) if a != b]
     assert len(changed) == 2  # 25% of the 7 whole words
     assert all(re.fullmatch(r"[a-z]+[,.]?", w) for w in changed)
+
+
+def test_mlm_refuses_a_model_without_a_masked_lm_head(tmp_path):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    path = _tiny_mlm(tmp_path / "mlm", list("好坏"))
+    config = BertConfig.from_pretrained(path)
+    BertForSequenceClassification(config).save_pretrained(tmp_path / "clf")
+    import shutil
+
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(Path(path) / name, tmp_path / "clf" / name)
+    with pytest.raises(BrewlabError, match="is not a masked LM: .* weights are missing"):
+        augment.build({"ops": {"mlm": {"kind": "mlm"}}, "rate": 0.1}, augment.vocabulary([ZH], "zh"),
+                      {"mlm": str(tmp_path / "clf")})
 
 
 def test_mlm_without_a_model_says_which_key_to_set(tmp_path):
@@ -254,32 +296,88 @@ def test_mlm_option_uses_the_offline_pretrained_masked_lm(cli):
     assert read_metrics(run)["augmentation"]["ops"] == ["mlm"]
 
 
-def test_offline_cache_is_reused_and_online_mode_remakes_data(cli):
+def test_offline_cache_is_reused(cli):
     proc, first = cli("augmentation=char", "augmentation.copies=2", "debug=smoke", "logger=none", name="first")
     path = Path(read_metrics(first)["augmentation"]["cache"])
     lines = path.read_text(encoding="utf-8").splitlines()
     assert len(lines) == 2 * 192
     stamp = path.stat().st_mtime_ns
-    proc, second = cli("augmentation=char", "augmentation.copies=2", "debug=smoke", "logger=none", "seed=1",
-                       name="second")
+    proc, second = cli("augmentation=char", "augmentation.copies=2", "debug=smoke", "logger=none",
+                       "trainer.max_steps=3", name="second")  # another student setting, the same data
     assert f"augmentation: reused cache {path}" in proc.stdout + proc.stderr and path.stat().st_mtime_ns == stamp
-    proc, online = cli("augmentation=char", "augmentation.mode=online", "debug=smoke", "logger=none",
-                       "trainer.max_steps=30", name="online")
-    info = read_metrics(online)["augmentation"]
+    proc, third = cli("augmentation=char", "augmentation.copies=2", "debug=smoke", "logger=none", "seed=2",
+                      name="third")  # augmentation.seed follows the run's seed: new data
+    assert read_metrics(third)["augmentation"]["cache"] != str(path)
+
+
+def _smoke_setup(tmp_path, *overrides):
+    from hydra import compose, initialize_config_dir
+
+    from brewlab.config import to_plain
+    from brewlab.pipeline import prepare_task
+
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        cfg = to_plain(compose("config", overrides=["debug=smoke", f"cache_dir={tmp_path}", *overrides]))
+    return cfg, prepare_task(cfg, tmp_path)
+
+
+class _NoTracker:
+    def log(self, metrics, step):
+        pass
+
+
+def test_augmented_features_carry_no_gold_label(tmp_path):
+    from brewlab.pipeline import augmented_training
+
+    cfg, prep = _smoke_setup(tmp_path, "augmentation=char")
+    loader, info = augmented_training(cfg, prep, tmp_path, torch.device("cpu"), _NoTracker())
+    features = loader.dataset
+    n = len(prep.features["train"])
+    assert len(features) == 2 * n and [f["idx"] for f in features] == list(range(2 * n))
+    assert [f["labels"] for f in features[:n]] == [f["labels"] for f in prep.features["train"]]
+    assert {f["labels"] for f in features[n:]} == {-100}
+    assert info["original_examples"] == info["augmented_examples"] == n
+
+
+def test_online_mode_remakes_the_copies_every_epoch(tmp_path):
+    from brewlab.pipeline import augmented_training
+
+    cfg, prep = _smoke_setup(tmp_path, "augmentation=char", "augmentation.mode=online")
+    batches, info = augmented_training(cfg, prep, tmp_path, torch.device("cpu"), _NoTracker())
     assert info["mode"] == "online" and "cache" not in info
+
+    def epoch_inputs():
+        return sorted(tuple(row[row != 0].tolist()) for batch in batches for row in batch["input_ids"])
+
+    first, second = epoch_inputs(), epoch_inputs()
+    originals = sorted(tuple(f["input_ids"]) for f in prep.features["train"])
+    assert len(first) == len(second) == 2 * len(originals)
+    assert first != second  # new noise ...
+    assert all(o in first and o in second for o in originals)  # ... around the same originals
 
 
 @pytest.mark.parametrize("task", ["pd98_ner", "cmrc_pd98"])
 def test_smoke_run_on_ner_and_mrc(cli, task):
+    import json
+
     proc, run = cli(f"task={task}", "augmentation=char", "debug=smoke", "logger=none", name=task)
-    metrics = read_metrics(run)
-    assert metrics["augmentation"]["augmented_examples"] == metrics["task"]["sizes"]["train"]
+    info = read_metrics(run)["augmentation"]
+    rows = [json.loads(line) for line in Path(info["cache"]).read_text(encoding="utf-8").splitlines()]
+    assert len(rows) == 192
+    if task == "pd98_ner":
+        assert all(row["tags"] == [IGNORE] * len(row["tokens"]) for row in rows)
+    else:
+        for row in rows:
+            (answer,), (start,) = row["answers"]["text"], row["answers"]["answer_start"]
+            assert row["context"][start : start + len(answer)] == answer
 
 
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
         (["augmentation=char", "distiller=trainer"], "need a teacher to label the augmented text"),
+        (["augmentation=char", "loss=hard"], "are learnt from the teacher through KD or match losses"),
         (["augmentation=char", "augmentation.rate=0"], "augmentation.rate=0 must be a fraction in (0, 1]"),
         (["augmentation=char", "augmentation.mode=sometimes"], "augmentation.mode='sometimes' is not valid; choose one of: offline, online"),
         (["augmentation=char", "augmentation.ops.char.actions=[shuffle]"], "augmentation.ops.char.actions='shuffle' is not valid"),

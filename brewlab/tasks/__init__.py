@@ -215,7 +215,7 @@ def load_task_data(cfg: Mapping) -> TaskData:
     splits = {name: [kind.normalise(row, label_names, cfg, name) for row in rows] for name, rows in splits.items()}
     fraction = cfg.get("train_fraction", 1.0)
     if fraction < 1:  # a fixed-seed subset, in the split's order, so runs with one fraction agree
-        keep = max(1, math.ceil(fraction * len(splits["train"])))
+        keep = max(1, math.ceil(round(fraction * len(splits["train"]), 6)))  # 0.07 * 100 is 7, not 8
         chosen = sorted(random.Random(int((cfg.get("split") or {}).get("seed", 1234))).sample(range(len(splits["train"])), keep))
         splits["train"] = [splits["train"][i] for i in chosen]
     limits = cfg.get("limit") or {}
