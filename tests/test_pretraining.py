@@ -139,12 +139,14 @@ def test_corpus_holds_out_every_evaluation_text(tmp_path):
     assert max(len(r["text"]) for r in pieces) <= 126 and len(pieces) > 30000
 
 
-def test_pretrain_general_distill_and_task_stage_end_to_end(cli, cache_dir):
+def test_pretrain_general_distill_and_task_stage_end_to_end(cli, tmp_path):
     """Each new stage under debug=smoke: pretrain + fine-tune a teacher, distil the masked LM
     into a general student, start a task student from it."""
     from transformers import AutoModelForMaskedLM
 
-    proc, run = cli("teacher=pretrained_scratch", "debug=smoke", "logger=none", name="pretrained")
+    cache_dir = tmp_path / "cache"  # its own: another test may have pretrained the same smoke masked LM
+
+    proc, run = cli("teacher=pretrained_scratch", "debug=smoke", "logger=none", cache=cache_dir, name="pretrained")
     assert "pretraining a masked LM on mlm_zh" in proc.stdout + proc.stderr
     metrics = read_metrics(run)
     assert metrics["teacher"]["source"] == "trained" and "accuracy" in metrics["student"]["test"]
@@ -155,11 +157,11 @@ def test_pretrain_general_distill_and_task_stage_end_to_end(cli, cache_dir):
     # any masked LM (a hub id such as bert-base-chinese; here the cached local one) fine-tunes the same way
     (base,) = (cache_dir / "pretrained").iterdir()
     _, hf_run = cli("teacher=hf", f"teacher.name_or_path={base}", "teacher.finetune=true", "debug=smoke",
-                    "logger=none", name="hf_finetune")
+                    "logger=none", cache=cache_dir, name="hf_finetune")
     metrics = read_metrics(hf_run)
     assert metrics["teacher"]["source"] == "trained" and metrics["teacher"]["parameters"]["total"] > 0
 
-    proc, general = cli("+experiment=general_distillation", "debug=smoke", "logger=none", name="general")
+    proc, general = cli("+experiment=general_distillation", "debug=smoke", "logger=none", cache=cache_dir, name="general")
     assert "pretrained masked LM: reused cache" in proc.stdout + proc.stderr  # the cached stage is shared
     metrics = read_metrics(general)
     assert metrics["task"]["name"] == "mlm_zh" and metrics["teacher"]["source"] == "loaded"
@@ -168,7 +170,7 @@ def test_pretrain_general_distill_and_task_stage_end_to_end(cli, cache_dir):
     assert type(model).__name__ == "BertForMaskedLM"
 
     proc, task = cli("teacher=pretrained_scratch", f"student.init_from={general / 'student'}", "debug=smoke",
-                     "logger=none", "trainer.max_steps=1", "optim.lr=1e-12", name="task")
+                     "logger=none", "trainer.max_steps=1", "optim.lr=1e-12", cache=cache_dir, name="task")
     from transformers import AutoModelForSequenceClassification
 
     student = AutoModelForSequenceClassification.from_pretrained(task / "student")
@@ -176,6 +178,6 @@ def test_pretrain_general_distill_and_task_stage_end_to_end(cli, cache_dir):
         assert torch.allclose(ours, theirs, atol=1e-6)  # the encoder came from the general student
 
     proc, _ = cli(f"student.init_from={general / 'student'}", "debug=smoke", "logger=none",
-                  expect_ok=False, name="mismatch")
+                  expect_ok=False, cache=cache_dir, name="mismatch")
     assert proc.returncode == 2 and "student.init_from=" in proc.stderr and "another vocabulary" in proc.stderr
     assert "teacher: training" not in proc.stdout + proc.stderr  # refused before any teacher work
