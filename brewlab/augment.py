@@ -13,6 +13,7 @@ Which texts of an example may change is the task kind's business (`augment_texts
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import random
@@ -62,13 +63,17 @@ class Vocabulary:
     words: list[str]
 
 
-def split_words(text: str, language: str) -> list[str]:
-    if language == "zh":
-        import jieba
+@functools.cache
+def _jieba() -> Any:
+    """jieba, imported and quieted once (it is called per text)."""
+    import jieba
 
-        jieba.setLogLevel(logging.WARNING)
-        return jieba.lcut(text, HMM=False)
-    return text.split()
+    jieba.setLogLevel(logging.WARNING)
+    return jieba
+
+
+def split_words(text: str, language: str) -> list[str]:
+    return _jieba().lcut(text, HMM=False) if language == "zh" else text.split()
 
 
 def join_words(words: Sequence[str], language: str) -> str:

@@ -260,6 +260,7 @@ def augmented_training(
     keyed by the training rows and the augmentation config; online ones are remade each epoch."""
     from brewlab import augment
     from brewlab.data import FreshEachEpoch, make_loader
+    from brewlab.tasks import write_jsonl
 
     aug_cfg = cfg["augmentation"]
     ops = augment.ops_of(aug_cfg)
@@ -311,10 +312,7 @@ def augmented_training(
             log.info("augmentation: reused cache %s (%d examples)", path, len(augmented))
         else:
             augmented = augment.augment_rows(rows, kind, fn, copies, seed)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp", encoding="utf-8") as fh:
-                fh.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in augmented)
-            os.replace(fh.name, path)
+            write_jsonl(augmented, path)
             log.info("augmentation: %d examples written to %s", len(augmented), path)
         features = mixed(augmented)
         batches = make_loader(features, bs, pad, int(cfg["seed"]), train=True)

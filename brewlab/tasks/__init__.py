@@ -241,11 +241,22 @@ def _carve_splits(raw: dict[str, list[Example]], split_cfg: Mapping) -> dict[str
     return {s: out[s] for s in SPLITS}
 
 
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write to a temporary file beside `path`, then rename: a kill never leaves a truncated
+    file that a later run would read as complete."""
+    import os
+    import tempfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(fh.name, path)
+
+
 def write_jsonl(rows: Sequence[Example], path: str | Path) -> None:
-    """Write examples as JSON lines (used to export splits and to make test fixtures)."""
-    with open(path, "w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    """Write examples as JSON lines, atomically (exported splits, cached augmented data, fixtures)."""
+    write_text_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
 # kinds and sources register themselves on import

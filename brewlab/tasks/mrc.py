@@ -40,11 +40,9 @@ used for ``task.data.*_file``.
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import string
-import tempfile
 import unicodedata
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
@@ -54,7 +52,7 @@ from typing import Any
 import numpy as np
 
 from brewlab.errors import BrewlabError
-from brewlab.tasks import KINDS, SOURCES, SPLITS, Example, _read_local, package_file
+from brewlab.tasks import KINDS, SOURCES, SPLITS, Example, _read_local, package_file, write_text_atomic
 from brewlab.tasks.pd98 import SOURCE_FILE, parse_tagged_line
 
 MASKED = -1e4  # logit of positions outside the passage (and padding)
@@ -527,13 +525,6 @@ def generate_pd98(settings: Mapping) -> dict[str, list[dict[str, Any]]]:
     return {split: [articles[i] for i in sorted(chosen[split])] for split in SPLITS}
 
 
-def _write_json_atomic(path: Path, data: Any) -> None:
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp", encoding="utf-8") as fh:
-        json.dump(data, fh, ensure_ascii=False, separators=(",", ":"))
-        tmp = fh.name
-    os.replace(tmp, path)
-
-
 def pd98_files(cfg: Mapping) -> dict[str, Path]:
     """Generate the cmrc_pd98 files once (keyed by a hash of the generator settings)."""
     from brewlab.config import stable_hash
@@ -548,7 +539,8 @@ def pd98_files(cfg: Mapping) -> dict[str, Path]:
     if not all(f.is_file() for f in files.values()):
         directory.mkdir(parents=True, exist_ok=True)
         for split, articles in generate_pd98(settings).items():
-            _write_json_atomic(files[split], {"version": f"cmrc_pd98-{key}", "data": articles})
+            document = {"version": f"cmrc_pd98-{key}", "data": articles}
+            write_text_atomic(files[split], json.dumps(document, ensure_ascii=False, separators=(",", ":")))
     return files
 
 
