@@ -69,3 +69,29 @@ class HFAdaptor:
             hidden=out.hidden_states if hidden else None,
             attention=out.attentions if attention else None,
         )
+
+
+class TeacherEnsemble:
+    """Several teacher adaptors seen as one: its logits are the teachers' logits combined by a
+    `losses.TEACHER_COMBINERS` function, so every distiller (and the evaluation) can use an
+    ensemble wherever it takes one teacher. Intermediate features are not combined."""
+
+    def __init__(self, members: list[Any], combine: str = "logits", weights: list[float] | None = None) -> None:
+        from brewlab.losses import TEACHER_COMBINERS
+
+        self.members = members
+        self.kind = members[0].kind
+        self.combine = TEACHER_COMBINERS.get(combine, "distiller.combine")
+        self.weights = torch.tensor(weights if weights is not None else [1.0] * len(members), dtype=torch.float32)
+        self.model = nn.ModuleList([m.model for m in members])  # for .eval(), parameter counts, devices
+
+    def __call__(self, batch: Mapping[str, torch.Tensor], hidden: bool = False, attention: bool = False) -> ModelView:
+        if hidden or attention:
+            raise ValueError("a teacher ensemble exposes combined logits only, not hidden states or attention")
+        views = [member(batch) for member in self.members]
+        return ModelView(
+            logits=self.combine([v.logits for v in views], self.weights),
+            mask=views[0].mask,
+            logits_mask=views[0].logits_mask,
+            labels=views[0].labels,
+        )

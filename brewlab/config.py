@@ -115,6 +115,8 @@ def validate(cfg: Mapping[str, Any]) -> None:
         t_shape = Shape(10**6, s_shape.hidden_size, s_shape.num_heads)
     objective = parse_objective(cfg["loss"], t_shape if distiller.uses_teacher else None, s_shape)
     _check_augmentation(cfg, KINDS.get(task["kind"]), distiller, objective)
+    if distiller.many_teachers:
+        _check_teachers(cfg["distiller"], teacher)
     if objective.matches and not distiller.allows_matches:
         names = ", ".join(m.name for m in objective.matches)
         raise BrewlabError(
@@ -133,6 +135,40 @@ def validate(cfg: Mapping[str, Any]) -> None:
             raise BrewlabError(
                 f"student.init_from_teacher_layers={list(layers)} names {len(layers)} layers; "
                 f"student.arch.num_hidden_layers={s_shape.num_layers}"
+            )
+
+
+def _check_teachers(d_cfg: Mapping[str, Any], teacher: Mapping[str, Any]) -> None:
+    """`distiller.teachers`: overrides of the run's teacher or model directories, with weights."""
+    from brewlab.losses import TEACHER_COMBINERS
+
+    entries = d_cfg.get("teachers")
+    if not isinstance(entries, list) or not entries:
+        raise BrewlabError(
+            f"distiller.teachers={entries!r} must be a non-empty list of teacher overrides "
+            "(e.g. [{seed: 1}, {seed: 2}]) or model directories"
+        )
+    for i, entry in enumerate(entries):
+        key = f"distiller.teachers[{i}]"
+        if isinstance(entry, str):
+            model_dir_shape(entry, key)
+        elif isinstance(entry, Mapping):
+            unknown = sorted(set(entry) - set(teacher))
+            if unknown:
+                raise BrewlabError(
+                    f"{key} overrides unknown teacher keys {unknown}; teacher={teacher['name']} has: {', '.join(sorted(teacher))}"
+                )
+        else:
+            raise BrewlabError(f"{key}={entry!r} must be a mapping of teacher overrides or a model directory")
+    TEACHER_COMBINERS.get(d_cfg.get("combine"), "distiller.combine")
+    weights = d_cfg.get("weights")
+    if weights is not None:
+        numbers = isinstance(weights, list) and all(
+            isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in weights
+        )
+        if not numbers or len(weights) != len(entries) or sum(weights) <= 0:
+            raise BrewlabError(
+                f"distiller.weights={weights!r} must hold one number >= 0 per teacher ({len(entries)}), with a positive sum"
             )
 
 

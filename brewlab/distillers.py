@@ -255,6 +255,7 @@ class Distiller:
 
     uses_teacher = True
     allows_matches = True
+    many_teachers = False  # True: learns from `distiller.teachers` through one TeacherEnsemble
 
     def __init__(
         self,
@@ -463,3 +464,13 @@ class BasicDistiller(Distiller):
 @DISTILLERS.register("general")
 class GeneralDistiller(Distiller):
     """Basic KD plus intermediate feature matches, with projections where sizes differ."""
+
+
+@DISTILLERS.register("multi_teacher")
+class MultiTeacherDistiller(Distiller):
+    """Logit KD from several teachers of one task (`distiller.teachers`), whose logits the
+    pipeline combines into one `TeacherEnsemble` adaptor; the shared loop and teacher-output
+    cache then work unchanged. Features of different teachers are not matched."""
+
+    allows_matches = False
+    many_teachers = True

@@ -176,22 +176,29 @@ def build_distiller(
     name: str,
     cfg: Mapping[str, Any],
     student_model: Any,
-    teacher_model: Any | None,
+    teacher_models: Sequence[Any] | None,
     prep: Prepared,
     loss_cfg: Mapping[str, Any],
     trainer_cfg: Mapping[str, Any],
     tracker: Any,
 ):
+    """The named distiller over adaptors of the models; a many-teacher distiller gets its
+    teachers as one `TeacherEnsemble` (combined as `distiller.combine`/`weights` say)."""
     from hydra.utils import instantiate
 
-    from brewlab.adaptors import ADAPTORS
+    from brewlab.adaptors import ADAPTORS, TeacherEnsemble
     from brewlab.distillers import DISTILLERS, build_projections, parse_objective
     from brewlab.schedulers import build_schedules
 
     distiller_cls = DISTILLERS.get(name, "distiller")
     adaptor_cls = ADAPTORS.get("hf")
     student = adaptor_cls(student_model, prep.kind)
-    teacher = adaptor_cls(teacher_model, prep.kind) if distiller_cls.uses_teacher else None
+    teacher = None
+    if distiller_cls.uses_teacher and teacher_models:
+        views = [adaptor_cls(model, prep.kind) for model in teacher_models]
+        d_cfg = cfg["distiller"]
+        many = distiller_cls.many_teachers
+        teacher = TeacherEnsemble(views, d_cfg["combine"], d_cfg.get("weights")) if many else views[0]
     objective = parse_objective(loss_cfg, teacher, student)
     projections = build_projections(objective.matches, teacher, student) if teacher else None
     return distiller_cls(
@@ -360,8 +367,62 @@ def teacher_base(cfg: Mapping[str, Any], cache_dir: Path, device: torch.device, 
     return str(directory)
 
 
-def get_teacher(
+def teacher_configs(cfg: Mapping[str, Any]) -> list[dict[str, Any]] | None:
+    """One teacher config per entry of `distiller.teachers` (None when the run has one teacher):
+    a mapping overrides the run's `teacher` (e.g. its seed), a string names a fine-tuned model."""
+    entries = cfg["distiller"].get("teachers")
+    if not entries:
+        return None
+    out = []
+    for entry in entries:
+        if isinstance(entry, str):
+            out.append({"name": "hf", "kind": "hf", "name_or_path": entry, "finetune": False})
+        else:
+            out.append(_merged(cfg["teacher"], entry))
+    return out
+
+
+def _merged(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        both = isinstance(value, Mapping) and isinstance(base.get(key), Mapping)
+        out[key] = _merged(base[key], value) if both else value
+    return out
+
+
+def get_teachers(
     cfg: Mapping[str, Any], prep: Prepared, base: str | None, cache_dir: Path, attn: str, device: torch.device, tracker: Any
+) -> list[tuple[Any, str, Path | None, dict[str, Any]]]:
+    """(model, source, cache entry, config) of the run's teacher, or of each `distiller.teachers`
+    entry; every teacher must read the run's tokenizer."""
+    from brewlab.models import load_tokenizer
+
+    configs = teacher_configs(cfg)
+    if configs is None:
+        return [(*get_teacher(cfg, prep, base, cache_dir, attn, device, tracker), cfg["teacher"])]
+    out = []
+    for i, t_cfg in enumerate(configs):
+        stage = {**cfg, "teacher": t_cfg}
+        t_base = teacher_base(stage, cache_dir, device, tracker)
+        key = f"distiller.teachers[{i}]"
+        if t_base not in (None, base) and stable_hash(load_tokenizer(t_base, key).get_vocab()) != prep.tokenizer_id:
+            raise BrewlabError(
+                f"{key}={t_base!r} uses another vocabulary than the run's tokenizer (from teacher={cfg['teacher']['name']}); "
+                "every teacher must share it"
+            )
+        out.append((*get_teacher(stage, prep, t_base, cache_dir, attn, device, tracker, f"teacher{i}/"), t_cfg))
+    return out
+
+
+def get_teacher(
+    cfg: Mapping[str, Any],
+    prep: Prepared,
+    base: str | None,
+    cache_dir: Path,
+    attn: str,
+    device: torch.device,
+    tracker: Any,
+    prefix: str = "teacher/",
 ) -> tuple[Any, str, Path | None]:
     """The teacher model, where it came from ('loaded', 'cache', 'trained') and its cache entry.
 
@@ -402,7 +463,7 @@ def get_teacher(
         model = load_pretrained(base, prep.kind, num_labels, key="teacher base", new_head=True)
     model = model.to(device)
     train_cfg = {"seed": t_cfg.get("seed", 0), **t_cfg["train"]}
-    _train_and_cache(cfg, model, prep, train_cfg, directory, key, device, _Prefixed(tracker, "teacher/"))
+    _train_and_cache(cfg, model, prep, train_cfg, directory, key, device, _Prefixed(tracker, prefix))
     set_attention(model, attn)
     return model.eval(), "trained", directory
 
@@ -511,24 +572,25 @@ def run(cfg: Mapping[str, Any], run_dir: Path, tracker: Any) -> dict[str, Any]:
     needs_attention = any(t.get("feature") == "attention" for t in cfg["loss"].values())
     attn = "eager" if needs_attention else "sdpa"
     augmented = augmented_training(cfg, prep, cache_dir, device, tracker)  # its errors come before teacher work
-    teacher, teacher_source, teacher_dir = get_teacher(cfg, prep, base, cache_dir, attn, device, tracker)
+    teachers = get_teachers(cfg, prep, base, cache_dir, attn, device, tracker)
+    teacher_models = [t[0] for t in teachers]
 
     trainer_cfg = dict(cfg["trainer"])
     if augmented is not None and augmented[1]["mode"] == "online":
         trainer_cfg["cache_teacher_outputs"] = False  # the augmented inputs change every epoch
     seed_everything(seed)
-    student = build_student(cfg, prep, teacher, attn, device)
+    student = build_student(cfg, prep, teacher_models[0], attn, device)
     name = cfg["distiller"]["name"]
-    distiller = build_distiller(name, cfg, student, teacher, prep, cfg["loss"], trainer_cfg, tracker)
+    distiller = build_distiller(name, cfg, student, teacher_models, prep, cfg["loss"], trainer_cfg, tracker)
     result = train_loop(distiller, prep, trainer_cfg, seed, device, progress, augmented and augmented[0])
     if attn != "sdpa":  # attention maps were only needed by the losses: measure and save with sdpa
         from brewlab.models import set_attention
 
-        for model in (teacher, student):
+        for model in (*teacher_models, student):
             set_attention(model, "sdpa")
 
     eval_bs = int(cfg["trainer"].get("eval_batch_size", 128))
-    from brewlab.adaptors import ADAPTORS
+    from brewlab.adaptors import ADAPTORS, TeacherEnsemble
 
     adaptor = ADAPTORS.get("hf")
     metrics: dict[str, Any] = {
@@ -543,20 +605,28 @@ def run(cfg: Mapping[str, Any], run_dir: Path, tracker: Any) -> dict[str, Any]:
     describe = getattr(prep.kind, "describe", None)  # e.g. entity counts per split for NER
     if describe is not None:
         metrics["task"].update(describe(prep.rows, prep.label_names))
-    for role, model in (("teacher", teacher), ("student", student)):
-        view = adaptor(model, prep.kind)
-        entry: dict[str, Any] = {
-            split: evaluate(view, prep, split, eval_bs, device) for split in ("validation", "test")
-        }
-        entry["parameters"] = count_parameters(model)
+
+    def measure(view: Any) -> dict[str, Any]:
+        entry: dict[str, Any] = {split: evaluate(view, prep, split, eval_bs, device) for split in ("validation", "test")}
+        entry["parameters"] = count_parameters(view.model)
         entry["examples_per_second"] = entry["test"]["examples_per_second"]
-        metrics[role] = entry
-    metrics["teacher"]["source"] = teacher_source
-    pretrained = base if cfg["teacher"]["kind"] == "pretrained_scratch" else None
-    for stage, directory in (("training", teacher_dir), ("pretraining", pretrained)):
-        meta = Path(directory) / TEACHER_META if directory else None
-        if meta is not None and meta.is_file():  # how the cached stage was made (time, steps, dev score)
-            metrics["teacher"][stage] = json.loads(meta.read_text(encoding="utf-8"))
+        return entry
+
+    members = []
+    for model, source, directory, t_cfg in teachers:
+        entry = measure(adaptor(model, prep.kind)) | {"source": source}
+        pretrained = base if t_cfg["kind"] == "pretrained_scratch" else None
+        for stage, stage_dir in (("training", directory), ("pretraining", pretrained)):
+            meta = Path(stage_dir) / TEACHER_META if stage_dir else None
+            if meta is not None and meta.is_file():  # how the cached stage was made (time, steps, dev score)
+                entry[stage] = json.loads(meta.read_text(encoding="utf-8"))
+        members.append(entry)
+    if isinstance(distiller.teacher, TeacherEnsemble):  # the ensemble the student learnt from, and each member
+        metrics["teachers"] = members
+        metrics["teacher"] = measure(distiller.teacher) | {"source": "ensemble", "members": len(members)}
+    else:
+        metrics["teacher"] = members[0]
+    metrics["student"] = measure(adaptor(student, prep.kind))
     metrics["student"].update(
         train_seconds=result.train_seconds, steps=result.steps, best_step=result.best_step, final_losses=result.final_losses
     )
@@ -574,8 +644,9 @@ def summary_table(metrics: Mapping[str, Any]) -> str:
     """Teacher vs student: main metric, parameters and inference speed, as plain text."""
     main = metrics["task"]["main_metric"]
     lines = [f"{'':8} {'dev ' + main:>14} {'test ' + main:>14} {'params':>12} {'non-emb':>10} {'ex/s':>9}"]
-    for role in ("teacher", "student"):
-        m = metrics[role]
+    named = [(f"teacher{i}", m) for i, m in enumerate(metrics.get("teachers", []))]
+    ensemble = "ensemble" if "teachers" in metrics else "teacher"
+    for role, m in (*named, (ensemble, metrics["teacher"]), ("student", metrics["student"])):
         lines.append(
             f"{role:8} {100 * m['validation'][main]:14.2f} {100 * m['test'][main]:14.2f} "
             f"{m['parameters']['total']:12,d} {m['parameters']['non_embedding']:10,d} {m['examples_per_second']:9.0f}"
