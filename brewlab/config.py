@@ -44,7 +44,8 @@ def stable_hash(data: Any, length: int = 12) -> str:
 
 
 def _shape(arch: Mapping[str, Any]) -> Shape:
-    return Shape(int(arch["num_hidden_layers"]), int(arch["hidden_size"]), int(arch["num_attention_heads"]))
+    """Shape of a config `arch`; models without attention (BiGRU) have 0 heads."""
+    return Shape(int(arch["num_hidden_layers"]), int(arch["hidden_size"]), int(arch.get("num_attention_heads") or 0))
 
 
 def teacher_shape(teacher: Mapping[str, Any]) -> Shape | None:
@@ -66,7 +67,7 @@ def model_dir_shape(path: str, key: str) -> Shape | None:
         return None
     with open(f"{path}/config.json", encoding="utf-8") as fh:
         conf = json.load(fh)
-    return Shape(conf["num_hidden_layers"], conf["hidden_size"], conf["num_attention_heads"])
+    return Shape(conf["num_hidden_layers"], conf["hidden_size"], conf.get("num_attention_heads") or 0)
 
 
 def _check_number(key: str, value: Any, minimum: float, inclusive: bool = True) -> None:
@@ -102,11 +103,15 @@ def validate(cfg: Mapping[str, Any]) -> None:
         raise bad_choice("teacher.kind", teacher["kind"], TEACHER_KINDS)
     for key in ("epochs", "batch_size"):
         _check_number(f"trainer.{key}", cfg["trainer"][key], 1)
+    _check_trainer(cfg["trainer"])
     _check_number("optim.lr", cfg["optim"]["lr"], 0, inclusive=False)
     build_schedules(cfg["scheduler"])
 
     t_shape = teacher_shape(teacher)
+    _check_student_kind(student, KINDS.get(task["kind"]))
     s_shape = _shape(student["arch"])
+    if student.get("kind", "bert") == "bigru":  # whatever else `arch` holds (e.g. debug sizes), no attention
+        s_shape = Shape(s_shape.num_layers, s_shape.hidden_size, 0)
     if student.get("init_from"):
         if student.get("init_from_teacher_layers"):
             raise BrewlabError("student.init_from and student.init_from_teacher_layers exclude each other; set one")
@@ -115,8 +120,10 @@ def validate(cfg: Mapping[str, Any]) -> None:
         t_shape = Shape(10**6, s_shape.hidden_size, s_shape.num_heads)
     objective = parse_objective(cfg["loss"], t_shape if distiller.uses_teacher else None, s_shape)
     _check_augmentation(cfg, KINDS.get(task["kind"]), distiller, objective)
-    if distiller.many_teachers:
+    if distiller.many_teachers or cfg["distiller"].get("teachers"):
         _check_teachers(cfg["distiller"], teacher)
+    if distiller.many_tasks:
+        _check_tasks(cfg)
     if objective.matches and not distiller.allows_matches:
         names = ", ".join(m.name for m in objective.matches)
         raise BrewlabError(
@@ -136,6 +143,57 @@ def validate(cfg: Mapping[str, Any]) -> None:
                 f"student.init_from_teacher_layers={list(layers)} names {len(layers)} layers; "
                 f"student.arch.num_hidden_layers={s_shape.num_layers}"
             )
+
+
+def _check_student_kind(student: Mapping[str, Any], kind: Any) -> None:
+    from brewlab.models import STUDENT_KINDS, bigru_head
+
+    name = student.get("kind", "bert")
+    if name not in STUDENT_KINDS:
+        raise bad_choice("student.kind", name, STUDENT_KINDS)
+    if name == "bigru":
+        bigru_head(kind)
+        if student.get("init_from_teacher_layers"):
+            raise BrewlabError("student.init_from_teacher_layers needs a BERT student; student.kind=bigru has no such layers")
+        if student["arch"].get("hidden_size", 0) % 2:
+            raise BrewlabError(f"student.arch.hidden_size={student['arch']['hidden_size']} must be even for a BiGRU")
+
+
+def _check_trainer(trainer: Mapping[str, Any]) -> None:
+    from brewlab.distillers import PRECISIONS
+
+    accum = trainer.get("grad_accum", 1)
+    if not isinstance(accum, int) or isinstance(accum, bool) or accum < 1:
+        raise BrewlabError(f"trainer.grad_accum={accum!r} must be an integer >= 1")
+    precision = trainer.get("precision", "fp32")
+    if precision not in PRECISIONS:
+        raise bad_choice("trainer.precision", precision, PRECISIONS)
+    if not isinstance(trainer.get("compile", False), bool):
+        raise BrewlabError(f"trainer.compile={trainer['compile']!r} must be true or false")
+    clip = trainer.get("grad_clip")
+    if clip is not None:
+        _check_number("trainer.grad_clip", clip, 0, inclusive=False)
+
+
+def _check_tasks(cfg: Mapping[str, Any]) -> None:
+    """`distiller.tasks`: task configs (composed from conf/task presets) and the sampling tau."""
+    from brewlab import augment
+    from brewlab.tasks import KINDS
+
+    d_cfg = cfg["distiller"]
+    tasks = d_cfg.get("tasks")
+    if not isinstance(tasks, Mapping) or not tasks:
+        raise BrewlabError(
+            f"distiller.tasks={tasks!r} must map task names to task configs, e.g. distiller=multi_task "
+            "(reviews_zh + pd98_ner) or +distiller/tasks@distiller.tasks.<name>=<task preset>"
+        )
+    for name, task in tasks.items():
+        if not isinstance(task, Mapping) or "kind" not in task:
+            raise BrewlabError(f"distiller.tasks.{name} is not a task config (no `kind`)")
+        KINDS.get(task["kind"], f"distiller.tasks.{name}.kind")
+    _check_number("distiller.tau", d_cfg.get("tau"), 0)
+    if augment.ops_of(cfg.get("augmentation") or {}):
+        raise BrewlabError("augmentation works with single-task distillers; use augmentation=none with distiller=multi_task")
 
 
 def _check_teachers(d_cfg: Mapping[str, Any], teacher: Mapping[str, Any]) -> None:

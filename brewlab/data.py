@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
@@ -99,3 +100,33 @@ class FreshEachEpoch:
         loader = make_loader(features, self.batch_size, self.pad_token_id, self.seed + self.epoch, train=True)
         self.epoch += 1
         return iter(loader)
+
+
+class TaskMixture:
+    """Training batches drawn from several tasks: each draw picks task t with probability
+    proportional to |train_t|^tau (tau=1: by size, 0: uniformly) and takes that task's next
+    batch, restarting its loader when exhausted. A pass holds as many batches as all loaders
+    together; each batch names its task under `task`."""
+
+    def __init__(self, loaders: Mapping[str, Any], sizes: Mapping[str, int], tau: float, seed: int) -> None:
+        self.loaders = dict(loaders)
+        self.names = list(self.loaders)
+        weights = np.array([float(sizes[n]) ** tau for n in self.names])
+        self.probabilities = weights / weights.sum()
+        self.seed, self.epoch = seed, 0
+
+    def __len__(self) -> int:
+        return sum(len(loader) for loader in self.loaders.values())
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        rng = np.random.default_rng(self.seed + self.epoch)
+        self.epoch += 1
+        iterators = {n: iter(loader) for n, loader in self.loaders.items()}
+        for _ in range(len(self)):
+            name = self.names[int(rng.choice(len(self.names), p=self.probabilities))]
+            try:
+                batch = next(iterators[name])
+            except StopIteration:
+                iterators[name] = iter(self.loaders[name])
+                batch = next(iterators[name])
+            yield {**batch, "task": name}

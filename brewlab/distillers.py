@@ -127,6 +127,9 @@ def _parse_match(name: str, term: Mapping[str, Any], weight: float, teacher: Any
         raise BrewlabError(f"{key}.feature={feature!r} is not valid; choose one of: {', '.join(FEATURES)}")
     if feature == "attention" and fn_name in SAME_DIM_LOSSES | PAIR_LOSSES:
         raise BrewlabError(f"{key}.fn={fn_name!r} works on hidden states, not {key}.feature=attention")
+    if feature == "attention" and min(teacher.num_heads, student.num_heads) == 0:
+        side = "student" if student.num_heads == 0 else "teacher"
+        raise BrewlabError(f"{key}.feature=attention: the {side} has no attention maps (a BiGRU); match hidden states")
     if feature == "hidden" and fn_name.startswith("attention"):
         raise BrewlabError(f"{key}.fn={fn_name!r} needs {key}.feature=attention")
     layers = term.get("layers", "uniform")
@@ -256,6 +259,7 @@ class Distiller:
     uses_teacher = True
     allows_matches = True
     many_teachers = False  # True: learns from `distiller.teachers` through one TeacherEnsemble
+    many_tasks = False  # True: `distiller.tasks`, one student head per task on a shared encoder
 
     def __init__(
         self,
@@ -364,17 +368,24 @@ class Distiller:
         main_metric: str,
         progress: bool = True,
     ) -> FitResult:
-        """Train for `epochs` (or `max_steps`), evaluating every `eval_every` steps and at each
-        epoch end; the best student (by `main_metric`) is restored at the end."""
+        """Train for `epochs` (or `max_steps` optimizer steps), evaluating every `eval_every` steps
+        and at each epoch end; the best student (by `main_metric`) is restored at the end.
+
+        `grad_accum` batches make one optimizer step; `precision` bf16/fp16 runs teacher and
+        student forwards under autocast (fp16 with a gradient scaler)."""
         epochs = int(self.cfg.get("epochs", 1))
         max_steps = self.cfg.get("max_steps")
-        total = epochs * len(train_loader)
+        accum = max(1, int(self.cfg.get("grad_accum", 1)))
+        per_epoch = math.ceil(len(train_loader) / accum)
+        total = epochs * per_epoch
         if max_steps:
             total = min(total, int(max_steps))
         scheduler = self.schedules.lr_scheduler(self.optimizer, max(total, 1))
         eval_every = self.cfg.get("eval_every")
         log_every = max(1, int(self.cfg.get("log_every", 20)))
         clip = self.cfg.get("grad_clip")
+        device = next(iter(self.params)).device if self.params else torch.device("cpu")
+        autocast, scaler = _precision(str(self.cfg.get("precision", "fp32")), device)
         if self.teacher is not None:
             self.teacher.model.eval()
         best = (-math.inf, 0, None)
@@ -399,18 +410,27 @@ class Distiller:
         running: dict[str, torch.Tensor] = {}
         values: dict[str, float] = {}
         while step < total:
-            for batch in train_loader:
-                loss, parts = self.compute_loss(batch, step, total)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+            batches = len(train_loader)
+            for i, batch in enumerate(train_loader):
+                # the last group of an epoch may be short: average over the batches it has
+                group = min(accum, batches - (i // accum) * accum)
+                with autocast():
+                    loss, parts = self.compute_loss(batch, step, total)
+                scaler.scale(loss / group).backward()
+                for k, v in {**parts, "loss": loss}.items():
+                    running[k] = running.get(k, 0) + v.detach().float() / group
+                if (i + 1) % accum and i + 1 < batches:
+                    continue
                 if clip:
+                    scaler.unscale_(self.optimizer)
                     torch.nn.utils.clip_grad_norm_(self.params, float(clip))
-                self.optimizer.step()
-                scheduler.step()
+                scale = scaler.get_scale() if scaler.is_enabled() else 0.0
+                scaler.step(self.optimizer)
+                scaler.update()
+                self.optimizer.zero_grad(set_to_none=True)
+                if scaler.get_scale() >= scale:  # fp16: a step skipped for overflow keeps its learning rate
+                    scheduler.step()
                 step += 1
-                parts["loss"] = loss.detach()
-                for k, v in parts.items():
-                    running[k] = running.get(k, 0) + v.detach()
                 if step % log_every == 0 or step == total:
                     # the only host sync of the loop: once per log interval, not per step
                     n = (step - 1) % log_every + 1
@@ -437,6 +457,20 @@ class Distiller:
         for module in self.modules():
             module.eval()
         return FitResult(best[0], best[1], step, seconds, history, values)
+
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _precision(name: str, device: torch.device) -> tuple[Callable[[], Any], Any]:
+    """Autocast context factory and gradient scaler for `trainer.precision` (fp32: no-ops)."""
+    dtype = PRECISIONS[name]
+    enabled = dtype is not None
+
+    def autocast() -> Any:
+        return torch.autocast(device.type, dtype=dtype, enabled=enabled)
+
+    return autocast, torch.amp.GradScaler(device.type, enabled=name == "fp16")
 
 
 def _progress_bar(total: int, enabled: bool):
@@ -474,3 +508,38 @@ class MultiTeacherDistiller(Distiller):
 
     allows_matches = False
     many_teachers = True
+
+
+@DISTILLERS.register("multi_task")
+class MultiTaskDistiller(Distiller):
+    """Several tasks at once: one single-task distiller per task (its own teacher or teacher
+    ensemble, objective, matches and projections), whose students share one encoder. Each batch
+    names its task and goes to that task's distiller; one optimizer steps every parameter."""
+
+    many_tasks = True
+
+    def __init__(
+        self,
+        parts: Mapping[str, Distiller],
+        trainer_cfg: Mapping[str, Any],
+        make_optimizer: Callable[[list[nn.Parameter]], torch.optim.Optimizer],
+        log: Callable[[dict[str, float], int], None] | None = None,
+    ) -> None:
+        self.parts = dict(parts)
+        first = next(iter(self.parts.values()))
+        self.student, self.teacher, self.kind = first.student, None, first.kind
+        self.schedules, self.cfg, self.cache = first.schedules, trainer_cfg, None
+        self.students = nn.ModuleDict({name: part.student.model for name, part in self.parts.items()})
+        self.projections = nn.ModuleDict({name: part.projections for name, part in self.parts.items()})
+        # Module.parameters() yields the shared encoder once
+        self.params = [p for p in nn.ModuleList([self.students, self.projections]).parameters() if p.requires_grad]
+        self.optimizer = make_optimizer(self.params)
+        self.log = log or (lambda metrics, step: None)
+
+    def compute_loss(
+        self, batch: Mapping[str, Any], step: int, total: int
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return self.parts[batch["task"]].compute_loss(batch, step, total)
+
+    def modules(self) -> list[nn.Module]:
+        return [self.students, self.projections]

@@ -18,10 +18,34 @@ from brewlab.errors import BrewlabError
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
 
 
+STUDENT_KINDS = ("bert", "bigru")
+
+
 def _auto_class(kind: Any):
     import transformers
 
+    import brewlab.bigru  # noqa: F401  (registers the BiGRU models with the Auto classes)
+
     return getattr(transformers, kind.auto_model)
+
+
+def bigru_head(kind: Any, key: str = "student.kind=bigru") -> Any:
+    """The BiGRU model class for a task kind, or a clear error for kinds it has no head for."""
+    from brewlab import bigru
+
+    if kind.auto_model not in bigru.HEADS:
+        able = ", ".join(sorted(bigru.HEADS))
+        raise BrewlabError(f"{key} has no head for {kind.auto_model}; it supports: {able}")
+    return bigru.HEADS[kind.auto_model][1]
+
+
+def build_bigru(arch: Mapping, tokenizer, kind: Any, num_labels: int):
+    """A randomly initialised BiGRU student (see `brewlab.bigru`) sized to the tokenizer."""
+    from brewlab.bigru import BiGRUConfig
+
+    shape = {k: arch[k] for k in ("num_hidden_layers", "hidden_size", "dropout") if arch.get(k) is not None}
+    config = BiGRUConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, num_labels=num_labels, **shape)
+    return bigru_head(kind)(config)
 
 
 def build_scratch(arch: Mapping, tokenizer, kind: Any, num_labels: int, attn_implementation: str = "sdpa"):
@@ -159,7 +183,7 @@ def save_model(
 
 def set_attention(model: nn.Module, implementation: str) -> None:
     """Switch attention kernels (eager is needed to read attention maps in transformers 5)."""
-    if getattr(model.config, "_attn_implementation", None) != implementation:
+    if model.config.num_attention_heads and getattr(model.config, "_attn_implementation", None) != implementation:
         model.set_attn_implementation(implementation)
 
 

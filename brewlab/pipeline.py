@@ -101,9 +101,15 @@ class Prepared:
 # ----------------------------------------------------------------------------- data
 
 
-def prepare_task(cfg: Mapping[str, Any], cache_dir: Path, tokenizer_from: str | None = None) -> Prepared:
+def prepare_task(
+    cfg: Mapping[str, Any],
+    cache_dir: Path,
+    tokenizer_from: str | None = None,
+    vocab_tasks: Sequence[Mapping[str, Any]] | None = None,
+) -> Prepared:
     """Read and encode the task. The tokenizer is the one saved with `tokenizer_from` (a model
-    the teacher starts from), else a character vocabulary built from the training split."""
+    the teacher starts from), else a character vocabulary built from the training split (of
+    every task in `vocab_tasks`, so tasks that share a student share its vocabulary)."""
     from brewlab.models import load_tokenizer
     from brewlab.tasks import KINDS, load_task_data
     from brewlab.vocab import build_char_tokenizer
@@ -118,10 +124,15 @@ def prepare_task(cfg: Mapping[str, Any], cache_dir: Path, tokenizer_from: str | 
     if tokenizer_from is not None:
         tokenizer = load_tokenizer(tokenizer_from)
     else:
-        tok_cfg = task_cfg.get("tokenizer") or {}
-        texts = [t for row in data.splits["train"] for t in kind.texts(row)]
+        texts: list[str] = []
+        others = {t["name"]: t for t in vocab_tasks or ()} | {task_cfg["name"]: task_cfg}
+        tok_cfg = others[min(others)].get("tokenizer") or {}  # a shared vocabulary follows its first task's settings
+        for name in sorted(others):  # one order whichever task asks, so the vocabularies are equal
+            t_kind = KINDS.get(others[name]["kind"], "task.kind")
+            rows = data.splits["train"] if name == task_cfg["name"] else load_task_data(others[name]).splits["train"]
+            texts += [t for row in rows for t in t_kind.texts(row)]
         key = stable_hash({"texts": stable_hash(texts, 24), "tok": tok_cfg})
-        tok_dir = cache_dir / "tokenizers" / f"{task_cfg['name']}-{key}"
+        tok_dir = cache_dir / "tokenizers" / f"{'+'.join(sorted(others))}-{key}"
         if (tok_dir / "tokenizer.json").is_file():
             tokenizer = load_tokenizer(str(tok_dir), "tokenizer cache")
         else:
@@ -224,7 +235,9 @@ class DeviceLoader:
         return len(self.loader)
 
     def __iter__(self):
-        return ({k: v.to(self.device) for k, v in b.items()} for b in self.loader)
+        return (
+            {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in b.items()} for b in self.loader
+        )
 
 
 def train_loop(
@@ -517,7 +530,7 @@ class _Prefixed:
 def build_student(cfg: Mapping[str, Any], prep: Prepared, teacher: Any, attn: str, device: torch.device):
     """A random student of `student.arch`, or one initialised from a saved model
     (`student.init_from`, e.g. a general-distilled student) or from teacher layers."""
-    from brewlab.models import build_scratch, init_from_teacher_layers, load_pretrained
+    from brewlab.models import build_bigru, build_scratch, init_from_teacher_layers, load_pretrained
 
     s_cfg = cfg["student"]
     num_labels = prep.kind.num_labels(prep.label_names)
@@ -530,6 +543,8 @@ def build_student(cfg: Mapping[str, Any], prep: Prepared, teacher: Any, attn: st
     init_from = s_cfg.get("init_from")
     if init_from:
         model = load_pretrained(init_from, prep.kind, num_labels, attn, key="student.init_from", new_head=True)
+    elif s_cfg.get("kind", "bert") == "bigru":
+        model = build_bigru(s_cfg["arch"], prep.tokenizer, prep.kind, num_labels)
     else:
         model = build_scratch(s_cfg["arch"], prep.tokenizer, prep.kind, num_labels, attn)
     if s_cfg.get("init_from_teacher_layers"):
@@ -553,14 +568,69 @@ def check_student_init(cfg: Mapping[str, Any], prep: Prepared) -> None:
 # ----------------------------------------------------------------------------- the run
 
 
+def measure(view: Any, prep: Prepared, eval_bs: int, device: torch.device) -> dict[str, Any]:
+    """Validation and test scores, parameter counts and inference speed of one adaptor."""
+    from brewlab.models import count_parameters
+
+    entry: dict[str, Any] = {split: evaluate(view, prep, split, eval_bs, device) for split in ("validation", "test")}
+    entry["parameters"] = count_parameters(view.model)
+    entry["examples_per_second"] = entry["test"]["examples_per_second"]
+    return entry
+
+
+def teacher_metrics(
+    teachers: Sequence[tuple[Any, str, Path | None, dict[str, Any]]],
+    used: Any,
+    prep: Prepared,
+    base: str | None,
+    eval_bs: int,
+    device: torch.device,
+) -> dict[str, Any]:
+    """`teacher` (what the student learnt from: one model or the ensemble) and, for several
+    teachers, `teachers` (each member), with how each cached stage was made."""
+    from brewlab.adaptors import ADAPTORS, TeacherEnsemble
+
+    adaptor = ADAPTORS.get("hf")
+    members = []
+    for model, source, directory, t_cfg in teachers:
+        entry = measure(adaptor(model, prep.kind), prep, eval_bs, device) | {"source": source}
+        pretrained = base if t_cfg["kind"] == "pretrained_scratch" else None
+        for stage, stage_dir in (("training", directory), ("pretraining", pretrained)):
+            meta = Path(stage_dir) / TEACHER_META if stage_dir else None
+            if meta is not None and meta.is_file():  # how the cached stage was made (time, steps, dev score)
+                entry[stage] = json.loads(meta.read_text(encoding="utf-8"))
+        members.append(entry)
+    if isinstance(used, TeacherEnsemble):
+        ensemble = measure(used, prep, eval_bs, device) | {"source": "ensemble", "members": len(members)}
+        return {"teacher": ensemble, "teachers": members}
+    return {"teacher": members[0]}
+
+
+def _sdpa_again(attn: str, models: Sequence[Any]) -> None:
+    """Attention maps were only needed by the losses: measure and save with sdpa."""
+    from brewlab.models import set_attention
+
+    if attn != "sdpa":
+        for model in models:
+            set_attention(model, "sdpa")
+
+
+def _attention(cfg: Mapping[str, Any]) -> str:
+    return "eager" if any(t.get("feature") == "attention" for t in cfg["loss"].values()) else "sdpa"
+
+
 def run(cfg: Mapping[str, Any], run_dir: Path, tracker: Any) -> dict[str, Any]:
     """Execute one composed run; returns the metrics written to metrics.json."""
     from transformers.utils import logging as hf_logging
 
+    from brewlab.adaptors import ADAPTORS
     from brewlab.distillers import DISTILLERS
-    from brewlab.models import count_parameters, device_of, save_model
+    from brewlab.models import device_of, save_model
 
     hf_logging.disable_progress_bar()  # our own bar shows the training loss; no per-file bars
+    name = cfg["distiller"]["name"]
+    if DISTILLERS.get(name).many_tasks:
+        return run_multi_task(cfg, run_dir, tracker)
     cache_dir = Path(cfg["cache_dir"]).expanduser()
     cache_dir.mkdir(parents=True, exist_ok=True)
     device = device_of(cfg["trainer"].get("device", "auto"))
@@ -569,8 +639,7 @@ def run(cfg: Mapping[str, Any], run_dir: Path, tracker: Any) -> dict[str, Any]:
     base = teacher_base(cfg, cache_dir, device, tracker)
     prep = prepare_task(cfg, cache_dir, tokenizer_from=base)
     check_student_init(cfg, prep)
-    needs_attention = any(t.get("feature") == "attention" for t in cfg["loss"].values())
-    attn = "eager" if needs_attention else "sdpa"
+    attn = _attention(cfg)
     augmented = augmented_training(cfg, prep, cache_dir, device, tracker)  # its errors come before teacher work
     teachers = get_teachers(cfg, prep, base, cache_dir, attn, device, tracker)
     teacher_models = [t[0] for t in teachers]
@@ -580,19 +649,13 @@ def run(cfg: Mapping[str, Any], run_dir: Path, tracker: Any) -> dict[str, Any]:
         trainer_cfg["cache_teacher_outputs"] = False  # the augmented inputs change every epoch
     seed_everything(seed)
     student = build_student(cfg, prep, teacher_models[0], attn, device)
-    name = cfg["distiller"]["name"]
-    distiller = build_distiller(name, cfg, student, teacher_models, prep, cfg["loss"], trainer_cfg, tracker)
+    # a compiled student trains faster; it shares its parameters with `student`, which is saved
+    trained = torch.compile(student) if trainer_cfg.get("compile") else student
+    distiller = build_distiller(name, cfg, trained, teacher_models, prep, cfg["loss"], trainer_cfg, tracker)
     result = train_loop(distiller, prep, trainer_cfg, seed, device, progress, augmented and augmented[0])
-    if attn != "sdpa":  # attention maps were only needed by the losses: measure and save with sdpa
-        from brewlab.models import set_attention
-
-        for model in (*teacher_models, student):
-            set_attention(model, "sdpa")
+    _sdpa_again(attn, [*teacher_models, student])
 
     eval_bs = int(cfg["trainer"].get("eval_batch_size", 128))
-    from brewlab.adaptors import ADAPTORS, TeacherEnsemble
-
-    adaptor = ADAPTORS.get("hf")
     metrics: dict[str, Any] = {
         "task": {"name": cfg["task"]["name"], "main_metric": prep.kind.main_metric, "sizes": prep.sizes},
         "distiller": name,
@@ -605,28 +668,8 @@ def run(cfg: Mapping[str, Any], run_dir: Path, tracker: Any) -> dict[str, Any]:
     describe = getattr(prep.kind, "describe", None)  # e.g. entity counts per split for NER
     if describe is not None:
         metrics["task"].update(describe(prep.rows, prep.label_names))
-
-    def measure(view: Any) -> dict[str, Any]:
-        entry: dict[str, Any] = {split: evaluate(view, prep, split, eval_bs, device) for split in ("validation", "test")}
-        entry["parameters"] = count_parameters(view.model)
-        entry["examples_per_second"] = entry["test"]["examples_per_second"]
-        return entry
-
-    members = []
-    for model, source, directory, t_cfg in teachers:
-        entry = measure(adaptor(model, prep.kind)) | {"source": source}
-        pretrained = base if t_cfg["kind"] == "pretrained_scratch" else None
-        for stage, stage_dir in (("training", directory), ("pretraining", pretrained)):
-            meta = Path(stage_dir) / TEACHER_META if stage_dir else None
-            if meta is not None and meta.is_file():  # how the cached stage was made (time, steps, dev score)
-                entry[stage] = json.loads(meta.read_text(encoding="utf-8"))
-        members.append(entry)
-    if isinstance(distiller.teacher, TeacherEnsemble):  # the ensemble the student learnt from, and each member
-        metrics["teachers"] = members
-        metrics["teacher"] = measure(distiller.teacher) | {"source": "ensemble", "members": len(members)}
-    else:
-        metrics["teacher"] = members[0]
-    metrics["student"] = measure(adaptor(student, prep.kind))
+    metrics.update(teacher_metrics(teachers, distiller.teacher, prep, base, eval_bs, device))
+    metrics["student"] = measure(ADAPTORS.get("hf")(student, prep.kind), prep, eval_bs, device)
     metrics["student"].update(
         train_seconds=result.train_seconds, steps=result.steps, best_step=result.best_step, final_losses=result.final_losses
     )
@@ -635,6 +678,111 @@ def run(cfg: Mapping[str, Any], run_dir: Path, tracker: Any) -> dict[str, Any]:
 
     build = Path(tempfile.mkdtemp(dir=run_dir, prefix=".student-"))
     save_model(student, prep.tokenizer, build, {"projections": distiller.projections})
+    publish_dir(build, run_dir / "student")
+    write_json_atomic(run_dir / "metrics.json", metrics)
+    return metrics
+
+
+def run_multi_task(cfg: Mapping[str, Any], run_dir: Path, tracker: Any) -> dict[str, Any]:
+    """`distiller=multi_task`: each task of `distiller.tasks` gets its teacher(s) and a student
+    head; the students share one encoder (and one vocabulary) and train together, drawing each
+    batch's task by size^tau. Writes student/<task>/ per task and metrics for every task."""
+    from hydra.utils import instantiate
+
+    from brewlab.adaptors import ADAPTORS
+    from brewlab.data import TaskMixture, make_loader
+    from brewlab.distillers import DISTILLERS
+    from brewlab.models import count_parameters, device_of, save_model
+
+    d_cfg = cfg["distiller"]
+    cache_dir = Path(cfg["cache_dir"]).expanduser()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    device = device_of(cfg["trainer"].get("device", "auto"))
+    seed = int(cfg["seed"])
+    attn = _attention(cfg)
+    base = teacher_base(cfg, cache_dir, device, tracker)
+    # tasks with a pooled (sentence) head first: their encoder carries the pooler the others ignore
+    names = sorted(d_cfg["tasks"], key=lambda n: d_cfg["tasks"][n]["kind"] != "classification")
+    stages = {n: {**cfg, "task": d_cfg["tasks"][n]} for n in names}
+    vocab = [d_cfg["tasks"][n] for n in names]
+    preps = {n: prepare_task(stages[n], cache_dir, tokenizer_from=base, vocab_tasks=vocab) for n in names}
+    for n in names:
+        check_student_init(stages[n], preps[n])
+    teachers = {n: get_teachers(stages[n], preps[n], base, cache_dir, attn, device, tracker) for n in names}
+    seed_everything(seed)
+    single = "multi_teacher" if d_cfg.get("teachers") else "general"
+    trainer_cfg = dict(cfg["trainer"])
+    students: dict[str, Any] = {}
+    parts = {}
+    for n in names:
+        model = build_student(stages[n], preps[n], teachers[n][0][0], attn, device)
+        if students:  # share the first student's encoder
+            first = next(iter(students.values()))
+            setattr(model, model.base_model_prefix, getattr(first, first.base_model_prefix))
+        students[n] = model
+        models = [t[0] for t in teachers[n]]
+        parts[n] = build_distiller(single, stages[n], model, models, preps[n], cfg["loss"], trainer_cfg, tracker)
+    distiller = DISTILLERS.get(d_cfg["name"])(parts, trainer_cfg, instantiate(cfg["optim"], _partial_=True), tracker.log)
+    bs = int(trainer_cfg["batch_size"])
+    loaders = {n: make_loader(preps[n].features["train"], bs, preps[n].tokenizer.pad_token_id, seed, True) for n in names}
+    sizes = {n: len(preps[n].features["train"]) for n in names}
+    eval_bs = int(trainer_cfg.get("eval_batch_size", 128))
+
+    def dev_scores() -> dict[str, float]:
+        out = {}
+        for n in names:
+            main = preps[n].kind.main_metric
+            out[f"{n}/{main}"] = evaluate(parts[n].student, preps[n], "validation", eval_bs, device)[main]
+        out["score"] = float(np.mean(list(out.values())))
+        return out
+
+    result = distiller.fit(
+        DeviceLoader(TaskMixture(loaders, sizes, float(d_cfg["tau"]), seed), device),
+        evaluate=dev_scores,
+        main_metric="score",
+        progress=bool(trainer_cfg.get("progress", True)),
+    )
+    _sdpa_again(attn, [*(t[0] for n in names for t in teachers[n]), *students.values()])
+
+    per_task: dict[str, Any] = {}
+    for n in names:
+        prep = preps[n]
+        entry = {"main_metric": prep.kind.main_metric, "sizes": prep.sizes}
+        entry.update(teacher_metrics(teachers[n], parts[n].teacher, prep, base, eval_bs, device))
+        entry["student"] = measure(ADAPTORS.get("hf")(students[n], prep.kind), prep, eval_bs, device)
+        per_task[n] = entry
+
+    def mean_of(role: str) -> dict[str, Any]:
+        """The run-level row: mean main metric over tasks (what sweeps and reports compare)."""
+        out: dict[str, Any] = {}
+        for split in ("validation", "test"):
+            scores = [per_task[n][role][split][per_task[n]["main_metric"]] for n in names]
+            out[split] = {"score": float(np.mean(scores))}
+        out["examples_per_second"] = float(np.mean([per_task[n][role]["examples_per_second"] for n in names]))
+        return out
+
+    teacher_row = mean_of("teacher")
+    teacher_row["parameters"] = {
+        k: sum(per_task[n]["teacher"]["parameters"][k] for n in names) for k in ("total", "non_embedding")
+    }
+    student_row = mean_of("student")
+    student_row["parameters"] = count_parameters(distiller.students)  # the shared encoder counted once
+    student_row.update(
+        train_seconds=result.train_seconds, steps=result.steps, best_step=result.best_step, final_losses=result.final_losses
+    )
+    metrics = {
+        "task": {"name": "+".join(names), "main_metric": "score", "tasks": names, "tau": d_cfg["tau"]},
+        "distiller": d_cfg["name"],
+        "loss": sorted(cfg["loss"]),
+        "seed": seed,
+        "study": cfg.get("study"),
+        "tasks": per_task,
+        "teacher": teacher_row,
+        "student": student_row,
+    }
+    build = Path(tempfile.mkdtemp(dir=run_dir, prefix=".student-"))
+    for n in names:
+        save_model(students[n], preps[n].tokenizer, build / n, {"projections": parts[n].projections})
     publish_dir(build, run_dir / "student")
     write_json_atomic(run_dir / "metrics.json", metrics)
     return metrics
