@@ -185,7 +185,7 @@ def _check_tasks(cfg: Mapping[str, Any]) -> None:
     if not isinstance(tasks, Mapping) or not tasks:
         raise BrewlabError(
             f"distiller.tasks={tasks!r} must map task names to task configs, e.g. distiller=multi_task "
-            "(reviews_zh + pd98_ner) or +distiller/tasks@distiller.tasks.<name>=<task preset>"
+            "(reviews_zh + pd98_ner) plus +task@distiller.tasks.<name>=<task preset>"
         )
     for name, task in tasks.items():
         if not isinstance(task, Mapping) or "kind" not in task:

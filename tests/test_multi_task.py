@@ -54,3 +54,22 @@ def test_multi_task_with_several_teachers_per_task(cli):
     m = read_metrics(run_dir)
     for name in ("reviews_zh", "pd98_ner"):
         assert m["tasks"][name]["teacher"]["source"] == "ensemble" and len(m["tasks"][name]["teachers"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("distiller", "message"),
+    [
+        ({"tasks": {}, "tau": 1.0}, "distiller.tasks={} must map task names to task configs"),
+        ({"tasks": {"x": {"name": "x"}}, "tau": 1.0}, "distiller.tasks.x is not a task config (no `kind`)"),
+        ({"tasks": {"x": {"kind": "regression"}}, "tau": 1.0}, "distiller.tasks.x.kind='regression' is not valid"),
+        ({"tasks": {"x": {"kind": "classification"}}, "tau": -1}, "distiller.tau=-1 must be a number >= 0"),
+    ],
+)
+def test_task_list_errors(distiller, message):
+    import re
+
+    from brewlab.config import _check_tasks
+    from brewlab.errors import BrewlabError
+
+    with pytest.raises(BrewlabError, match=re.escape(message)):
+        _check_tasks({"distiller": distiller, "augmentation": {"ops": {}}})
