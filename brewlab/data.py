@@ -70,12 +70,24 @@ class PadCollator:
 
 
 def make_loader(
-    features: Sequence[dict[str, Any]], batch_size: int, pad_token_id: int, seed: int, train: bool, num_workers: int = 0
+    features: Sequence[dict[str, Any]],
+    batch_size: int,
+    pad_token_id: int,
+    seed: int,
+    train: bool,
+    num_workers: int = 0,
+    shard: tuple[int, int] = (0, 1),
 ) -> DataLoader:
     """Training loaders group by length and reshuffle each epoch; evaluation keeps length order
-    (fastest) and the caller restores example order through the `idx` field."""
+    (fastest) and the caller restores example order through the `idx` field. A training loader
+    of rank r among N (`shard`) yields its slice of global batches of batch_size x N."""
+    from brewlab.parallel import RankSlices
+
     lengths = [len(f["input_ids"]) for f in features]
-    sampler = LengthGroupedBatches(lengths, batch_size, seed, shuffle=train, pool=50 if train else len(lengths))
+    rank, size = shard if train else (0, 1)
+    sampler: Any = LengthGroupedBatches(lengths, batch_size * size, seed, shuffle=train, pool=50 if train else len(lengths))
+    if size > 1:
+        sampler = RankSlices(sampler, rank, size)
     return DataLoader(features, batch_sampler=sampler, collate_fn=PadCollator(pad_token_id), num_workers=num_workers)
 
 

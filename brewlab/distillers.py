@@ -20,6 +20,7 @@ from torch import nn
 from brewlab.adaptors import ModelView
 from brewlab.errors import BrewlabError
 from brewlab.losses import LOGIT_LOSSES, MATCH_LOSSES, probability_shift
+from brewlab.parallel import average_gradients, mean_across_ranks
 from brewlab.registry import Registry
 from brewlab.schedulers import Schedules
 
@@ -386,6 +387,7 @@ class Distiller:
         clip = self.cfg.get("grad_clip")
         device = next(iter(self.params)).device if self.params else torch.device("cpu")
         autocast, scaler = _precision(str(self.cfg.get("precision", "fp32")), device)
+        parallel = bool(self.cfg.get("data_parallel"))  # set by the pipeline under torchrun
         if self.teacher is not None:
             self.teacher.model.eval()
         best = (-math.inf, 0, None)
@@ -421,6 +423,8 @@ class Distiller:
                     running[k] = running.get(k, 0) + v.detach().float() / group
                 if (i + 1) % accum and i + 1 < batches:
                     continue
+                if parallel:  # data-parallel ranks step with the global batch's gradient
+                    average_gradients(self.params)
                 if clip:
                     scaler.unscale_(self.optimizer)
                     torch.nn.utils.clip_grad_norm_(self.params, float(clip))
@@ -435,6 +439,7 @@ class Distiller:
                     # the only host sync of the loop: once per log interval, not per step
                     n = (step - 1) % log_every + 1
                     values = {k: float(v) / n for k, v in running.items()}
+                    values = mean_across_ranks(values) if parallel else values
                     running = {}
                     if not all(math.isfinite(v) for v in values.values()):
                         raise BrewlabError(f"loss became non-finite at step {step}: {values}")

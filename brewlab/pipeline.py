@@ -23,6 +23,7 @@ import torch
 
 from brewlab.config import stable_hash
 from brewlab.errors import BrewlabError
+from brewlab.parallel import is_main, main_first
 
 log = logging.getLogger("brewlab")
 
@@ -255,7 +256,7 @@ def train_loop(
     loader = batches
     if loader is None:
         bs = int(trainer_cfg["batch_size"])
-        loader = make_loader(prep.features["train"], bs, prep.tokenizer.pad_token_id, seed, train=True)
+        loader = make_loader(prep.features["train"], bs, prep.tokenizer.pad_token_id, seed, True, shard=_shard(trainer_cfg))
     eval_bs = int(trainer_cfg.get("eval_batch_size", 128))
     return distiller.fit(
         DeviceLoader(loader, device),
@@ -263,6 +264,13 @@ def train_loop(
         main_metric=prep.kind.main_metric,
         progress=progress,
     )
+
+
+def _shard(trainer_cfg: Mapping[str, Any]) -> tuple[int, int]:
+    """(rank, world size) for the student's training data under torchrun, else (0, 1)."""
+    from brewlab.parallel import world
+
+    return world() if trainer_cfg.get("data_parallel") else (0, 1)
 
 
 def _unlabelled(feature: dict[str, Any]) -> dict[str, Any]:
@@ -335,7 +343,7 @@ def augmented_training(
             write_jsonl(augmented, path)
             log.info("augmentation: %d examples written to %s", len(augmented), path)
         features = mixed(augmented)
-        batches = make_loader(features, bs, pad, int(cfg["seed"]), train=True)
+        batches = make_loader(features, bs, pad, int(cfg["seed"]), True, shard=_shard(cfg["trainer"]))
         info.update(features=len(features), cache=str(path))
     info.update(original_examples=len(rows), augmented_examples=copies * len(rows))
     info["seconds"] = time.perf_counter() - started
@@ -635,13 +643,14 @@ def run(cfg: Mapping[str, Any], run_dir: Path, tracker: Any) -> dict[str, Any]:
     cache_dir.mkdir(parents=True, exist_ok=True)
     device = device_of(cfg["trainer"].get("device", "auto"))
     seed = int(cfg["seed"])
-    progress = bool(cfg["trainer"].get("progress", True))
-    base = teacher_base(cfg, cache_dir, device, tracker)
-    prep = prepare_task(cfg, cache_dir, tokenizer_from=base)
-    check_student_init(cfg, prep)
-    attn = _attention(cfg)
-    augmented = augmented_training(cfg, prep, cache_dir, device, tracker)  # its errors come before teacher work
-    teachers = get_teachers(cfg, prep, base, cache_dir, attn, device, tracker)
+    progress = bool(cfg["trainer"].get("progress", True)) and is_main()
+    with main_first():  # under torchrun, rank 0 fills the caches the other ranks then read
+        base = teacher_base(cfg, cache_dir, device, tracker)
+        prep = prepare_task(cfg, cache_dir, tokenizer_from=base)
+        check_student_init(cfg, prep)
+        attn = _attention(cfg)
+        augmented = augmented_training(cfg, prep, cache_dir, device, tracker)  # its errors come before teacher work
+        teachers = get_teachers(cfg, prep, base, cache_dir, attn, device, tracker)
     teacher_models = [t[0] for t in teachers]
 
     trainer_cfg = dict(cfg["trainer"])
@@ -653,6 +662,8 @@ def run(cfg: Mapping[str, Any], run_dir: Path, tracker: Any) -> dict[str, Any]:
     trained = torch.compile(student) if trainer_cfg.get("compile") else student
     distiller = build_distiller(name, cfg, trained, teacher_models, prep, cfg["loss"], trainer_cfg, tracker)
     result = train_loop(distiller, prep, trainer_cfg, seed, device, progress, augmented and augmented[0])
+    if not is_main():  # the other data-parallel ranks hold the same student: rank 0 measures and saves
+        return {}
     _sdpa_again(attn, [*teacher_models, student])
 
     eval_bs = int(cfg["trainer"].get("eval_batch_size", 128))
@@ -700,15 +711,16 @@ def run_multi_task(cfg: Mapping[str, Any], run_dir: Path, tracker: Any) -> dict[
     device = device_of(cfg["trainer"].get("device", "auto"))
     seed = int(cfg["seed"])
     attn = _attention(cfg)
-    base = teacher_base(cfg, cache_dir, device, tracker)
     # tasks with a pooled (sentence) head first: their encoder carries the pooler the others ignore
     names = sorted(d_cfg["tasks"], key=lambda n: d_cfg["tasks"][n]["kind"] != "classification")
     stages = {n: {**cfg, "task": d_cfg["tasks"][n]} for n in names}
     vocab = [d_cfg["tasks"][n] for n in names]
-    preps = {n: prepare_task(stages[n], cache_dir, tokenizer_from=base, vocab_tasks=vocab) for n in names}
-    for n in names:
-        check_student_init(stages[n], preps[n])
-    teachers = {n: get_teachers(stages[n], preps[n], base, cache_dir, attn, device, tracker) for n in names}
+    with main_first():
+        base = teacher_base(cfg, cache_dir, device, tracker)
+        preps = {n: prepare_task(stages[n], cache_dir, tokenizer_from=base, vocab_tasks=vocab) for n in names}
+        for n in names:
+            check_student_init(stages[n], preps[n])
+        teachers = {n: get_teachers(stages[n], preps[n], base, cache_dir, attn, device, tracker) for n in names}
     seed_everything(seed)
     single = "multi_teacher" if d_cfg.get("teachers") else "general"
     trainer_cfg = dict(cfg["trainer"])
@@ -724,7 +736,10 @@ def run_multi_task(cfg: Mapping[str, Any], run_dir: Path, tracker: Any) -> dict[
         parts[n] = build_distiller(single, stages[n], model, models, preps[n], cfg["loss"], trainer_cfg, tracker)
     distiller = DISTILLERS.get(d_cfg["name"])(parts, trainer_cfg, instantiate(cfg["optim"], _partial_=True), tracker.log)
     bs = int(trainer_cfg["batch_size"])
-    loaders = {n: make_loader(preps[n].features["train"], bs, preps[n].tokenizer.pad_token_id, seed, True) for n in names}
+    loaders = {
+        n: make_loader(preps[n].features["train"], bs, preps[n].tokenizer.pad_token_id, seed, True, shard=_shard(trainer_cfg))
+        for n in names
+    }
     sizes = {n: len(preps[n].features["train"]) for n in names}
     eval_bs = int(trainer_cfg.get("eval_batch_size", 128))
 
@@ -740,8 +755,10 @@ def run_multi_task(cfg: Mapping[str, Any], run_dir: Path, tracker: Any) -> dict[
         DeviceLoader(TaskMixture(loaders, sizes, float(d_cfg["tau"]), seed), device),
         evaluate=dev_scores,
         main_metric="score",
-        progress=bool(trainer_cfg.get("progress", True)),
+        progress=bool(trainer_cfg.get("progress", True)) and is_main(),
     )
+    if not is_main():
+        return {}
     _sdpa_again(attn, [*(t[0] for n in names for t in teachers[n]), *students.values()])
 
     per_task: dict[str, Any] = {}
@@ -827,6 +844,13 @@ def run_job(cfg: Any) -> float:
     try:
         plain = to_plain(cfg)
         validate(plain)
+        from brewlab.models import device_of
+        from brewlab.parallel import init, world
+
+        init(device_of(plain["trainer"].get("device", "auto")))
+        plain["trainer"]["data_parallel"] = world()[1] > 1
+        if not is_main():  # one W&B run and one set of outputs, from rank 0
+            plain["logger"] = {"name": "none"}
         study = plain.get("study")
         # one W&B group per sweep (its directory, e.g. ablation_losses/2026-11-29_03-00-00), so
         # repetitions of a configuration sit together and two sweeps of one study stay apart
@@ -841,6 +865,9 @@ def run_job(cfg: Any) -> float:
         )
         seed_everything(int(plain["seed"]))
         metrics = run(plain, run_dir, tracker)
+        if not is_main():
+            tracker.finish(0)
+            return float("nan")
         tracker.summary(metrics)
         tracker.finish(0)
         print(summary_table(metrics))
