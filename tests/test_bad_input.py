@@ -13,7 +13,7 @@ CASES = [
     (["distiller=magic"], 1, ["distiller/magic", "Available options in 'distiller'", "general"]),
     (["task=imdb"], 1, ["task/imdb", "Available options in 'task'", "reviews_zh"]),
     (["student=t99"], 1, ["student/t99", "Available options in 'student'", "t3_small"]),
-    (["distiller.name=magic"], 2, ["distiller='magic' is not valid; choose one of: basic, general, multi_teacher, trainer"]),
+    (["distiller.name=magic"], 2, ["distiller='magic' is not valid; choose one of: basic, general, multi_task, multi_teacher, trainer"]),
     (["loss.kd.fn=js"], 2, ["loss.kd.fn='js' is not valid; choose one of: ce, kl, mse"]),
     (
         ["distiller=general", "loss=hidden", "loss.hidden.layers=[{teacher:9,student:1}]"],
