@@ -49,13 +49,13 @@ def _valid(mask: Tensor | None, shape: torch.Size, device: torch.device, what: s
 def _masked_mean(values: Tensor, valid: Tensor) -> Tensor:
     """sum(values[valid]) / count(valid); `valid` broadcasts to `values`; 0 if nothing valid."""
     valid = valid.expand_as(values)
-    total = torch.where(valid, values, torch.zeros_like(values)).sum()
+    total = torch.where(valid, values, 0.0).sum()
     return total / valid.sum().clamp(min=1).to(values.dtype)
 
 
 def _zero_invalid(x: Tensor, valid: Tensor) -> Tensor:
     """Replace entries at invalid positions by 0 (`valid` broadcasts to `x`)."""
-    return torch.where(valid, x, torch.zeros_like(x))
+    return torch.where(valid, x, 0.0)
 
 
 def _check_same_shape(s: Tensor, t: Tensor, what: str, hint: str = "") -> None:
@@ -226,7 +226,8 @@ def hidden_mse(feat_s: Tensor, feat_t: Tensor, mask: Tensor | None = None) -> Te
     """
     s, t, valid = _hidden_pair(feat_s, feat_t, mask, "hidden_mse")
     v = valid.unsqueeze(-1)
-    return _masked_mean((_zero_invalid(s, v) - _zero_invalid(t, v)).pow(2), v)
+    # one select on the difference (not one per side): pads may hold NaN and still drop out
+    return _masked_mean(_zero_invalid(s - t, v).pow(2), v)
 
 
 @MATCH_LOSSES.register("cos")
@@ -388,6 +389,12 @@ def gram(feat_s: Feature, feat_t: Feature, mask: Tensor | None = None) -> Tensor
     return (_gram(s_a, s_b, valid) - _gram(t_a, t_b, valid)).pow(2).mean()
 
 
+def _zero_pair(a: Tensor, b: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
+    """Both layers with pads zeroed; one select when the pair is one layer (NST's usual case)."""
+    za = _zero_invalid(a, valid)
+    return za, za if b is a else _zero_invalid(b, valid)
+
+
 def _token_similarity(a: Tensor, b: Tensor, side: str) -> Tensor:
     """a b^T / D: (B, L, D) x (B, L, D) -> (B, L, L)."""
     if a.shape[-1] != b.shape[-1]:
@@ -408,8 +415,8 @@ def mmd(feat_s: Feature, feat_t: Feature, mask: Tensor | None = None) -> Tensor:
     """
     s_a, s_b, t_a, t_b, valid = _pair_inputs(feat_s, feat_t, mask, "mmd/nst")
     v = valid.unsqueeze(-1)
-    m_s = _token_similarity(_zero_invalid(s_a, v), _zero_invalid(s_b, v), "student")
-    m_t = _token_similarity(_zero_invalid(t_a, v), _zero_invalid(t_b, v), "teacher")
+    m_s = _token_similarity(*_zero_pair(s_a, s_b, v), "student")
+    m_t = _token_similarity(*_zero_pair(t_a, t_b, v), "teacher")
     pv = _pair_valid(valid).squeeze(1)
     return _masked_mean((m_s - m_t).pow(2), pv)
 

@@ -6,6 +6,7 @@ registry, so new tasks, distillers, losses and trackers plug in without edits he
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -142,8 +143,46 @@ def prepare_task(
             tokenizer.save_pretrained(str(build))
             publish_dir(build, tok_dir)
     tokenizer_id = stable_hash(tokenizer.get_vocab())
-    features = {split: kind.encode(rows, tokenizer, task_cfg) for split, rows in data.splits.items()}
+    features = encode_cached(kind, data.splits, tokenizer, task_cfg, cache_dir)
     return Prepared(kind, data.label_names, tokenizer, features, data.splits, data.sizes(), tokenizer_id)
+
+
+def encode_cached(
+    kind: Any, splits: Mapping[str, list[dict[str, Any]]], tokenizer: Any, task_cfg: Mapping[str, Any], cache_dir: Path
+) -> dict[str, list[dict[str, Any]]]:
+    """Encoded splits, read from the cache when this data set was tokenised before (by any run).
+
+    Keyed by the rows themselves, the task settings, the whole tokenizer and the source of the
+    task kind's module, so a change to any of them re-encodes. An unreadable entry (a kill
+    while writing, a full disk) is reported in one line and rebuilt.
+    """
+    import pickle
+    import sys
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    source = Path(sys.modules[kind.__module__].__file__).read_bytes()
+    key = stable_hash(
+        {
+            "rows": stable_hash(splits, 24),
+            "task": task_cfg,
+            "tokenizer": [type(tokenizer).__name__, backend.to_str() if backend else tokenizer.get_vocab()],
+            "code": hashlib.sha256(source).hexdigest(),
+        }
+    )
+    path = cache_dir / "features" / f"{task_cfg['name']}-{key}.pkl"
+    if path.is_file():
+        try:
+            with path.open("rb") as fh:
+                return pickle.load(fh)
+        except (OSError, EOFError, pickle.UnpicklingError) as exc:
+            log.warning("encoded data cache %s is unreadable (%s): encoding again", path, exc)
+    features = {split: kind.encode(rows, tokenizer, task_cfg) for split, rows in splits.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("wb", dir=path.parent, delete=False, suffix=".tmp") as fh:
+        pickle.dump(features, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        tmp = fh.name
+    os.replace(tmp, path)
+    return features
 
 
 # ----------------------------------------------------------------------------- evaluation

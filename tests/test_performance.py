@@ -1,0 +1,138 @@
+"""What the speed features must not change: cached teacher logits give the losses of fresh
+teacher forwards, cached tokenisation gives the features of fresh encoding; and the benchmark
+script runs (its figures are evidence, never asserted here)."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from transformers import BertConfig, BertForSequenceClassification, BertForTokenClassification
+
+from brewlab.adaptors import HFAdaptor
+from brewlab.config import to_plain
+from brewlab.data import make_loader
+from brewlab.distillers import DISTILLERS, parse_objective
+from brewlab.pipeline import prepare_task
+from brewlab.schedulers import build_schedules
+from brewlab.tasks import KINDS
+
+ROOT = Path(__file__).resolve().parents[1]
+KD_HARD = {"kd": {"kind": "logits", "fn": "ce", "weight": 1.0}, "hard": {"kind": "hard", "weight": 0.5}}
+
+
+def model(kind: str, layers: int, hidden: int, seed: int):
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=30,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=2 * hidden,
+        num_labels=3,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    cls = BertForTokenClassification if kind == "token_classification" else BertForSequenceClassification
+    return cls(config)
+
+
+def features(kind: str, n: int = 24) -> list[dict]:
+    """Examples of lengths 3..14, so length-grouped batches pad differently each epoch."""
+    g = torch.Generator().manual_seed(3)
+    rows = []
+    for i in range(n):
+        length = 3 + i % 12
+        ids = torch.randint(1, 30, (length,), generator=g).tolist()
+        labels = torch.randint(0, 3, (length,), generator=g).tolist() if kind == "token_classification" else i % 3
+        rows.append({"input_ids": ids, "attention_mask": [1] * length, "labels": labels, "idx": i})
+    return rows
+
+
+@pytest.mark.parametrize("kind_name", ["classification", "token_classification"])
+def test_cached_teacher_logits_give_the_losses_of_fresh_teacher_forwards(kind_name):
+    kind = KINDS.get(kind_name)
+    feats = features(kind_name)
+    runs = {}
+    for cache in (True, False):
+        teacher = model(kind_name, 2, 16, seed=1).eval()
+        calls = []
+        teacher.register_forward_hook(lambda *_, calls=calls: calls.append(1))
+        student, t_view = model(kind_name, 1, 8, seed=2), HFAdaptor(teacher, kind)
+        s_view = HFAdaptor(student, kind)
+        logged: list[float] = []
+        distiller = DISTILLERS.get("basic")(
+            student=s_view,
+            objective=parse_objective(KD_HARD, t_view, s_view),
+            schedules=build_schedules({"temperature": {"kind": "constant", "base": 2.0}}),
+            trainer_cfg={"epochs": 3, "cache_teacher_outputs": cache, "log_every": 1, "grad_clip": 1.0},
+            make_optimizer=lambda params: torch.optim.SGD(params, lr=0.1),
+            kind=kind,
+            teacher=t_view,
+            log=lambda metrics, step, logged=logged: logged.extend(v for k, v in metrics.items() if k == "train/loss"),
+        )
+        loader = make_loader(feats, batch_size=5, pad_token_id=0, seed=0, train=True)
+        distiller.fit(loader, evaluate=lambda: {"score": 0.0}, main_metric="score", progress=False)
+        runs[cache] = (logged, len(calls), len(loader))
+    (cached, cached_calls, batches), (fresh, fresh_calls, _) = runs[True], runs[False]
+    assert len(cached) == len(fresh) == 3 * batches
+    assert cached == pytest.approx(fresh, rel=1e-5, abs=1e-6)
+    assert (cached_calls, fresh_calls) == (batches, 3 * batches)  # epochs 2 and 3 never ran the teacher
+
+
+def smoke_cfg(cache: Path) -> dict:
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return to_plain(compose("config", overrides=["debug=smoke", f"cache_dir={cache}"]))
+
+
+def test_tokenised_splits_are_cached_and_a_broken_entry_is_rebuilt(tmp_path, caplog):
+    cfg = smoke_cfg(tmp_path)
+    first = prepare_task(cfg, tmp_path)
+    [entry] = (tmp_path / "features").glob("reviews_zh-*.pkl")
+    stamp = entry.stat().st_mtime_ns
+    again = prepare_task(cfg, tmp_path)
+    assert again.features == first.features and entry.stat().st_mtime_ns == stamp  # read, not rewritten
+    entry.write_bytes(entry.read_bytes()[:100])  # a kill while writing, a full disk
+    rebuilt = prepare_task(cfg, tmp_path)
+    assert rebuilt.features == first.features
+    assert "is unreadable" in caplog.text and entry.name in caplog.text
+    cfg["task"]["max_seq_length"] = 16  # other settings: another entry
+    shorter = prepare_task(cfg, tmp_path)
+    assert len(list((tmp_path / "features").glob("reviews_zh-*.pkl"))) == 2
+    assert max(len(f["input_ids"]) for f in shorter.features["train"]) == 16
+
+
+def test_benchmark_quick_mode_prints_every_figure(cache_dir):
+    env = {**os.environ, "BREWLAB_CACHE": str(cache_dir), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench.py"), "--quick"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    lines = proc.stdout.strip().splitlines()
+    assert re.search(r"first-step loss brewlab (\S+) hand \1 ", proc.stdout)  # the same objective
+    assert any(line.startswith("real data: brewlab") for line in lines)
+    assert any(line.startswith("memory: peak RSS") for line in lines)
+    summary = dict(pair.split("=") for pair in lines[-1].split())
+    assert list(summary) == ["overhead_ratio", "realdata_speedup", "rss_ratio", "startup_s"]
+    assert all(math.isfinite(float(v)) and float(v) > 0 for v in summary.values())
+
+
+def test_benchmark_rejects_unknown_parts():
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench.py"), "--parts", "overhead,speed"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2 and "--parts: unknown speed" in proc.stderr
