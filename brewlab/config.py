@@ -17,6 +17,8 @@ from typing import Any
 from brewlab.errors import BrewlabError, bad_choice
 
 TEACHER_KINDS = ("scratch", "pretrained_scratch", "hf")
+RESUME = ("auto", True, False)
+NONFINITE = ("stop", "skip")
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,8 @@ def validate(cfg: Mapping[str, Any]) -> None:
     fraction = task.get("train_fraction", 1.0)
     if not isinstance(fraction, (int, float)) or isinstance(fraction, bool) or not 0 < fraction <= 1:
         raise BrewlabError(f"task.train_fraction={fraction!r} must be a fraction in (0, 1]")
+    if cfg.get("resume", "auto") not in RESUME:
+        raise bad_choice("resume", cfg["resume"], ("auto", "true", "false"))
     distiller = DISTILLERS.get(cfg["distiller"]["name"], "distiller")
     TRACKERS.get(cfg["logger"]["name"], "logger")
     if teacher["kind"] not in TEACHER_KINDS:
@@ -173,6 +177,11 @@ def _check_trainer(trainer: Mapping[str, Any]) -> None:
     clip = trainer.get("grad_clip")
     if clip is not None:
         _check_number("trainer.grad_clip", clip, 0, inclusive=False)
+    if trainer.get("nonfinite", "stop") not in NONFINITE:
+        raise bad_choice("trainer.nonfinite", trainer["nonfinite"], NONFINITE)
+    if trainer.get("checkpoint_every") is not None:
+        _check_number("trainer.checkpoint_every", trainer["checkpoint_every"], 1)
+    _check_number("trainer.checkpoints_kept", trainer.get("checkpoints_kept", 2), 1)
 
 
 def _check_tasks(cfg: Mapping[str, Any]) -> None:

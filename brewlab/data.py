@@ -47,6 +47,16 @@ class LengthGroupedBatches(Sampler[list[int]]):
         return iter(batches)
 
 
+def set_epoch(batches: Any, epoch: int) -> None:
+    """Tell a training batch source which epoch comes next (its shuffle depends on it), through
+    wrappers and DataLoaders; a source without epochs is left alone. Explicit epochs let a
+    resumed run draw the data order of the epoch it stopped in."""
+    if hasattr(batches, "set_epoch"):
+        batches.set_epoch(epoch)
+    elif isinstance(batches, DataLoader) and batches.batch_sampler is not None:
+        set_epoch(batches.batch_sampler, epoch)
+
+
 class PadCollator:
     """Pads every sequence field to the longest in the batch (labels with -100); keys starting
     with "_" are per-example metadata (offsets, ids) and stay out of the batch."""
@@ -104,6 +114,9 @@ class FreshEachEpoch:
         self.epoch = 0
         self.first = make_features(0)
 
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
     def __len__(self) -> int:
         return (len(self.first) + self.batch_size - 1) // self.batch_size
 
@@ -127,18 +140,32 @@ class TaskMixture:
         self.probabilities = weights / weights.sum()
         self.seed, self.epoch = seed, 0
 
+    def set_epoch(self, epoch: int) -> None:
+        """The task draws of pass `epoch`; each task's loader restarts at its own next epoch."""
+        self.epoch = epoch
+
     def __len__(self) -> int:
         return sum(len(loader) for loader in self.loaders.values())
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        rng = np.random.default_rng(self.seed + self.epoch)
+        epoch = self.epoch
         self.epoch += 1
-        iterators = {n: iter(loader) for n, loader in self.loaders.items()}
+        rng = np.random.default_rng(self.seed + epoch)
+        starts = dict.fromkeys(self.names, 0)
+
+        def start(name: str) -> Iterator[dict[str, Any]]:
+            # the k-th pass over a task's loader in mixture pass e has epoch e*1000+k: a function of
+            # (e, k) only, so a resumed run shuffles every task's batches as the uninterrupted one
+            set_epoch(self.loaders[name], epoch * 1000 + starts[name])
+            starts[name] += 1
+            return iter(self.loaders[name])
+
+        iterators = {n: start(n) for n in self.names}
         for _ in range(len(self)):
             name = self.names[int(rng.choice(len(self.names), p=self.probabilities))]
             try:
                 batch = next(iterators[name])
             except StopIteration:
-                iterators[name] = iter(self.loaders[name])
+                iterators[name] = start(name)
                 batch = next(iterators[name])
             yield {**batch, "task": name}

@@ -8,6 +8,7 @@ best student and save in the same way. Models are reached only through adaptors.
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -25,6 +26,7 @@ from brewlab.registry import Registry
 from brewlab.schedulers import Schedules
 
 DISTILLERS: Registry = Registry("distiller.name")
+log = logging.getLogger("brewlab")
 
 PAIR_LOSSES = {"gram", "fsp", "mmd", "nst"}  # compare two layers on each side
 SAME_DIM_LOSSES = {"hidden_mse", "cos", "pkd", "gram", "fsp"}  # need equal feature sizes
@@ -362,18 +364,30 @@ class Distiller:
     def modules(self) -> list[nn.Module]:
         return [self.student.model, self.projections]
 
+    def caches(self) -> list[TeacherCache | None]:
+        """Teacher-logit caches, saved in checkpoints so a resumed run reads what it cached."""
+        return [self.cache]
+
     def fit(
         self,
         train_loader: Any,
         evaluate: Callable[[], dict[str, float]],
         main_metric: str,
         progress: bool = True,
+        checkpoints: Any | None = None,
     ) -> FitResult:
         """Train for `epochs` (or `max_steps` optimizer steps), evaluating every `eval_every` steps
         and at each epoch end; the best student (by `main_metric`) is restored at the end.
 
         `grad_accum` batches make one optimizer step; `precision` bf16/fp16 runs teacher and
-        student forwards under autocast (fp16 with a gradient scaler)."""
+        student forwards under autocast (fp16 with a gradient scaler). With `checkpoints` (a
+        `CheckpointStore`), the full training state is saved every `checkpoint_every` steps and
+        after each evaluation, and a run finding one continues from it exactly. A non-finite loss
+        stops the run before anything is saved (`nonfinite: stop`) or its batch is skipped
+        (`nonfinite: skip`, one host sync per step)."""
+        from brewlab.checkpoint import rng_state, set_rng_state
+        from brewlab.data import set_epoch
+
         epochs = int(self.cfg.get("epochs", 1))
         max_steps = self.cfg.get("max_steps")
         accum = max(1, int(self.cfg.get("grad_accum", 1)))
@@ -384,20 +398,61 @@ class Distiller:
         scheduler = self.schedules.lr_scheduler(self.optimizer, max(total, 1))
         eval_every = self.cfg.get("eval_every")
         log_every = max(1, int(self.cfg.get("log_every", 20)))
+        ckpt_every = int(self.cfg.get("checkpoint_every") or 0)
+        skip_nonfinite = self.cfg.get("nonfinite", "stop") == "skip"
         clip = self.cfg.get("grad_clip")
         device = next(iter(self.params)).device if self.params else torch.device("cpu")
         autocast, scaler = _precision(str(self.cfg.get("precision", "fp32")), device)
         parallel = bool(self.cfg.get("data_parallel"))  # set by the pipeline under torchrun
         if self.teacher is not None:
             self.teacher.model.eval()
-        best = (-math.inf, 0, None)
+        best: tuple[float, int, Any] = (-math.inf, 0, None)
         history: list[dict[str, float]] = []
-        step = 0
+        step, epoch, skip, skipped, spent = 0, 0, 0, 0, 0.0
+        running: dict[str, torch.Tensor] = {}
+        values: dict[str, float] = {}
+        bad = _FirstNonFinite()
+        resumed = checkpoints.latest() if checkpoints is not None else None
+        if resumed is not None:
+            for module, state in zip(self.modules(), resumed["modules"], strict=True):
+                module.load_state_dict(state)
+            self.optimizer.load_state_dict(resumed["optimizer"])
+            scheduler.load_state_dict(resumed["scheduler"])
+            scaler.load_state_dict(resumed["scaler"])
+            for cache, rows in zip(self.caches(), resumed["teacher_caches"], strict=True):
+                if cache is not None and rows is not None:
+                    cache.rows = rows
+            step, epoch, skip, skipped = resumed["step"], resumed["epoch"], resumed["batch"], resumed["skipped"]
+            best, history, running, values = resumed["best"], resumed["history"], resumed["running"], resumed["values"]
+            spent = resumed["train_seconds"]
         started = time.perf_counter()
-        bar = _progress_bar(total, enabled=progress)
+        bar = _progress_bar(total, enabled=progress, initial=step)
+
+        def save(next_epoch: int, next_batch: int) -> None:
+            if checkpoints is None:
+                return
+            bad.check(step)  # never save a state that a NaN already reached
+            state = {
+                "epoch": next_epoch,
+                "batch": next_batch,
+                "skipped": skipped,
+                "modules": [m.state_dict() for m in self.modules()],
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(),
+                "teacher_caches": [c.rows if c is not None else None for c in self.caches()],
+                "best": best,
+                "history": history,
+                "running": running,
+                "values": values,
+                "train_seconds": spent + time.perf_counter() - started,
+                "rng": rng_state(),
+            }
+            checkpoints.save(state, step)
 
         def run_eval() -> None:
             nonlocal best
+            bad.check(step)
             metrics = evaluate()
             metrics["step"] = step
             history.append(metrics)
@@ -409,15 +464,28 @@ class Distiller:
 
         for module in self.modules():
             module.train()
-        running: dict[str, torch.Tensor] = {}
-        values: dict[str, float] = {}
         while step < total:
             batches = len(train_loader)
-            for i, batch in enumerate(train_loader):
+            set_epoch(train_loader, epoch)
+            if resumed is not None and skip == 0:
+                set_rng_state(resumed["rng"])  # the epoch's shuffle draws come after the saved state
+            iterator = iter(train_loader)
+            for _ in range(skip):  # data order: the batches this epoch had already consumed
+                next(iterator)
+            if resumed is not None and skip > 0:
+                set_rng_state(resumed["rng"])
+            resumed = None
+            for i, batch in enumerate(iterator, start=skip):
                 # the last group of an epoch may be short: average over the batches it has
                 group = min(accum, batches - (i // accum) * accum)
                 with autocast():
                     loss, parts = self.compute_loss(batch, step, total)
+                if skip_nonfinite and not bool(torch.isfinite(loss)):
+                    skipped += 1
+                    log.warning("step %d: non-finite loss %s: batch skipped", step + 1, _terms(parts, loss))
+                    self.optimizer.zero_grad(set_to_none=True)
+                    continue
+                bad.observe(loss, parts, step + 1)
                 scaler.scale(loss / group).backward()
                 for k, v in {**parts, "loss": loss}.items():
                     running[k] = running.get(k, 0) + v.detach().float() / group
@@ -441,27 +509,66 @@ class Distiller:
                     values = {k: float(v) / n for k, v in running.items()}
                     values = mean_across_ranks(values) if parallel else values
                     running = {}
-                    if not all(math.isfinite(v) for v in values.values()):
-                        raise BrewlabError(f"loss became non-finite at step {step}: {values}")
+                    bad.check(step)
                     bar.set_postfix(loss=f"{values['loss']:.4f}")
                     self.log(
                         {f"train/{k}": v for k, v in values.items()} | {"train/lr": scheduler.get_last_lr()[0]}, step
                     )
                 bar.update(1)
-                if eval_every and step % int(eval_every) == 0 and step < total:
+                last = i + 1 == batches or step >= total  # the epoch-end evaluation and save follow
+                if eval_every and step % int(eval_every) == 0 and not last:
                     run_eval()
+                    save(epoch, i + 1)
+                elif ckpt_every and step % ckpt_every == 0 and not last:
+                    save(epoch, i + 1)
                 if step >= total:
                     break
             if step < total or not history or history[-1]["step"] != step:
                 run_eval()
+            epoch, skip = epoch + 1, 0
+            if step < total:
+                save(epoch, 0)
         bar.close()
-        seconds = time.perf_counter() - started
+        seconds = spent + time.perf_counter() - started
+        if skipped:
+            log.warning("%d batches with a non-finite loss were skipped (trainer.nonfinite=skip)", skipped)
         if best[2] is not None:
             for module, state in zip(self.modules(), best[2], strict=True):
                 module.load_state_dict(state)
         for module in self.modules():
             module.eval()
         return FitResult(best[0], best[1], step, seconds, history, values)
+
+
+def _terms(parts: Mapping[str, torch.Tensor], loss: torch.Tensor) -> str:
+    return ", ".join(f"{k}={float(v):.4g}" for k, v in {**parts, "loss": loss}.items())
+
+
+class _FirstNonFinite:
+    """Remembers, without a host sync per step, the first step whose loss was NaN or infinite
+    and its loss terms; `check` (at log, evaluation and save points) turns that into an error."""
+
+    def __init__(self) -> None:
+        self.step: torch.Tensor | None = None
+        self.parts: dict[str, torch.Tensor] = {}
+
+    def observe(self, loss: torch.Tensor, parts: Mapping[str, torch.Tensor], step: int) -> None:
+        if self.step is None:
+            self.step = torch.zeros((), dtype=torch.long, device=loss.device)
+        first = ~torch.isfinite(loss.detach()) & (self.step == 0)
+        self.step = torch.where(first, step, self.step)
+        for k, v in {**parts, "loss": loss}.items():
+            v = v.detach().float()
+            self.parts[k] = torch.where(first, v, self.parts.get(k, torch.zeros_like(v)))
+
+    def check(self, step: int) -> None:
+        if self.step is not None and int(self.step) > 0:
+            terms = ", ".join(f"{k}={float(v):.4g}" for k, v in self.parts.items())
+            raise BrewlabError(
+                f"the loss became non-finite at step {int(self.step)} ({terms}); stopped before step {step} "
+                "was saved, the last checkpoint holds the state before it. Lower optim.lr, set trainer.grad_clip, "
+                "or set trainer.nonfinite=skip to skip such batches"
+            )
 
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -478,10 +585,10 @@ def _precision(name: str, device: torch.device) -> tuple[Callable[[], Any], Any]
     return autocast, torch.amp.GradScaler(device.type, enabled=name == "fp16")
 
 
-def _progress_bar(total: int, enabled: bool):
+def _progress_bar(total: int, enabled: bool, initial: int = 0):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc="train", disable=not enabled, dynamic_ncols=True, leave=False)
+    return tqdm(total=total, initial=initial, desc="train", disable=not enabled, dynamic_ncols=True, leave=False)
 
 
 @DISTILLERS.register("trainer")
@@ -548,3 +655,6 @@ class MultiTaskDistiller(Distiller):
 
     def modules(self) -> list[nn.Module]:
         return [self.students, self.projections]
+
+    def caches(self) -> list[TeacherCache | None]:
+        return [part.cache for part in self.parts.values()]

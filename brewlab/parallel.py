@@ -96,6 +96,9 @@ class RankSlices:
     def __len__(self) -> int:
         return len(self.batches)
 
+    def set_epoch(self, epoch: int) -> None:
+        self.batches.set_epoch(epoch)
+
     def __iter__(self) -> Iterator[list[int]]:
         for batch in self.batches:
             # a last batch smaller than N examples: ranks short of one reuse its first example

@@ -274,6 +274,11 @@ class DeviceLoader:
     def __len__(self) -> int:
         return len(self.loader)
 
+    def set_epoch(self, epoch: int) -> None:
+        from brewlab.data import set_epoch
+
+        set_epoch(self.loader, epoch)
+
     def __iter__(self):
         return (
             {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in b.items()} for b in self.loader
@@ -288,6 +293,7 @@ def train_loop(
     device: torch.device,
     progress: bool,
     batches: Any | None = None,
+    checkpoints: Any | None = None,
 ):
     """Fit on `batches` (CPU batches with a length), by default the task's training split."""
     from brewlab.data import make_loader
@@ -302,6 +308,7 @@ def train_loop(
         evaluate=lambda: evaluate(distiller.student, prep, "validation", eval_bs, device),
         main_metric=prep.kind.main_metric,
         progress=progress,
+        checkpoints=checkpoints,
     )
 
 
@@ -612,6 +619,44 @@ def check_student_init(cfg: Mapping[str, Any], prep: Prepared) -> None:
         )
 
 
+# ----------------------------------------------------------------------------- resuming
+
+NOT_TRAINING = ("logger", "resume", "study")  # config keys that do not change what a run computes
+
+
+def run_fingerprint(cfg: Mapping[str, Any]) -> str:
+    """Hash of everything that shapes a run's results: a checkpoint or a finished run counts as
+    this run's only when it matches."""
+    kept = {k: v for k, v in cfg.items() if k not in NOT_TRAINING}
+    kept["trainer"] = {k: v for k, v in cfg["trainer"].items() if k not in ("progress", "data_parallel")}
+    return stable_hash(kept)
+
+
+def checkpoint_store(cfg: Mapping[str, Any], run_dir: Path) -> Any | None:
+    """The run directory's checkpoints (none under torchrun, whose ranks share no directory)."""
+    from brewlab.checkpoint import CheckpointStore
+
+    if cfg["trainer"].get("data_parallel"):
+        return None
+    store = CheckpointStore(run_dir / "checkpoints", run_fingerprint(cfg), keep=int(cfg["trainer"].get("checkpoints_kept", 2)))
+    if cfg.get("resume", "auto") is False:
+        store.clear()  # resume=false: this directory starts over
+    return store
+
+
+def finished_run(cfg: Mapping[str, Any], run_dir: Path) -> dict[str, Any] | None:
+    """metrics.json of this very run when it already finished here (a re-run sweep skips it)."""
+    path = run_dir / "metrics.json"
+    if cfg.get("resume", "auto") is False or not path.is_file():
+        return None
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        log.warning("%s is unreadable (%s): running again", path, exc)
+        return None
+    return metrics if metrics.get("fingerprint") == run_fingerprint(cfg) else None
+
+
 # ----------------------------------------------------------------------------- the run
 
 
@@ -700,7 +745,8 @@ def run(cfg: Mapping[str, Any], run_dir: Path, tracker: Any) -> dict[str, Any]:
     # a compiled student trains faster; it shares its parameters with `student`, which is saved
     trained = torch.compile(student) if trainer_cfg.get("compile") else student
     distiller = build_distiller(name, cfg, trained, teacher_models, prep, cfg["loss"], trainer_cfg, tracker)
-    result = train_loop(distiller, prep, trainer_cfg, seed, device, progress, augmented and augmented[0])
+    checkpoints = checkpoint_store(cfg, run_dir)
+    result = train_loop(distiller, prep, trainer_cfg, seed, device, progress, augmented and augmented[0], checkpoints)
     if not is_main():  # the other data-parallel ranks hold the same student: rank 0 measures and saves
         return {}
     _sdpa_again(attn, [*teacher_models, student])
@@ -712,6 +758,7 @@ def run(cfg: Mapping[str, Any], run_dir: Path, tracker: Any) -> dict[str, Any]:
         "loss": sorted(cfg["loss"]),
         "seed": seed,
         "study": cfg.get("study"),
+        "fingerprint": run_fingerprint(cfg),
     }
     if augmented is not None:
         metrics["augmentation"] = augmented[1]
@@ -795,6 +842,7 @@ def run_multi_task(cfg: Mapping[str, Any], run_dir: Path, tracker: Any) -> dict[
         evaluate=dev_scores,
         main_metric="score",
         progress=bool(trainer_cfg.get("progress", True)) and is_main(),
+        checkpoints=checkpoint_store(cfg, run_dir),
     )
     if not is_main():
         return {}
@@ -832,6 +880,7 @@ def run_multi_task(cfg: Mapping[str, Any], run_dir: Path, tracker: Any) -> dict[
         "loss": sorted(cfg["loss"]),
         "seed": seed,
         "study": cfg.get("study"),
+        "fingerprint": run_fingerprint(cfg),
         "tasks": per_task,
         "teacher": teacher_row,
         "student": student_row,
@@ -890,6 +939,11 @@ def run_job(cfg: Any) -> float:
         plain["trainer"]["data_parallel"] = world()[1] > 1
         if not is_main():  # one W&B run and one set of outputs, from rank 0
             plain["logger"] = {"name": "none"}
+        done = finished_run(plain, run_dir) if is_main() else None
+        if done is not None:
+            print(summary_table(done))
+            print(f"outputs: {run_dir} (this run had already finished here; resume=false runs it again)")
+            return float(done["student"]["validation"][done["task"]["main_metric"]])
         study = plain.get("study")
         # one W&B group per sweep (its directory, e.g. ablation_losses/2026-11-29_03-00-00), so
         # repetitions of a configuration sit together and two sweeps of one study stay apart
@@ -901,6 +955,7 @@ def run_job(cfg: Any) -> float:
             name=f"{hc.job.override_dirname or 'default'},seed={plain['seed']}",
             tags=list(hc.overrides.task) + ([f"study={study}"] if study else []),
             group=group,
+            resume=plain.get("resume", "auto") is not False and any((run_dir / "checkpoints").glob("step-*.pt")),
         )
         seed_everything(int(plain["seed"]))
         metrics = run(plain, run_dir, tracker)
@@ -909,6 +964,7 @@ def run_job(cfg: Any) -> float:
             return float("nan")
         tracker.summary(metrics)
         tracker.finish(0)
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # finished: metrics and student are written
         print(summary_table(metrics))
         print(f"outputs: {run_dir}")
         return float(metrics["student"]["validation"][metrics["task"]["main_metric"]])

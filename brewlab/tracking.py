@@ -22,7 +22,14 @@ log = logging.getLogger("brewlab")
 @TRACKERS.register("none")
 class NoTracker:
     def __init__(
-        self, cfg: Mapping[str, Any], run_dir: Path, config: dict, name: str, tags: list[str], group: str | None
+        self,
+        cfg: Mapping[str, Any],
+        run_dir: Path,
+        config: dict,
+        name: str,
+        tags: list[str],
+        group: str | None,
+        resume: bool = False,
     ) -> None:
         self.run_dir = run_dir
 
@@ -41,24 +48,46 @@ class WandbTracker(NoTracker):
     """One W&B run per job: config, every logged metric, final summary; offline unless asked."""
 
     def __init__(
-        self, cfg: Mapping[str, Any], run_dir: Path, config: dict, name: str, tags: list[str], group: str | None
+        self,
+        cfg: Mapping[str, Any],
+        run_dir: Path,
+        config: dict,
+        name: str,
+        tags: list[str],
+        group: str | None,
+        resume: bool = False,
     ) -> None:
         super().__init__(cfg, run_dir, config, name, tags, group)
         import wandb
 
         mode = os.environ.get("WANDB_MODE") or cfg.get("mode") or "offline"
         os.environ.setdefault("WANDB_SILENT", "true")
-        self.run = wandb.init(
+        previous = run_dir / "wandb_run.json"
+        run_id = json.loads(previous.read_text(encoding="utf-8")).get("id") if resume and previous.is_file() else None
+        options = dict(
             project=cfg.get("project", "brewlab"),
             entity=cfg.get("entity"),
             dir=str(run_dir),
-            mode=mode,
             name=name,
             tags=[t[:64] for t in tags],
             group=group,
             config=config,
             reinit="finish_previous",
+            id=run_id,  # a resumed run continues its W&B run instead of starting a second one
+            resume="allow" if run_id else None,
         )
+        if mode == "online" and not _has_credentials():
+            log.warning("W&B: online logging asked for but no API key is set (wandb login): logging offline")
+            mode = "offline"
+        try:
+            self.run = wandb.init(mode=mode, settings=wandb.Settings(init_timeout=float(cfg.get("init_timeout", 60))),
+                                  **options)
+        except Exception as exc:  # noqa: BLE001 - no network, bad credentials, a W&B outage: never kill the run
+            if mode == "offline":
+                raise
+            log.warning("W&B: online run failed to start (%s): logging offline", str(exc).splitlines()[0][:200])
+            mode = "offline"
+            self.run = wandb.init(mode=mode, **options)
         # where this job's W&B run is, readable without W&B (the report and users' scripts)
         identity = {"id": self.run.id, "name": name, "group": group, "tags": list(self.run.tags), "mode": mode,
                     "project": self.run.project}
@@ -86,7 +115,25 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _has_credentials() -> bool:
+    """An API key in the environment or in ~/.netrc (what `wandb login` writes)."""
+    import netrc
+
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators(os.environ.get("WANDB_BASE_URL", "api.wandb.ai").split("//")[-1]) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
 def make_tracker(
-    cfg: Mapping[str, Any], run_dir: Path, config: dict, name: str, tags: list[str], group: str | None
+    cfg: Mapping[str, Any],
+    run_dir: Path,
+    config: dict,
+    name: str,
+    tags: list[str],
+    group: str | None,
+    resume: bool = False,
 ) -> NoTracker:
-    return TRACKERS.get(cfg.get("name", "none"), "logger")(cfg, run_dir, config, name, tags, group)
+    return TRACKERS.get(cfg.get("name", "none"), "logger")(cfg, run_dir, config, name, tags, group, resume)

@@ -1,0 +1,93 @@
+"""Training checkpoints a killed run continues from exactly.
+
+A checkpoint is one file per save (`step-00000120.pt`), written aside and renamed into place, so
+a kill or a full disk at any moment leaves either the new file whole or the older ones untouched.
+At start the newest readable one is used; unreadable ones are named in one line and skipped.
+Each holds a fingerprint of the run's config, so a changed command never continues an
+unrelated run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from brewlab.errors import BrewlabError
+
+log = logging.getLogger("brewlab")
+
+
+def rng_state() -> dict[str, Any]:
+    """Every generator a training step may draw from (dropout, shuffles, augmentation)."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class CheckpointStore:
+    """`directory/step-*.pt`, newest `keep` kept; `fingerprint` ties them to one config."""
+
+    def __init__(self, directory: Path, fingerprint: str, keep: int = 2) -> None:
+        self.directory, self.fingerprint, self.keep = Path(directory), fingerprint, keep
+
+    def files(self) -> list[Path]:
+        return sorted(self.directory.glob("step-*.pt"), reverse=True) if self.directory.is_dir() else []
+
+    def save(self, state: dict[str, Any], step: int) -> Path:
+        """Write atomically; on failure (e.g. a full disk) the earlier checkpoints stay valid."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        final = self.directory / f"step-{step:08d}.pt"
+        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".step-", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                torch.save({"fingerprint": self.fingerprint, "step": step, **state}, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, final)
+        except OSError as exc:
+            Path(tmp).unlink(missing_ok=True)
+            kept = self.files()
+            raise BrewlabError(
+                f"could not write checkpoint {final}: {exc.strerror or exc}; "
+                + (f"the previous checkpoint {kept[0].name} is intact" if kept else "no earlier checkpoint exists")
+            ) from None
+        for old in self.files()[self.keep :]:
+            old.unlink(missing_ok=True)
+        return final
+
+    def latest(self) -> dict[str, Any] | None:
+        """The newest readable checkpoint of this config, or None when there is none."""
+        for path in self.files():
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=False)
+            except Exception as exc:  # noqa: BLE001 - any unreadable file is skipped the same way
+                log.warning("checkpoint %s is unreadable (%s): skipped in favour of an older one", path, exc)
+                continue
+            if state.get("fingerprint") != self.fingerprint:
+                raise BrewlabError(
+                    f"{path} was written by a run with another config; resume with the same command, "
+                    "or set resume=false to start this output directory over"
+                )
+            log.info("resuming from checkpoint %s (step %d)", path, state["step"])
+            return state
+        return None
+
+    def clear(self) -> None:
+        for path in self.files():
+            path.unlink(missing_ok=True)
