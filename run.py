@@ -4,6 +4,7 @@
 import os
 import sys
 import tempfile
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
@@ -16,7 +17,23 @@ def main(cfg: DictConfig) -> float:
     return run_job(cfg)
 
 
+def check_output_dirs(argv: list[str]) -> None:
+    """An output directory given on the command line must be writable: one line, exit 2, before
+    Hydra would fail on it with a traceback."""
+    for arg in argv:
+        key, _, path = arg.partition("=")
+        if key not in ("hydra.run.dir", "hydra.sweep.dir") or "${" in path:
+            continue
+        try:
+            Path(path).mkdir(parents=True, exist_ok=True)
+            tempfile.TemporaryFile(dir=path).close()
+        except OSError as exc:
+            print(f"brewlab: error: {key}={path!r} is not a writable directory ({exc.strerror})", file=sys.stderr)
+            sys.exit(2)
+
+
 if __name__ == "__main__":
+    check_output_dirs(sys.argv[1:])
     if int(os.environ.get("RANK", 0)) > 0:  # data-parallel ranks other than 0 write no run directory
         sys.argv = [a for a in sys.argv if not a.startswith("hydra.run.dir=")]
         sys.argv += [f"hydra.run.dir={tempfile.mkdtemp(prefix='brewlab-rank')}", "hydra.output_subdir=null"]

@@ -3,6 +3,8 @@ traceback; nothing finished is lost."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from conftest import read_metrics
 
@@ -54,6 +56,19 @@ CASES = [
         ["loss.hidden.proj=null", "set loss.hidden.proj=linear"],
     ),
     (["student.vocab_size=123"], 2, ["student.vocab_size=123 does not match the task's tokenizer"]),
+    (["optim.lr=abc"], 2, ["optim.lr='abc' must be a number > 0"]),
+    (["optim.lr=-0.001"], 2, ["optim.lr=-0.001 must be a number > 0"]),
+    (["trainer.lr=abc"], 1, ["Could not override 'trainer.lr'", "Key 'lr' is not in struct"]),
+    (["task.train_fraction=0"], 2, ["task.train_fraction=0 must be a fraction in (0, 1]"]),
+    (
+        ["task=cmrc_pd98", "task.doc_stride=300"],
+        2,
+        ["task.doc_stride=300 must be smaller than the passage room of a window"],
+    ),
+    (["resume=maybe"], 2, ["resume='maybe' is not valid; choose one of: auto, false, true"]),
+    (["trainer.nonfinite=ignore"], 2, ["trainer.nonfinite='ignore' is not valid; choose one of: skip, stop"]),
+    (["trainer.checkpoint_every=0"], 2, ["trainer.checkpoint_every=0 must be a number >= 1"]),
+    (["hydra.run.dir=/dev/null/run"], 2, ["hydra.run.dir='/dev/null/run' is not a writable directory (Not a directory)"]),
 ]
 
 
@@ -68,6 +83,83 @@ def test_bad_input_message(cli, overrides, code, fragments):
         lines = [line for line in proc.stderr.splitlines() if line.startswith("brewlab: error:")]
         assert len(lines) == 1
     assert not (run_dir / "metrics.json").exists()
+
+
+def _write(path: Path, text: str) -> str:
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def _tiny_model_dir(path: Path, texts: list[str], weights: bool = True) -> str:
+    """A saved 1-layer BERT with its own character vocabulary (another run's model)."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from brewlab.vocab import build_char_tokenizer
+
+    tokenizer = build_char_tokenizer(texts, 1, None)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, num_labels=2)
+    BertForSequenceClassification(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    if not weights:
+        (path / "model.safetensors").unlink()
+    return str(path)
+
+
+GOOD = [f'{{"text": "好评{i}", "label": {i % 2}}}' for i in range(8)]
+
+
+def train_file(d: Path, lines: list[str]) -> list[str]:
+    return [f"task.data.train_file={_write(d / 'train.jsonl', ''.join(line + chr(10) for line in lines))}"]
+
+
+# (id, overrides made from a scratch directory, fragments the one-line error must contain)
+DATA_CASES = [
+    (
+        "malformed JSONL line",
+        lambda d: train_file(d, [*GOOD[:2], '{"text": oops', *GOOD[2:]]),
+        ["train.jsonl' line 3: not valid JSON"],
+    ),
+    ("empty data file", lambda d: train_file(d, []), ["train.jsonl': the file holds no examples"]),
+    (
+        "label outside the label set",
+        lambda d: train_file(d, [*GOOD, '{"text": "差", "label": 7}']),
+        ["label 7 is outside 0..1"],
+    ),
+    (
+        "label name outside the label set",
+        lambda d: train_file(d, [*GOOD, '{"text": "差", "label": "neutral"}']),
+        ["label 'neutral' is not in task.label_names=['negative', 'positive']"],
+    ),
+    (
+        "teacher directory without weights",
+        lambda d: ["teacher=hf", f"teacher.name_or_path={_tiny_model_dir(d / 'teacher', ['好差'], weights=False)}"],
+        ["teacher.name_or_path=", "not a model directory (needs config.json and weights)"],
+    ),
+    (
+        "teacher/student tokenizer mismatch",
+        lambda d: [f"student.init_from={_tiny_model_dir(d / 'student', ['完全不同的字'])}"],
+        ["was trained with another vocabulary than this run's tokenizer"],
+    ),
+]
+
+
+@pytest.mark.parametrize(("make", "fragments"), [c[1:] for c in DATA_CASES], ids=[c[0] for c in DATA_CASES])
+def test_bad_data_and_model_message(cli, tmp_path, make, fragments):
+    scratch = tmp_path / "inputs"
+    scratch.mkdir()
+    proc, run_dir = cli("debug=smoke", "logger=none", *make(scratch), expect_ok=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("brewlab: error:")]
+    assert len(lines) == 1, proc.stderr[-2000:]
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    assert not (run_dir / "metrics.json").exists()
+
+
+def test_the_table_covers_at_least_25_malformed_inputs():
+    assert len(CASES) + len(DATA_CASES) >= 25
 
 
 def test_failed_run_keeps_earlier_outputs_and_teacher_cache(cli, tmp_path):

@@ -107,6 +107,8 @@ def _read_local(path: str, key: str) -> list[Example]:
         nested = _read_squad_layout(file, key)
         if nested is not None:
             return nested
+    if suffix == ".jsonl":
+        _check_json_lines(file, key)
     builder = {".json": "json", ".jsonl": "json", ".csv": "csv", ".tsv": "csv"}.get(suffix)
     if builder is None:
         raise BrewlabError(f"{key}={path!r}: unsupported file type; use .json, .jsonl, .csv or .tsv")
@@ -120,6 +122,24 @@ def _read_local(path: str, key: str) -> list[Example]:
     if len(ds) == 0:
         raise BrewlabError(f"{key}={path!r}: the file holds no examples")
     return [dict(row) for row in ds]
+
+
+def _check_json_lines(file: Path, key: str) -> None:
+    """Name the first malformed line (`datasets` reports only that parsing failed)."""
+    rows = 0
+    with open(file, encoding="utf-8") as fh:
+        for number, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            rows += 1
+            try:
+                row = json.loads(line)
+            except ValueError as exc:
+                raise BrewlabError(f"{key}={str(file)!r} line {number}: not valid JSON ({exc})") from None
+            if not isinstance(row, dict):
+                raise BrewlabError(f"{key}={str(file)!r} line {number}: expected a JSON object, got {line.strip()[:60]}")
+    if rows == 0:
+        raise BrewlabError(f"{key}={str(file)!r}: the file holds no examples")
 
 
 def _read_squad_layout(file: Path, key: str) -> list[Example] | None:
