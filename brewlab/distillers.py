@@ -464,8 +464,8 @@ class Distiller:
 
         for module in self.modules():
             module.train()
-        while step < total:
-            batches = len(train_loader)
+        while step < total and epoch < epochs:
+            batches, epoch_start = len(train_loader), step
             set_epoch(train_loader, epoch)
             if resumed is not None and skip == 0:
                 set_rng_state(resumed["rng"])  # the epoch's shuffle draws come after the saved state
@@ -523,10 +523,12 @@ class Distiller:
                     save(epoch, i + 1)
                 if step >= total:
                     break
+            if step == epoch_start and skip == 0:
+                raise BrewlabError(f"every batch of epoch {epoch + 1} had a non-finite loss: nothing to learn from")
             if step < total or not history or history[-1]["step"] != step:
                 run_eval()
             epoch, skip = epoch + 1, 0
-            if step < total:
+            if step < total and epoch < epochs:
                 save(epoch, 0)
         bar.close()
         seconds = spent + time.perf_counter() - started

@@ -32,10 +32,12 @@ TEACHER_META = "brewlab_teacher.json"
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (nlpaug and samplers draw from the first two)."""
+    """Seed Python, NumPy and torch (nlpaug and samplers draw from the first two), and ask torch
+    for deterministic kernels (a warning, not an error, where an op has none)."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

@@ -70,7 +70,7 @@ def main() -> None:
         reference = launch(tmp_path / "reference", cache, overrides, tmp_path / "reference.log")
         if reference.wait() != 0:
             raise SystemExit("crash_resume: the run fails:\n" + (tmp_path / "reference.log").read_text()[-3000:])
-        victim, resumed, done = tmp_path / "killed", 0, 0
+        victim, resumed, done, wandb_ids = tmp_path / "killed", 0, 0, set()
         total = 36  # 3 epochs x 12 steps (192 smoke examples, batch 16)
         for k in range(args.kills + 1):
             log = tmp_path / f"killed-{k}.log"
@@ -92,6 +92,8 @@ def main() -> None:
                     print(f"launch {k}: finished before its kill", flush=True)
             elif proc.wait() != 0:
                 raise SystemExit("crash_resume: the final run failed:\n" + log.read_text()[-3000:])
+            if (victim / "wandb_run.json").is_file():
+                wandb_ids.add(json.loads((victim / "wandb_run.json").read_text())["id"])
             lines = [line for line in log.read_text().splitlines() if "resuming from checkpoint" in line]
             if k and lines:
                 resumed += 1
@@ -99,8 +101,7 @@ def main() -> None:
         a = json.loads((tmp_path / "reference" / "metrics.json").read_text())
         b = json.loads((victim / "metrics.json").read_text())
         identical = without_clock(a) == without_clock(b)
-        ids = [json.loads((d / "wandb_run.json").read_text())["id"] for d in (victim,)]
-        print(f"W&B run id after every restart: {ids[0]}")
+        print(f"W&B runs across the launches: {len(wandb_ids)} ({', '.join(sorted(wandb_ids))})")
         if not identical:
             print(json.dumps(without_clock(a), indent=1)[:2000], json.dumps(without_clock(b), indent=1)[:2000])
     print(f"kills={args.kills} resumed={resumed} identical={str(identical).lower()}")

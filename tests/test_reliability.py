@@ -1,0 +1,188 @@
+"""A killed run continues exactly; checkpoints are atomic and checked; NaN stops cleanly or
+is skipped; the same seed gives the same metrics.json; W&B never kills a run."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import read_metrics
+from transformers import BertConfig, BertForSequenceClassification
+
+from brewlab.adaptors import HFAdaptor
+from brewlab.checkpoint import CheckpointStore
+from brewlab.data import make_loader
+from brewlab.distillers import DISTILLERS, parse_objective
+from brewlab.errors import BrewlabError
+from brewlab.pipeline import seed_everything
+from brewlab.schedulers import build_schedules
+from brewlab.tasks import KINDS
+
+ROOT = Path(__file__).resolve().parents[1]
+KD_HARD = {"kd": {"kind": "logits", "fn": "ce", "weight": 1.0}, "hard": {"kind": "hard", "weight": 0.5}}
+CLASSIFICATION = KINDS.get("classification")
+
+
+def bert(layers: int, hidden: int, seed: int) -> BertForSequenceClassification:
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=30, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
+                        intermediate_size=2 * hidden, num_labels=3)
+    return BertForSequenceClassification(config)  # dropout on: the RNG state must be restored too
+
+
+def features(n: int = 30) -> list[dict]:
+    g = torch.Generator().manual_seed(3)
+    return [
+        {"input_ids": torch.randint(1, 30, (3 + i % 9,), generator=g).tolist(), "attention_mask": [1] * (3 + i % 9),
+         "labels": i % 3, "idx": i}
+        for i in range(n)
+    ]
+
+
+class Crash(Exception):
+    pass
+
+
+def fit(store: CheckpointStore | None, crash_at: int | None = None, loss: dict | None = None, **trainer):
+    """A fresh process's worth of state: models, distiller, loader; returns (result, logged losses)."""
+    seed_everything(0)
+    teacher, student = bert(2, 16, seed=1).eval(), bert(1, 8, seed=2)
+    t_view, s_view = HFAdaptor(teacher, CLASSIFICATION), HFAdaptor(student, CLASSIFICATION)
+    logged: list[tuple[int, float]] = []
+
+    def log(metrics: dict, step: int) -> None:
+        if "train/loss" in metrics:
+            logged.append((step, metrics["train/loss"]))
+        if crash_at is not None and step == crash_at:
+            raise Crash
+
+    distiller = DISTILLERS.get("basic")(
+        student=s_view,
+        objective=parse_objective(loss or KD_HARD, t_view, s_view),
+        schedules=build_schedules({"temperature": {"kind": "constant", "base": 2.0}}),
+        trainer_cfg={"epochs": 3, "log_every": 1, "checkpoint_every": 2, "eval_every": 5, "grad_clip": 1.0, **trainer},
+        make_optimizer=lambda params: torch.optim.AdamW(params, lr=0.01),
+        kind=CLASSIFICATION,
+        teacher=t_view,
+        log=log,
+    )
+    loader = make_loader(features(), batch_size=4, pad_token_id=0, seed=0, train=True)
+    def evaluate() -> dict[str, float]:  # a function of the weights alone, like a dev score
+        return {"score": -abs(float(sum(p.sum() for p in student.parameters())) - 1.0)}
+
+    result = distiller.fit(loader, evaluate, "score", False, checkpoints=store)
+    return result, logged, [p.detach().clone() for p in student.parameters()]
+
+
+@pytest.mark.parametrize("crash_at", [3, 8, 16])  # mid-epoch, right after an epoch end, last epoch
+def test_a_crashed_fit_resumed_from_its_checkpoint_ends_exactly_as_an_uninterrupted_one(tmp_path, crash_at):
+    reference, ref_logged, ref_params = fit(None)
+    store = CheckpointStore(tmp_path / "ck", "same-config")
+    with pytest.raises(Crash):
+        fit(store, crash_at=crash_at)
+    assert store.files(), "a checkpoint was written before the crash"
+    resumed, logged, params = fit(store)
+    assert resumed.steps == reference.steps == 24
+    assert resumed.history == reference.history and resumed.best_step == reference.best_step
+    assert resumed.final_losses == reference.final_losses
+    ref = dict(ref_logged)
+    assert logged and all(ref[s] == v for s, v in logged)  # the steps after the checkpoint, loss for loss
+    assert all(torch.equal(a, b) for a, b in zip(params, ref_params, strict=True))
+
+
+def test_checkpoints_keep_the_newest_two_and_skip_an_unreadable_one(tmp_path, caplog):
+    store = CheckpointStore(tmp_path, "cfg")
+    for step in (2, 4, 6):
+        store.save({"value": step}, step)
+    assert [p.name for p in store.files()] == ["step-00000006.pt", "step-00000004.pt"]
+    store.files()[0].write_bytes(b"truncated by a kill")
+    state = store.latest()
+    assert state["value"] == 4
+    assert "step-00000006.pt is unreadable" in caplog.text and "skipped in favour of an older one" in caplog.text
+
+
+def test_a_checkpoint_of_another_config_is_refused(tmp_path):
+    CheckpointStore(tmp_path, "old-config").save({"value": 1}, 1)
+    with pytest.raises(BrewlabError, match="written by a run with another config.*resume=false"):
+        CheckpointStore(tmp_path, "new-config").latest()
+
+
+def test_a_full_disk_while_saving_leaves_the_previous_checkpoint_valid(tmp_path, monkeypatch):
+    store = CheckpointStore(tmp_path, "cfg")
+    store.save({"value": 1}, 10)
+
+    def full_disk(obj, fh, *args, **kwargs):
+        fh.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(BrewlabError, match=r"step-00000020.pt: No space left on device; the previous checkpoint "
+                                           r"step-00000010.pt is intact"):
+        store.save({"value": 2}, 20)
+    monkeypatch.undo()
+    assert [p.name for p in tmp_path.iterdir()] == ["step-00000010.pt"]  # no temporary file left behind
+    assert store.latest()["value"] == 1
+
+
+def test_a_nan_loss_stops_naming_its_step_and_terms_and_keeps_the_checkpoints(tmp_path, monkeypatch):
+    store = CheckpointStore(tmp_path, "cfg")
+    real, calls = DISTILLERS.get("basic").compute_loss, []
+
+    def poisoned(self, batch, step, total):
+        loss, parts = real(self, batch, step, total)
+        calls.append(step)
+        if len(calls) == 6:  # the 6th batch's loss
+            loss, parts = loss * float("nan"), {**parts, "kd": parts["kd"] * float("inf")}
+        return loss, parts
+
+    monkeypatch.setattr(DISTILLERS.get("basic"), "compute_loss", poisoned)
+    with pytest.raises(BrewlabError, match=r"non-finite at step 6 \(hard=[0-9.]+, kd=inf, loss=nan\).*nonfinite=skip"):
+        fit(store, log_every=4)
+    assert [p.name for p in store.files()] == ["step-00000005.pt", "step-00000004.pt"]  # nothing after the NaN
+    calls.clear()
+    result, _, params = fit(None, nonfinite="skip")
+    assert result.steps == 23 and all(torch.isfinite(p).all() for p in params)  # one batch skipped
+
+
+def run(args: list[str], **kwargs) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("WANDB_MODE", "WANDB_API_KEY")}
+    env.update({"HF_HUB_OFFLINE": "1", **kwargs.pop("env", {})})
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+
+
+def test_sigkilled_runs_resume_to_the_same_metrics_json():
+    proc = run([str(ROOT / "scripts" / "crash_resume.py"), "--kills", "1", "--seed", "3"])
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "kills=1 resumed=1 identical=true"
+    assert "W&B runs across the launches: 1 (" in proc.stdout  # resumed, not duplicated
+
+
+def test_same_seed_same_metrics_and_a_finished_run_is_not_redone(cli):
+    clock = ("seconds", "per_second", "source")  # wall clock; the first run trains the teacher, the next reads it
+
+    def steady(tree):
+        if isinstance(tree, dict):
+            return {k: steady(v) for k, v in tree.items() if not any(c in k for c in clock)}
+        return tree
+
+    _, first = cli("debug=smoke", "logger=none", name="first")
+    _, second = cli("debug=smoke", "logger=none", name="second")
+    assert steady(read_metrics(first)) == steady(read_metrics(second))
+    before = (first / "metrics.json").read_bytes()
+    proc, _ = cli("debug=smoke", "logger=none", name="first")
+    assert "had already finished here" in proc.stdout and (first / "metrics.json").read_bytes() == before
+    proc, _ = cli("debug=smoke", "logger=none", "resume=false", name="first")
+    assert "had already finished" not in proc.stdout and (first / "metrics.json").read_bytes() != before
+
+
+def test_online_wandb_without_credentials_falls_back_to_offline(cli, tmp_path):
+    proc, run_dir = cli("debug=smoke", "logger.mode=online", env={"HOME": str(tmp_path), "NETRC": str(tmp_path / "none")})
+    assert "no API key is set (wandb login): logging offline" in proc.stdout + proc.stderr
+    assert json.loads((run_dir / "wandb_run.json").read_text())["mode"] == "offline"
+    assert read_metrics(run_dir)["student"]["test"]["accuracy"] >= 0
