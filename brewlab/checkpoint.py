@@ -60,13 +60,17 @@ class CheckpointStore:
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, final)
-        except OSError as exc:
+        except (OSError, RuntimeError) as exc:  # torch reports some write failures as RuntimeError
             Path(tmp).unlink(missing_ok=True)
             kept = self.files()
+            reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0]
             raise BrewlabError(
-                f"could not write checkpoint {final}: {exc.strerror or exc}; "
+                f"could not write checkpoint {final}: {reason}; "
                 + (f"the previous checkpoint {kept[0].name} is intact" if kept else "no earlier checkpoint exists")
             ) from None
+        except BaseException:  # Ctrl-C while writing: no temporary file left behind
+            Path(tmp).unlink(missing_ok=True)
+            raise
         for old in self.files()[self.keep :]:
             old.unlink(missing_ok=True)
         return final
@@ -89,5 +93,5 @@ class CheckpointStore:
         return None
 
     def clear(self) -> None:
-        for path in self.files():
+        for path in [*self.files(), *self.directory.glob(".step-*.tmp")] if self.directory.is_dir() else []:
             path.unlink(missing_ok=True)

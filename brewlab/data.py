@@ -154,9 +154,9 @@ class TaskMixture:
         starts = dict.fromkeys(self.names, 0)
 
         def start(name: str) -> Iterator[dict[str, Any]]:
-            # the k-th pass over a task's loader in mixture pass e has epoch e*1000+k: a function of
+            # the k-th pass over a task's loader in mixture pass e has epoch e*10^6+k: a function of
             # (e, k) only, so a resumed run shuffles every task's batches as the uninterrupted one
-            set_epoch(self.loaders[name], epoch * 1000 + starts[name])
+            set_epoch(self.loaders[name], epoch * 10**6 + starts[name])
             starts[name] += 1
             return iter(self.loaders[name])
 

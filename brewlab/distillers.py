@@ -432,6 +432,7 @@ class Distiller:
             if checkpoints is None:
                 return
             bad.check(step)  # never save a state that a NaN already reached
+            _check_finite(self.params, step)
             state = {
                 "epoch": next_epoch,
                 "batch": next_batch,
@@ -464,8 +465,8 @@ class Distiller:
 
         for module in self.modules():
             module.train()
-        while step < total and epoch < epochs:
-            batches, epoch_start = len(train_loader), step
+        while step < total:
+            batches = len(train_loader)
             set_epoch(train_loader, epoch)
             if resumed is not None and skip == 0:
                 set_rng_state(resumed["rng"])  # the epoch's shuffle draws come after the saved state
@@ -481,14 +482,14 @@ class Distiller:
                 with autocast():
                     loss, parts = self.compute_loss(batch, step, total)
                 if skip_nonfinite and not bool(torch.isfinite(loss)):
+                    # no gradient from this batch; the rest of its accumulation group still steps
                     skipped += 1
                     log.warning("step %d: non-finite loss %s: batch skipped", step + 1, _terms(parts, loss))
-                    self.optimizer.zero_grad(set_to_none=True)
-                    continue
-                bad.observe(loss, parts, step + 1)
-                scaler.scale(loss / group).backward()
-                for k, v in {**parts, "loss": loss}.items():
-                    running[k] = running.get(k, 0) + v.detach().float() / group
+                else:
+                    bad.observe(loss, parts, step + 1)
+                    scaler.scale(loss / group).backward()
+                    for k, v in {**parts, "loss": loss}.items():
+                        running[k] = running.get(k, 0) + v.detach().float() / group
                 if (i + 1) % accum and i + 1 < batches:
                     continue
                 if parallel:  # data-parallel ranks step with the global batch's gradient
@@ -523,23 +524,31 @@ class Distiller:
                     save(epoch, i + 1)
                 if step >= total:
                     break
-            if step == epoch_start and skip == 0:
-                raise BrewlabError(f"every batch of epoch {epoch + 1} had a non-finite loss: nothing to learn from")
             if step < total or not history or history[-1]["step"] != step:
                 run_eval()
             epoch, skip = epoch + 1, 0
-            if step < total and epoch < epochs:
+            if step < total:
                 save(epoch, 0)
         bar.close()
         seconds = spent + time.perf_counter() - started
         if skipped:
-            log.warning("%d batches with a non-finite loss were skipped (trainer.nonfinite=skip)", skipped)
+            log.warning("%d batch(es) with a non-finite loss were skipped (trainer.nonfinite=skip)", skipped)
         if best[2] is not None:
             for module, state in zip(self.modules(), best[2], strict=True):
                 module.load_state_dict(state)
         for module in self.modules():
             module.eval()
         return FitResult(best[0], best[1], step, seconds, history, values)
+
+
+def _check_finite(params: Sequence[torch.Tensor], step: int) -> None:
+    """A finite loss can still overflow the update: weights are checked before each save."""
+    if not all(bool(torch.isfinite(p).all()) for p in params):
+        raise BrewlabError(
+            f"the student's weights became non-finite by step {step} (the loss itself was finite: an "
+            "overflowing update); stopped, the last checkpoint holds the state before it. Lower optim.lr "
+            "or set trainer.grad_clip"
+        )
 
 
 def _terms(parts: Mapping[str, torch.Tensor], loss: torch.Tensor) -> str:

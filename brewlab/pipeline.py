@@ -32,12 +32,13 @@ TEACHER_META = "brewlab_teacher.json"
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (nlpaug and samplers draw from the first two), and ask torch
-    for deterministic kernels (a warning, not an error, where an op has none)."""
+    """Seed Python, NumPy and torch (nlpaug and samplers draw from the first two), and on the CPU
+    ask torch for deterministic kernels (a warning, not an error, where an op has none)."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    if not torch.cuda.is_available():  # free on the CPU; on a GPU it would cost speed
+        torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -100,6 +101,7 @@ class Prepared:
     rows: dict[str, list[dict[str, Any]]]
     sizes: dict[str, int]
     tokenizer_id: str
+    data_id: str = ""  # hash of the rows, task settings, tokenizer and encoding code
 
 
 # ----------------------------------------------------------------------------- data
@@ -145,24 +147,27 @@ def prepare_task(
             tokenizer.save_pretrained(str(build))
             publish_dir(build, tok_dir)
     tokenizer_id = stable_hash(tokenizer.get_vocab())
-    features = encode_cached(kind, data.splits, tokenizer, task_cfg, cache_dir)
-    return Prepared(kind, data.label_names, tokenizer, features, data.splits, data.sizes(), tokenizer_id)
+    features, data_id = encode_cached(kind, data.splits, tokenizer, task_cfg, cache_dir)
+    return Prepared(kind, data.label_names, tokenizer, features, data.splits, data.sizes(), tokenizer_id, data_id)
 
 
 def encode_cached(
     kind: Any, splits: Mapping[str, list[dict[str, Any]]], tokenizer: Any, task_cfg: Mapping[str, Any], cache_dir: Path
-) -> dict[str, list[dict[str, Any]]]:
-    """Encoded splits, read from the cache when this data set was tokenised before (by any run).
+) -> tuple[dict[str, list[dict[str, Any]]], str]:
+    """Encoded splits and their key, read from the cache when this data set was tokenised before.
 
-    Keyed by the rows themselves, the task settings, the whole tokenizer and the source of the
-    task kind's module, so a change to any of them re-encodes. An unreadable entry (a kill
+    Keyed by the rows themselves, the task settings, the whole tokenizer, the source of the task
+    kinds and the transformers version, so a change to any of them re-encodes. An unreadable entry (a kill
     while writing, a full disk) is reported in one line and rebuilt.
     """
     import pickle
     import sys
 
+    import transformers
+
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    source = Path(sys.modules[kind.__module__].__file__).read_bytes()
+    tasks_dir = Path(sys.modules[kind.__module__].__file__).parent  # the kinds and their shared helpers
+    source = b"".join(f.read_bytes() for f in sorted(tasks_dir.glob("*.py"))) + transformers.__version__.encode()
     key = stable_hash(
         {
             "rows": stable_hash(splits, 24),
@@ -175,16 +180,20 @@ def encode_cached(
     if path.is_file():
         try:
             with path.open("rb") as fh:
-                return pickle.load(fh)
+                return pickle.load(fh), key
         except (OSError, EOFError, pickle.UnpicklingError) as exc:
             log.warning("encoded data cache %s is unreadable (%s): encoding again", path, exc)
     features = {split: kind.encode(rows, tokenizer, task_cfg) for split, rows in splits.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("wb", dir=path.parent, delete=False, suffix=".tmp") as fh:
-        pickle.dump(features, fh, protocol=pickle.HIGHEST_PROTOCOL)
-        tmp = fh.name
-    os.replace(tmp, path)
-    return features
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            pickle.dump(features, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return features, key
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -623,24 +632,28 @@ def check_student_init(cfg: Mapping[str, Any], prep: Prepared) -> None:
 
 # ----------------------------------------------------------------------------- resuming
 
-NOT_TRAINING = ("logger", "resume", "study")  # config keys that do not change what a run computes
+# config keys that do not change what a run computes (a resume may change them)
+NOT_TRAINING = ("logger", "resume", "study", "cache_dir")
+NOT_TRAINING_TRAINER = ("progress", "data_parallel", "checkpoint_every", "checkpoints_kept", "log_every", "nonfinite")
 
 
 def run_fingerprint(cfg: Mapping[str, Any]) -> str:
     """Hash of everything that shapes a run's results: a checkpoint or a finished run counts as
     this run's only when it matches."""
     kept = {k: v for k, v in cfg.items() if k not in NOT_TRAINING}
-    kept["trainer"] = {k: v for k, v in cfg["trainer"].items() if k not in ("progress", "data_parallel")}
+    kept["trainer"] = {k: v for k, v in cfg["trainer"].items() if k not in NOT_TRAINING_TRAINER}
     return stable_hash(kept)
 
 
-def checkpoint_store(cfg: Mapping[str, Any], run_dir: Path) -> Any | None:
-    """The run directory's checkpoints (none under torchrun, whose ranks share no directory)."""
+def checkpoint_store(cfg: Mapping[str, Any], run_dir: Path, preps: Sequence[Prepared]) -> Any | None:
+    """The run directory's checkpoints (none under torchrun, whose ranks share no directory),
+    tied to the config and to the encoded data (`preps`), whose cached teacher logits they hold."""
     from brewlab.checkpoint import CheckpointStore
 
     if cfg["trainer"].get("data_parallel"):
         return None
-    store = CheckpointStore(run_dir / "checkpoints", run_fingerprint(cfg), keep=int(cfg["trainer"].get("checkpoints_kept", 2)))
+    fingerprint = stable_hash([run_fingerprint(cfg), *(p.data_id for p in preps)])
+    store = CheckpointStore(run_dir / "checkpoints", fingerprint, keep=int(cfg["trainer"].get("checkpoints_kept", 2)))
     if cfg.get("resume", "auto") is False:
         store.clear()  # resume=false: this directory starts over
     return store
@@ -747,7 +760,7 @@ def run(cfg: Mapping[str, Any], run_dir: Path, tracker: Any) -> dict[str, Any]:
     # a compiled student trains faster; it shares its parameters with `student`, which is saved
     trained = torch.compile(student) if trainer_cfg.get("compile") else student
     distiller = build_distiller(name, cfg, trained, teacher_models, prep, cfg["loss"], trainer_cfg, tracker)
-    checkpoints = checkpoint_store(cfg, run_dir)
+    checkpoints = checkpoint_store(cfg, run_dir, [prep])
     result = train_loop(distiller, prep, trainer_cfg, seed, device, progress, augmented and augmented[0], checkpoints)
     if not is_main():  # the other data-parallel ranks hold the same student: rank 0 measures and saves
         return {}
@@ -844,7 +857,7 @@ def run_multi_task(cfg: Mapping[str, Any], run_dir: Path, tracker: Any) -> dict[
         evaluate=dev_scores,
         main_metric="score",
         progress=bool(trainer_cfg.get("progress", True)) and is_main(),
-        checkpoints=checkpoint_store(cfg, run_dir),
+        checkpoints=checkpoint_store(cfg, run_dir, list(preps.values())),
     )
     if not is_main():
         return {}
@@ -941,7 +954,7 @@ def run_job(cfg: Any) -> float:
         plain["trainer"]["data_parallel"] = world()[1] > 1
         if not is_main():  # one W&B run and one set of outputs, from rank 0
             plain["logger"] = {"name": "none"}
-        done = finished_run(plain, run_dir) if is_main() else None
+        done = finished_run(plain, run_dir) if not plain["trainer"]["data_parallel"] else None
         if done is not None:
             print(summary_table(done))
             print(f"outputs: {run_dir} (this run had already finished here; resume=false runs it again)")

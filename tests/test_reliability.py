@@ -130,7 +130,7 @@ def test_a_full_disk_while_saving_leaves_the_previous_checkpoint_valid(tmp_path,
     assert store.latest()["value"] == 1
 
 
-def test_a_nan_loss_stops_naming_its_step_and_terms_and_keeps_the_checkpoints(tmp_path, monkeypatch):
+def test_a_nan_loss_stops_naming_its_step_and_terms_and_keeps_the_checkpoints(tmp_path, monkeypatch, caplog):
     store = CheckpointStore(tmp_path, "cfg")
     real, calls = DISTILLERS.get("basic").compute_loss, []
 
@@ -147,7 +147,8 @@ def test_a_nan_loss_stops_naming_its_step_and_terms_and_keeps_the_checkpoints(tm
     assert [p.name for p in store.files()] == ["step-00000005.pt", "step-00000004.pt"]  # nothing after the NaN
     calls.clear()
     result, _, params = fit(None, nonfinite="skip")
-    assert result.steps == 23 and all(torch.isfinite(p).all() for p in params)  # one batch skipped
+    assert result.steps == 24 and all(torch.isfinite(p).all() for p in params)
+    assert "1 batch(es) with a non-finite loss were skipped" in caplog.text
 
 
 def run(args: list[str], **kwargs) -> subprocess.CompletedProcess:
