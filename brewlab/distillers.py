@@ -504,7 +504,7 @@ class Distiller:
                 if scaler.get_scale() >= scale:  # fp16: a step skipped for overflow keeps its learning rate
                     scheduler.step()
                 step += 1
-                if step % log_every == 0 or step == total:
+                if (step % log_every == 0 or step == total) and running:  # (empty: every batch skipped)
                     # the only host sync of the loop: once per log interval, not per step
                     n = (step - 1) % log_every + 1
                     values = {k: float(v) / n for k, v in running.items()}
