@@ -530,9 +530,13 @@ def get_teacher(
     )
     directory = cache_dir / "teachers" / f"{cfg['task']['name']}-{key}"
     if (directory / TEACHER_META).is_file():
-        model = load_pretrained(str(directory), prep.kind, num_labels, attn, key="teacher cache")
-        log.info("teacher: reused cache %s", directory)
-        return model.to(device).eval(), "cache", directory
+        try:
+            model = load_pretrained(str(directory), prep.kind, num_labels, attn, key="teacher cache")
+        except Exception as exc:  # noqa: BLE001 - damaged after it was published (any reader's error type)
+            log.warning("teacher cache %s is unreadable (%s): training it again", directory, str(exc).splitlines()[0])
+        else:
+            log.info("teacher: reused cache %s", directory)
+            return model.to(device).eval(), "cache", directory
     log.info("teacher: training %s (cache key %s)", f"from {base}" if base else "from scratch", key)
     torch.manual_seed(int(t_cfg.get("seed", 0)))
     if base is None:

@@ -187,3 +187,15 @@ def test_online_wandb_without_credentials_falls_back_to_offline(cli, tmp_path):
     assert "no API key is set (wandb login): logging offline" in proc.stdout + proc.stderr
     assert json.loads((run_dir / "wandb_run.json").read_text())["mode"] == "offline"
     assert read_metrics(run_dir)["student"]["test"]["accuracy"] >= 0
+
+
+def test_a_damaged_teacher_cache_is_reported_and_trained_again(cli, tmp_path):
+    cache = tmp_path / "cache"
+    cli("debug=smoke", "logger=none", name="first", cache=cache)
+    (entry,) = (cache / "teachers").iterdir()
+    weights = entry / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # a disk error, an interrupted copy
+    proc, run_dir = cli("debug=smoke", "logger=none", name="second", cache=cache)
+    assert f"teacher cache {entry} is unreadable" in proc.stdout + proc.stderr
+    assert read_metrics(run_dir)["teacher"]["source"] == "trained"
+    assert weights.stat().st_size > 1000  # published again, whole
