@@ -10,9 +10,7 @@ unrelated run.
 from __future__ import annotations
 
 import logging
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ import numpy as np
 import torch
 
 from brewlab.errors import BrewlabError
+from brewlab.files import atomic_open
 
 log = logging.getLogger("brewlab")
 
@@ -51,26 +50,17 @@ class CheckpointStore:
 
     def save(self, state: dict[str, Any], step: int) -> Path:
         """Write atomically; on failure (e.g. a full disk) the earlier checkpoints stay valid."""
-        self.directory.mkdir(parents=True, exist_ok=True)
         final = self.directory / f"step-{step:08d}.pt"
-        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".step-", suffix=".tmp")
         try:
-            with os.fdopen(fd, "wb") as fh:
+            with atomic_open(final, "wb", prefix=".step-", fsync=True) as fh:
                 torch.save({"fingerprint": self.fingerprint, "step": step, **state}, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, final)
         except (OSError, RuntimeError) as exc:  # torch reports some write failures as RuntimeError
-            Path(tmp).unlink(missing_ok=True)
             kept = self.files()
             reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0]
             raise BrewlabError(
                 f"could not write checkpoint {final}: {reason}; "
                 + (f"the previous checkpoint {kept[0].name} is intact" if kept else "no earlier checkpoint exists")
             ) from None
-        except BaseException:  # Ctrl-C while writing: no temporary file left behind
-            Path(tmp).unlink(missing_ok=True)
-            raise
         for old in self.files()[self.keep :]:
             old.unlink(missing_ok=True)
         return final

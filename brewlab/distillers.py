@@ -574,7 +574,7 @@ class _FirstNonFinite:
 
     def check(self, step: int) -> None:
         if self.step is not None and int(self.step) > 0:
-            terms = ", ".join(f"{k}={float(v):.4g}" for k, v in self.parts.items())
+            terms = _terms(self.parts, self.parts["loss"])
             raise BrewlabError(
                 f"the loss became non-finite at step {int(self.step)} ({terms}); stopped before step {step} "
                 "was saved, the last checkpoint holds the state before it. Lower optim.lr, set trainer.grad_clip, "

@@ -24,6 +24,7 @@ import torch
 
 from brewlab.config import stable_hash
 from brewlab.errors import BrewlabError
+from brewlab.files import atomic_open
 from brewlab.parallel import is_main, main_first
 
 log = logging.getLogger("brewlab")
@@ -43,11 +44,8 @@ def seed_everything(seed: int) -> None:
 
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write to a temporary file then rename, so a kill never leaves a truncated file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp", encoding="utf-8") as fh:
+    with atomic_open(path, "w") as fh:
         json.dump(data, fh, indent=2, ensure_ascii=False)
-        tmp = fh.name
-    os.replace(tmp, path)
 
 
 def publish_dir(build: Path, final: Path) -> None:
@@ -184,15 +182,8 @@ def encode_cached(
         except (OSError, EOFError, pickle.UnpicklingError) as exc:
             log.warning("encoded data cache %s is unreadable (%s): encoding again", path, exc)
     features = {split: kind.encode(rows, tokenizer, task_cfg) for split, rows in splits.items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            pickle.dump(features, fh, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "wb") as fh:
+        pickle.dump(features, fh, protocol=pickle.HIGHEST_PROTOCOL)
     return features, key
 
 

@@ -264,14 +264,10 @@ def _carve_splits(raw: dict[str, list[Example]], split_cfg: Mapping) -> dict[str
 def write_text_atomic(path: str | Path, text: str) -> None:
     """Write to a temporary file beside `path`, then rename: a kill never leaves a truncated
     file that a later run would read as complete."""
-    import os
-    import tempfile
+    from brewlab.files import atomic_open
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp", encoding="utf-8") as fh:
+    with atomic_open(path, "w") as fh:
         fh.write(text)
-    os.replace(fh.name, path)
 
 
 def write_jsonl(rows: Sequence[Example], path: str | Path) -> None:
