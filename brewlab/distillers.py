@@ -215,32 +215,62 @@ def build_projections(matches: Sequence[MatchTerm], teacher: Any, student: Any) 
 class TeacherCache:
     """Teacher logits per training example, reused across epochs when inputs repeat exactly.
 
-    Rows are stored unpadded on the CPU (cut at the example's length along the task kind's
-    `seq_axis`) so examples can be regrouped into differently padded batches later.
+    Rows are stored unpadded (cut at the example's length along the task kind's `seq_axis`) so
+    examples can be regrouped into differently padded batches later. They are packed into a few
+    large flat buffers rather than kept as one small tensor each: thousands of small long-lived
+    allocations scattered between freed activations fragment the heap and keep it resident
+    (measured by `scripts/bench.py`'s memory figure).
     """
 
+    SLAB = 1 << 20  # elements per buffer (4 MiB of fp32)
+
     def __init__(self, seq_axis: int | None, pad_value: float) -> None:
-        self.rows: dict[int, torch.Tensor] = {}
         self.axis = seq_axis
         self.pad_value = pad_value
+        self.slabs: list[torch.Tensor] = []
+        self.where: dict[int, tuple[int, int, tuple[int, ...]]] = {}  # idx -> (slab, offset, shape)
+        self.used = 0  # elements filled in the last slab
+
+    def __len__(self) -> int:
+        return len(self.where)
+
+    def _row(self, key: int) -> torch.Tensor:
+        slab, offset, shape = self.where[key]
+        return self.slabs[slab].narrow(0, offset, math.prod(shape)).view(shape)
 
     def get(self, idx: torch.Tensor, like: torch.Tensor) -> torch.Tensor | None:
         keys = idx.tolist()
-        if not all(k in self.rows for k in keys):
+        if not all(k in self.where for k in keys):
             return None
         if self.axis is None:
-            return torch.stack([self.rows[k] for k in keys]).to(like.device)
+            return torch.stack([self._row(k) for k in keys]).to(like.device, like.dtype)
         out = torch.full(like.shape, self.pad_value, dtype=like.dtype)
         for i, k in enumerate(keys):
-            row = self.rows[k]
+            row = self._row(k)
             out[i].narrow(self.axis, 0, row.shape[self.axis]).copy_(row)
         return out.to(like.device)
 
     def put(self, idx: torch.Tensor, logits: torch.Tensor, mask: torch.Tensor) -> None:
         lengths = mask.sum(-1).tolist()
+        logits = logits.detach().cpu()
         for i, k in enumerate(idx.tolist()):
             row = logits[i] if self.axis is None else logits[i].narrow(self.axis, 0, int(lengths[i]))
-            self.rows[k] = row.detach().cpu().clone()
+            size = row.numel()
+            if not self.slabs or self.used + size > self.slabs[-1].numel():
+                self.slabs.append(torch.empty(max(self.SLAB, size), dtype=logits.dtype))
+                self.used = 0
+            self.slabs[-1].narrow(0, self.used, size).copy_(row.reshape(-1))
+            self.where[k] = (len(self.slabs) - 1, self.used, tuple(row.shape))
+            self.used += size
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint keeps: only the filled part of the last buffer."""
+        slabs = [*self.slabs[:-1], self.slabs[-1][: self.used].clone()] if self.slabs else []
+        return {"slabs": slabs, "where": self.where}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.slabs, self.where = list(state["slabs"]), dict(state["where"])
+        self.used = self.slabs[-1].numel() if self.slabs else 0  # a resumed last buffer is full
 
 
 # ----------------------------------------------------------------------------- distillers
@@ -419,9 +449,9 @@ class Distiller:
             self.optimizer.load_state_dict(resumed["optimizer"])
             scheduler.load_state_dict(resumed["scheduler"])
             scaler.load_state_dict(resumed["scaler"])
-            for cache, rows in zip(self.caches(), resumed["teacher_caches"], strict=True):
-                if cache is not None and rows is not None:
-                    cache.rows = rows
+            for cache, cached in zip(self.caches(), resumed["teacher_caches"], strict=True):
+                if cache is not None and cached is not None:
+                    cache.load_state_dict(cached)
             step, epoch, skip, skipped = resumed["step"], resumed["epoch"], resumed["batch"], resumed["skipped"]
             best, history, running, values = resumed["best"], resumed["history"], resumed["running"], resumed["values"]
             spent = resumed["train_seconds"]
@@ -441,7 +471,7 @@ class Distiller:
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(),
-                "teacher_caches": [c.rows if c is not None else None for c in self.caches()],
+                "teacher_caches": [c.state_dict() if c is not None else None for c in self.caches()],
                 "best": best,
                 "history": history,
                 "running": running,

@@ -9,7 +9,7 @@ from transformers import BertConfig, BertForSequenceClassification
 
 from brewlab.adaptors import HFAdaptor
 from brewlab.config import Shape
-from brewlab.distillers import DISTILLERS, build_projections, parse_objective, uniform_pairs
+from brewlab.distillers import DISTILLERS, TeacherCache, build_projections, parse_objective, uniform_pairs
 from brewlab.errors import BrewlabError
 from brewlab.models import count_parameters, init_from_teacher_layers
 from brewlab.schedulers import build_schedules
@@ -150,7 +150,7 @@ def test_cached_teacher_outputs_give_the_same_losses():
         l1, _ = cached.compute_loss(b, 0, 10)
         l2, _ = plain.compute_loss(b, 0, 10)
         assert torch.allclose(l1, l2)
-    assert len(cached.cache.rows) == 4 and plain.cache is None
+    assert len(cached.cache) == 4 and plain.cache is None
 
 
 def hidden_term(weight: float) -> dict:
@@ -193,3 +193,28 @@ def test_trainer_uses_labels_only():
     total, parts = d.compute_loss(batch(), 0, 10)
     assert set(parts) == {"hard"} and d.teacher is None
     assert torch.allclose(total, parts["hard"])
+
+
+def test_teacher_cache_packs_rows_and_survives_a_checkpoint(monkeypatch):
+    """Token-level rows of different lengths spread over several buffers come back padded
+    exactly as they went in, also after a state_dict round trip (a resumed run)."""
+    monkeypatch.setattr(TeacherCache, "SLAB", 40)  # a few rows per buffer
+    cache = TeacherCache(seq_axis=0, pad_value=-7.0)
+    gen = torch.Generator().manual_seed(0)
+    batches = []
+    for b in range(3):
+        lengths = torch.tensor([5, 3, 6, 1])
+        mask = (torch.arange(6)[None, :] < lengths[:, None]).long()
+        logits = torch.randn(4, 6, 3, generator=gen)
+        idx = torch.arange(4) + 4 * b
+        cache.put(idx, logits, mask)
+        batches.append((idx, torch.where(mask[..., None].bool(), logits, torch.tensor(-7.0))))
+    assert len(cache) == 12 and len(cache.slabs) > 2
+    restored = TeacherCache(seq_axis=0, pad_value=-7.0)
+    restored.load_state_dict(cache.state_dict())
+    for idx, expected in batches:
+        assert torch.equal(cache.get(idx, expected), expected)
+        assert torch.equal(restored.get(idx, expected), expected)
+    assert cache.get(torch.tensor([0, 99]), batches[0][1]) is None  # one row never seen
+    restored.put(torch.tensor([50]), torch.ones(1, 6, 3), torch.ones(1, 6))  # appends after a resume
+    assert torch.equal(restored.get(torch.tensor([50]), torch.zeros(1, 6, 3)), torch.ones(1, 6, 3))

@@ -181,3 +181,24 @@ def test_pretrain_general_distill_and_task_stage_end_to_end(cli, tmp_path):
                   expect_ok=False, cache=cache_dir, name="mismatch")
     assert proc.returncode == 2 and "student.init_from=" in proc.stderr and "another vocabulary" in proc.stderr
     assert "teacher: training" not in proc.stdout + proc.stderr  # refused before any teacher work
+
+
+@pytest.mark.parametrize(
+    ("task", "metric", "floor"), [("reviews_zh", "test_accuracy", 60.0), ("pd98_ner", "test_entity_f1", 25.0)]
+)
+def test_linear_baseline_scores_both_task_kinds(task, metric, floor):
+    """The evidence table's linear row: it fits on train, picks its regularisation on
+    validation and prints a test score well above chance on a small slice."""
+    import re
+    import subprocess
+    import sys
+
+    limits = ["task.limit.train=300", "task.limit.validation=60", "task.limit.test=60"]
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "linear_baseline.py"), f"task={task}", *limits],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "sizes={'train': 300, 'validation': 60, 'test': 60}" in proc.stdout
+    score = float(re.search(rf"{metric}=([\d.]+)", proc.stdout).group(1))
+    assert floor < score <= 100.0  # chance is 50% accuracy / ~0 entity F1
