@@ -42,6 +42,24 @@ def seed_everything(seed: int) -> None:
         torch.use_deterministic_algorithms(True, warn_only=True)
 
 
+def limit_heap_fragmentation(threshold_kb: int | None) -> bool:
+    """Serve every allocation above `threshold_kb` from its own mmap, handed back to the OS when
+    freed. glibc otherwise raises that threshold after the first large free, so activations of
+    the many shapes that dynamic padding makes are carved out of one heap that fragments and
+    stays resident (peak RSS +40% over two epochs in `scripts/bench.py`). False where the C
+    library is not glibc or `threshold_kb` is null: the allocator is left as it is."""
+    if threshold_kb is None:
+        return False
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(-3, int(threshold_kb) * 1024))  # -3: M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        return False
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write to a temporary file then rename, so a kill never leaves a truncated file."""
     with atomic_open(path, "w") as fh:
@@ -629,7 +647,7 @@ def check_student_init(cfg: Mapping[str, Any], prep: Prepared) -> None:
 
 # config keys that do not change what a run computes (a resume may change them)
 NOT_TRAINING = ("logger", "resume", "study", "cache_dir")
-NOT_TRAINING_TRAINER = ("progress", "data_parallel", "checkpoint_every", "checkpoints_kept", "log_every", "nonfinite")
+NOT_TRAINING_TRAINER = ("progress", "data_parallel", "checkpoint_every", "checkpoints_kept", "log_every", "nonfinite", "mmap_threshold_kb")
 
 
 def run_fingerprint(cfg: Mapping[str, Any]) -> str:
@@ -967,6 +985,7 @@ def run_job(cfg: Any) -> float:
             group=group,
             resume=plain.get("resume", "auto") is not False and any((run_dir / "checkpoints").glob("step-*.pt")),
         )
+        limit_heap_fragmentation(plain["trainer"].get("mmap_threshold_kb"))
         seed_everything(int(plain["seed"]))
         metrics = run(plain, run_dir, tracker)
         if not is_main():

@@ -136,3 +136,13 @@ def test_benchmark_rejects_unknown_parts():
         text=True,
     )
     assert proc.returncode == 2 and "--parts: unknown speed" in proc.stderr
+
+
+def test_heap_fragmentation_limit_is_set_through_glibc_or_left_alone():
+    import platform
+
+    from brewlab.pipeline import limit_heap_fragmentation
+
+    assert limit_heap_fragmentation(None) is False  # null: allocator untouched
+    if platform.libc_ver()[0] == "glibc":
+        assert limit_heap_fragmentation(128) is True  # mallopt accepted the threshold
