@@ -182,8 +182,8 @@ def _check_trainer(trainer: Mapping[str, Any]) -> None:
     if trainer.get("checkpoint_every") is not None:
         _check_number("trainer.checkpoint_every", trainer["checkpoint_every"], 1)
     _check_number("trainer.checkpoints_kept", trainer.get("checkpoints_kept", 2), 1)
-    if trainer.get("mmap_threshold_kb") is not None:
-        _check_number("trainer.mmap_threshold_kb", trainer["mmap_threshold_kb"], 1)
+    if trainer.get("heap_trim_every_s") is not None:
+        _check_number("trainer.heap_trim_every_s", trainer["heap_trim_every_s"], 0, inclusive=False)
 
 
 def _check_tasks(cfg: Mapping[str, Any]) -> None:

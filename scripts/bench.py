@@ -280,7 +280,7 @@ def realdata_child(contender: str, overrides: list[str]) -> dict[str, Any]:
         build_student,
         evaluate,
         get_teacher,
-        limit_heap_fragmentation,
+        keep_heap_compact,
         prepare_task,
         seed_everything,
         teacher_base,
@@ -323,7 +323,7 @@ def realdata_child(contender: str, overrides: list[str]) -> dict[str, Any]:
 
     if contender == "brewlab":
         trainer = cfg["trainer"]
-        limit_heap_fragmentation(trainer.get("mmap_threshold_kb"))  # what run.py does at startup
+        keep_heap_compact(trainer.get("heap_trim_every_s"))  # what run.py does at startup
         distiller = build_distiller(cfg["distiller"]["name"], cfg, student, [teacher], prep, cfg["loss"], trainer, tracker)
         loader = make_loader(prep.features["train"], int(trainer["batch_size"]), prep.tokenizer.pad_token_id,
                              int(cfg["seed"]), True)
