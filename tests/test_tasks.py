@@ -94,3 +94,19 @@ def test_pad_collator_pads_to_longest():
     )
     assert batch["input_ids"].tolist() == [[2, 5, 3], [2, 3, 0]]
     assert batch["labels"].tolist() == [1, 0]
+
+
+def test_pad_collator_rounds_widths_up_but_never_past_the_cap():
+    rows = [{"input_ids": [2] + [7] * 9, "labels": [-100] + [1] * 9}, {"input_ids": [2, 3], "labels": [-100, 0]}]
+    batch = PadCollator(pad_token_id=0, multiple=8)(rows)
+    assert batch["input_ids"].shape == (2, 16) and batch["labels"][1].tolist() == [-100, 0] + [-100] * 14
+    assert PadCollator(pad_token_id=0, multiple=8, cap=12)(rows)["input_ids"].shape == (2, 12)
+    assert PadCollator(pad_token_id=0, multiple=8, cap=4)(rows)["input_ids"].shape == (2, 10)  # never cuts
+
+
+def test_training_loader_batches_have_few_distinct_widths():
+    from brewlab.data import PAD_MULTIPLE, make_loader
+
+    features = [{"input_ids": list(range(n)), "idx": i} for i, n in enumerate(range(1, 62))]
+    widths = {b["input_ids"].shape[1] for b in make_loader(features, 4, 0, seed=0, train=True)}
+    assert all(w % PAD_MULTIPLE == 0 or w == 61 for w in widths) and max(widths) == 61
