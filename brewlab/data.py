@@ -58,25 +58,30 @@ def set_epoch(batches: Any, epoch: int) -> None:
 
 
 class PadCollator:
-    """Pads every sequence field to the longest in the batch (labels with -100), rounded up to a
-    multiple of `multiple` but never past `cap` (the data set's longest example, which fits the
-    model); keys starting with "_" are per-example metadata (offsets, ids) and stay out of the
-    batch."""
+    """Pads every sequence field to the longest in the batch (labels with -100). Fields aligned
+    with `input_ids` are padded to a width rounded up to a multiple of `multiple`, never past
+    `cap` (the data set's longest example, which fits the model); others (span positions) keep
+    their own longest. Keys starting with "_" are per-example metadata and stay out."""
 
     def __init__(self, pad_token_id: int, multiple: int = 1, cap: int | None = None) -> None:
         self.pad = {"input_ids": pad_token_id, "labels": -100}
         self.multiple, self.cap = multiple, cap
 
+    def _token_width(self, rows: list[dict[str, Any]]) -> int:
+        longest = max(len(r["input_ids"]) for r in rows)
+        width = -(-longest // self.multiple) * self.multiple
+        return max(longest, min(width, self.cap)) if self.cap is not None else width
+
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         batch: dict[str, torch.Tensor] = {}
+        tokens = self._token_width(rows) if "input_ids" in rows[0] else None
         for key in rows[0]:
             if key.startswith("_"):
                 continue
             values = [r[key] for r in rows]
             if isinstance(values[0], (list, tuple)):
-                longest = max(len(v) for v in values)
-                width = -(-longest // self.multiple) * self.multiple
-                width = max(longest, min(width, self.cap)) if self.cap is not None else width
+                aligned = tokens is not None and all(len(v) == len(r["input_ids"]) for v, r in zip(values, rows, strict=True))
+                width = tokens if aligned else max(len(v) for v in values)
                 fill = self.pad.get(key, 0)
                 batch[key] = torch.tensor([list(v) + [fill] * (width - len(v)) for v in values])
             else:

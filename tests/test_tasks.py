@@ -110,3 +110,9 @@ def test_training_loader_batches_have_few_distinct_widths():
     features = [{"input_ids": list(range(n)), "idx": i} for i, n in enumerate(range(1, 62))]
     widths = {b["input_ids"].shape[1] for b in make_loader(features, 4, 0, seed=0, train=True)}
     assert all(w % PAD_MULTIPLE == 0 or w == 61 for w in widths) and max(widths) == 61
+
+
+def test_pad_collator_leaves_span_positions_at_their_own_width():
+    rows = [{"input_ids": [2, 7, 7, 3], "labels": [1, 2]}, {"input_ids": [2, 3], "labels": [0, 0]}]
+    batch = PadCollator(pad_token_id=0, multiple=8)(rows)
+    assert batch["input_ids"].shape == (2, 8) and batch["labels"].tolist() == [[1, 2], [0, 0]]
