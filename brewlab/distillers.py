@@ -254,14 +254,16 @@ class TeacherCache:
         lengths = mask.sum(-1).tolist()
         logits = logits.detach().cpu()
         for i, k in enumerate(idx.tolist()):
-            row = logits[i] if self.axis is None else logits[i].narrow(self.axis, 0, int(lengths[i]))
-            size = row.numel()
-            if not self.slabs or self.used + size > self.slabs[-1].numel():
-                self.slabs.append(torch.empty(max(self.SLAB, size), dtype=logits.dtype))
-                self.used = 0
-            self.slabs[-1].narrow(0, self.used, size).copy_(row.reshape(-1))
-            self.where[k] = (len(self.slabs) - 1, self.used, tuple(row.shape))
-            self.used += size
+            self._append(k, logits[i] if self.axis is None else logits[i].narrow(self.axis, 0, int(lengths[i])))
+
+    def _append(self, key: int, row: torch.Tensor) -> None:
+        size = row.numel()
+        if not self.slabs or self.used + size > self.slabs[-1].numel():
+            self.slabs.append(torch.empty(max(self.SLAB, size), dtype=row.dtype))
+            self.used = 0
+        self.slabs[-1].narrow(0, self.used, size).copy_(row.reshape(-1))
+        self.where[key] = (len(self.slabs) - 1, self.used, tuple(row.shape))
+        self.used += size
 
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint keeps: only the filled part of the last buffer."""
@@ -269,6 +271,12 @@ class TeacherCache:
         return {"slabs": slabs, "where": self.where}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a checkpoint's cache; also accepts the older layout (`{idx: row}`), repacked."""
+        if "slabs" not in state:
+            self.slabs, self.where, self.used = [], {}, 0
+            for key, row in state.items():
+                self._append(int(key), row)
+            return
         self.slabs, self.where = list(state["slabs"]), dict(state["where"])
         self.used = self.slabs[-1].numel() if self.slabs else 0  # a resumed last buffer is full
 

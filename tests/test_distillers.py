@@ -218,3 +218,14 @@ def test_teacher_cache_packs_rows_and_survives_a_checkpoint(monkeypatch):
     assert cache.get(torch.tensor([0, 99]), batches[0][1]) is None  # one row never seen
     restored.put(torch.tensor([50]), torch.ones(1, 6, 3), torch.ones(1, 6))  # appends after a resume
     assert torch.equal(restored.get(torch.tensor([50]), torch.zeros(1, 6, 3)), torch.ones(1, 6, 3))
+
+
+def test_teacher_cache_reads_checkpoints_of_the_older_row_layout():
+    """Checkpoints written before rows were packed hold `{idx: row}`; a resume must read them."""
+    rows = {0: torch.tensor([[1.0, 2.0], [3.0, 4.0]]), 7: torch.tensor([[5.0, 6.0]])}
+    cache = TeacherCache(seq_axis=0, pad_value=-1.0)
+    cache.load_state_dict(rows)
+    got = cache.get(torch.tensor([7, 0]), torch.zeros(2, 3, 2))
+    assert got.tolist() == [[[5, 6], [-1, -1], [-1, -1]], [[1, 2], [3, 4], [-1, -1]]]
+    cache.put(torch.tensor([9]), torch.full((1, 3, 2), 8.0), torch.tensor([[1, 1, 0]]))
+    assert len(cache) == 3 and cache.get(torch.tensor([9]), torch.zeros(1, 2, 2)).tolist() == [[[8, 8], [8, 8]]]
