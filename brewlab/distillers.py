@@ -238,7 +238,11 @@ class TeacherCache:
         slab, offset, shape = self.where[key]
         return self.slabs[slab].narrow(0, offset, math.prod(shape)).view(shape)
 
+    def has(self, idx: torch.Tensor) -> bool:
+        return all(k in self.where for k in idx.tolist())
+
     def get(self, idx: torch.Tensor, like: torch.Tensor) -> torch.Tensor | None:
+        """The cached rows of `idx` padded to `like`'s shape, or None if one was never cached."""
         keys = idx.tolist()
         if not all(k in self.where for k in keys):
             return None
@@ -337,6 +341,10 @@ class Distiller:
         self, batch: Mapping[str, torch.Tensor], step: int, total: int
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         obj = self.objective
+        wants_teacher = self.teacher is not None and bool(obj.logit_terms or obj.matches)
+        # the teacher runs first: its no-grad activations are freed before the student builds its
+        # graph, which then reuses that memory instead of growing the heap (fewer page faults)
+        t_view = self._teacher_outputs(batch) if wants_teacher else None
         s_view = self.student(batch, hidden=obj.needs_hidden, attention=obj.needs_attention)
         parts: dict[str, torch.Tensor] = {}
         total_loss = s_view.logits.new_zeros(())
@@ -344,9 +352,9 @@ class Distiller:
         if hard_w > 0 and s_view.labels is not None:
             parts["hard"] = self.kind.supervised_loss(s_view.logits, s_view.labels)
             total_loss = total_loss + hard_w * parts["hard"]
-        if self.teacher is None or not (obj.logit_terms or obj.matches):
+        if not wants_teacher:
             return total_loss, parts  # labels only: no teacher forward at all
-        t_logits, t_view = self._teacher_outputs(batch, s_view)
+        t_logits = t_view.logits if t_view is not None else self.cache.get(batch["idx"], s_view.logits)
         if self.schedules.probability_shift and s_view.labels is not None:
             t_logits = probability_shift(t_logits, s_view.labels)
         kd_w = self.schedules.kd_weight(step, total)
@@ -358,27 +366,27 @@ class Distiller:
                 )
                 parts[term.name] = value
                 total_loss = total_loss + kd_w * term.weight * value
+        mask = _padding_mask(s_view.mask) if obj.matches else None
         for term in obj.matches:
-            value = self._match(term, s_view, t_view)
+            value = self._match(term, s_view, t_view, mask)
             parts[term.name] = value
             total_loss = total_loss + term.weight * value
         return total_loss, parts
 
-    def _teacher_outputs(
-        self, batch: Mapping[str, torch.Tensor], s_view: ModelView
-    ) -> tuple[torch.Tensor, ModelView | None]:
-        if self.cache is not None and "idx" in batch:
-            cached = self.cache.get(batch["idx"], s_view.logits)
-            if cached is not None:
-                return cached, None
+    def _teacher_outputs(self, batch: Mapping[str, torch.Tensor]) -> ModelView | None:
+        """The teacher's view of `batch`, or None when all its logits are cached (read later)."""
+        if self.cache is not None and "idx" in batch and self.cache.has(batch["idx"]):
+            return None
         obj = self.objective
         with torch.no_grad():
             t_view = self.teacher(batch, hidden=obj.needs_hidden, attention=obj.needs_attention)
         if self.cache is not None and "idx" in batch:
             self.cache.put(batch["idx"], t_view.logits, batch["attention_mask"])
-        return t_view.logits, t_view
+        return t_view
 
-    def _match(self, term: MatchTerm, s_view: ModelView, t_view: ModelView | None) -> torch.Tensor:
+    def _match(
+        self, term: MatchTerm, s_view: ModelView, t_view: ModelView | None, mask: torch.Tensor | None
+    ) -> torch.Tensor:
         s_feats = getattr(s_view, term.feature)
         t_feats = getattr(t_view, term.feature)
         fn = MATCH_LOSSES.get(term.fn_name)
@@ -387,9 +395,9 @@ class Distiller:
             s_parts = [self._project(term, layer, s_feats[layer]) for layer in _layers_of(s_layer)]
             t_parts = [t_feats[layer] for layer in _layers_of(t_layer)]
             if isinstance(s_layer, tuple):
-                values.append(fn(tuple(s_parts), tuple(t_parts), mask=s_view.mask))
+                values.append(fn(tuple(s_parts), tuple(t_parts), mask=mask))
             else:
-                values.append(fn(s_parts[0], t_parts[0], mask=s_view.mask))
+                values.append(fn(s_parts[0], t_parts[0], mask=mask))
         return torch.stack(values).mean()
 
     def _project(self, term: MatchTerm, layer: int, feature: torch.Tensor) -> torch.Tensor:
@@ -577,6 +585,14 @@ class Distiller:
         for module in self.modules():
             module.eval()
         return FitResult(best[0], best[1], step, seconds, history, values)
+
+
+def _padding_mask(mask: torch.Tensor) -> torch.Tensor | None:
+    """The attention mask, or None when nothing in the batch is padded so the match losses skip
+    their selects. Only CPU batches are checked: on an accelerator the check is a host sync."""
+    if mask.device.type == "cpu" and bool(mask.all()):
+        return None
+    return mask
 
 
 def _check_finite(params: Sequence[torch.Tensor], step: int) -> None:

@@ -8,7 +8,9 @@ shared by every function here:
 * masks are 0/1 or bool tensors with 1 = valid position; masked positions are zeroed before
   any arithmetic, so whatever they hold (even inf/nan) changes neither loss nor gradient;
 * reductions are means over valid elements only, so the loss scale does not depend on how
-  much padding a batch carries (an all-masked batch gives 0, not nan).
+  much padding a batch carries (an all-masked batch gives 0, not nan);
+* `mask=None` means every position is valid and skips the selects altogether: on fixed-length
+  batches they cost several percent of a step (measured by `scripts/bench.py`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from brewlab.errors import BrewlabError
 from brewlab.registry import Registry
 
 Temperature = float | Tensor
+Valid = Tensor | None  # bool validity; None = all valid
 Feature = Tensor | Sequence[Tensor]
 LogitLoss = Callable[..., Tensor]
 MatchLoss = Callable[..., Tensor]
@@ -37,25 +40,32 @@ __all__ = ["LOGIT_LOSSES", "MATCH_LOSSES", "TEACHER_COMBINERS", "probability_shi
 # --------------------------------------------------------------------------- helpers
 
 
-def _valid(mask: Tensor | None, shape: torch.Size, device: torch.device, what: str) -> Tensor:
-    """Bool validity tensor of `shape` (all True when `mask` is None); checks the mask shape."""
+def _valid(mask: Tensor | None, shape: torch.Size, device: torch.device, what: str) -> Valid:
+    """Bool validity tensor of `shape` (None when `mask` is None); checks the mask shape."""
     if mask is None:
-        return torch.ones(shape, dtype=torch.bool, device=device)
+        return None
     if tuple(mask.shape) != tuple(shape):
         raise BrewlabError(f"{what}: mask has shape {tuple(mask.shape)}, expected {tuple(shape)}")
     return mask.detach().to(device=device).bool()
 
 
-def _masked_mean(values: Tensor, valid: Tensor) -> Tensor:
+def _masked_mean(values: Tensor, valid: Valid) -> Tensor:
     """sum(values[valid]) / count(valid); `valid` broadcasts to `values`; 0 if nothing valid."""
+    if valid is None:
+        return values.mean()
     valid = valid.expand_as(values)
     total = torch.where(valid, values, 0.0).sum()
     return total / valid.sum().clamp(min=1).to(values.dtype)
 
 
-def _zero_invalid(x: Tensor, valid: Tensor) -> Tensor:
+def _zero_invalid(x: Tensor, valid: Valid) -> Tensor:
     """Replace entries at invalid positions by 0 (`valid` broadcasts to `x`)."""
-    return torch.where(valid, x, 0.0)
+    return x if valid is None else torch.where(valid, x, 0.0)
+
+
+def _expand(valid: Valid, dim: int) -> Valid:
+    """`valid.unsqueeze(dim)`, keeping None (all valid) as None."""
+    return None if valid is None else valid.unsqueeze(dim)
 
 
 def _check_same_shape(s: Tensor, t: Tensor, what: str, hint: str = "") -> None:
@@ -126,8 +136,8 @@ def _logit_loss(
     lead = logits_s.shape[:-1]
     valid = _valid(mask, lead, logits_s.device, what)
     temp = _temperature(temperature, logits_s)
-    s = _zero_invalid(logits_s, valid.unsqueeze(-1)) / temp.unsqueeze(-1)
-    t = _zero_invalid(logits_t.detach(), valid.unsqueeze(-1)) / temp.unsqueeze(-1)
+    s = _zero_invalid(logits_s, _expand(valid, -1)) / temp.unsqueeze(-1)
+    t = _zero_invalid(logits_t.detach(), _expand(valid, -1)) / temp.unsqueeze(-1)
     loss = per_position(s, t)
     if t2_scaling:
         loss = loss * temp * temp
@@ -210,7 +220,7 @@ def kd_kl(
 # --------------------------------------------------------------------------- hidden states
 
 
-def _hidden_pair(feat_s: Tensor, feat_t: Tensor, mask: Tensor | None, what: str) -> tuple[Tensor, Tensor, Tensor]:
+def _hidden_pair(feat_s: Tensor, feat_t: Tensor, mask: Tensor | None, what: str) -> tuple[Tensor, Tensor, Valid]:
     """Validate equal-shape (B, L, D) features; returns student, detached teacher, validity."""
     _check_ndim(feat_s, 3, "(B, L, D)", what)
     _check_same_shape(feat_s, feat_t, what, "; hidden sizes must match (add a projection for the student)")
@@ -225,9 +235,11 @@ def hidden_mse(feat_s: Tensor, feat_t: Tensor, mask: Tensor | None = None) -> Te
     TinyBERT-style hidden-state regression; dividing by D keeps it comparable across sizes.
     """
     s, t, valid = _hidden_pair(feat_s, feat_t, mask, "hidden_mse")
-    v = valid.unsqueeze(-1)
+    if valid is None:
+        return F.mse_loss(s, t)
     # one select on the difference (not one per side): pads may hold NaN and still drop out
-    return _masked_mean(_zero_invalid(s - t, v).pow(2), v)
+    squares = _zero_invalid(s - t, valid.unsqueeze(-1)).pow(2).sum()
+    return squares / (valid.sum().clamp(min=1) * s.shape[-1]).to(s.dtype)
 
 
 @MATCH_LOSSES.register("cos")
@@ -237,7 +249,7 @@ def cos(feat_s: Tensor, feat_t: Tensor, mask: Tensor | None = None) -> Tensor:
     Matches the direction of hidden states and ignores their norm (DistilBERT's cosine loss).
     """
     s, t, valid = _hidden_pair(feat_s, feat_t, mask, "cos")
-    v = valid.unsqueeze(-1)
+    v = _expand(valid, -1)
     sim = F.cosine_similarity(_zero_invalid(s, v), _zero_invalid(t, v), dim=-1, eps=1e-8)
     return _masked_mean(1.0 - sim, valid)
 
@@ -267,7 +279,7 @@ def pkd(feat_s: Tensor, feat_t: Tensor, mask: Tensor | None = None) -> Tensor:
 
 def _attention_inputs(
     feat_s: Tensor, feat_t: Tensor, mask: Tensor | None, what: str, same_heads: bool, hint: str
-) -> tuple[Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Valid]:
     """Validate (B, H, L, L) maps; returns student, detached teacher, (B, L) validity."""
     _check_ndim(feat_s, 4, "(B, H, L, L)", what)
     _check_ndim(feat_t, 4, "(B, H, L, L)", what)
@@ -286,23 +298,23 @@ def _attention_inputs(
     return feat_s, feat_t.detach(), valid
 
 
-def _pair_valid(valid: Tensor) -> Tensor:
+def _pair_valid(valid: Valid) -> Valid:
     """(B, L) token validity -> (B, 1, L, L) validity of (query i, key j) pairs."""
-    return (valid.unsqueeze(-1) & valid.unsqueeze(-2)).unsqueeze(1)
+    return None if valid is None else (valid.unsqueeze(-1) & valid.unsqueeze(-2)).unsqueeze(1)
 
 
-def _masked_pair_mse(s: Tensor, t: Tensor, valid: Tensor) -> Tensor:
+def _masked_pair_mse(s: Tensor, t: Tensor, valid: Valid) -> Tensor:
     """Mean squared difference over valid (i, j) pairs and heads of (B, H, L, L) maps."""
     pv = _pair_valid(valid)
     return _masked_mean((_zero_invalid(s, pv) - _zero_invalid(t, pv)).pow(2), pv)
 
 
-def _masked_attention_ce(s: Tensor, t: Tensor, valid: Tensor) -> Tensor:
+def _masked_attention_ce(s: Tensor, t: Tensor, valid: Valid) -> Tensor:
     """Per head and valid row: -sum_{valid j} p_t log max(p_s, 1e-12); mean over rows, heads."""
     pv = _pair_valid(valid)
     log_s = torch.log(_zero_invalid(s, pv).clamp(min=1e-12))
     rows = -(_zero_invalid(t, pv) * log_s).sum(-1)  # (B, H, L)
-    return _masked_mean(rows, valid.unsqueeze(1))
+    return _masked_mean(rows, _expand(valid, 1))
 
 
 @MATCH_LOSSES.register("attention_mse")
@@ -355,7 +367,7 @@ def attention_ce_mean(feat_s: Tensor, feat_t: Tensor, mask: Tensor | None = None
 
 def _pair_inputs(
     feat_s: Feature, feat_t: Feature, mask: Tensor | None, what: str
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Valid]:
     """Unpack student/teacher pairs; returns s_a, s_b, t_a, t_b (teacher detached), validity."""
     s_a, s_b = _pair(feat_s, what, "student")
     t_a, t_b = _pair(feat_t, what, "teacher")
@@ -365,8 +377,10 @@ def _pair_inputs(
     return s_a, s_b, t_a.detach(), t_b.detach(), valid
 
 
-def _gram(a: Tensor, b: Tensor, valid: Tensor) -> Tensor:
+def _gram(a: Tensor, b: Tensor, valid: Valid) -> Tensor:
     """a^T b / n_valid over valid tokens: (B, L, Da), (B, L, Db) -> (B, Da, Db)."""
+    if valid is None:
+        return a.transpose(1, 2) @ b / a.shape[1]
     v = valid.unsqueeze(-1)
     n = valid.sum(-1).clamp(min=1).to(a.dtype).view(-1, 1, 1)
     return _zero_invalid(a, v).transpose(1, 2) @ _zero_invalid(b, v) / n
@@ -389,7 +403,7 @@ def gram(feat_s: Feature, feat_t: Feature, mask: Tensor | None = None) -> Tensor
     return (_gram(s_a, s_b, valid) - _gram(t_a, t_b, valid)).pow(2).mean()
 
 
-def _zero_pair(a: Tensor, b: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
+def _zero_pair(a: Tensor, b: Tensor, valid: Valid) -> tuple[Tensor, Tensor]:
     """Both layers with pads zeroed; one select when the pair is one layer (NST's usual case)."""
     za = _zero_invalid(a, valid)
     return za, za if b is a else _zero_invalid(b, valid)
@@ -414,11 +428,12 @@ def mmd(feat_s: Feature, feat_t: Feature, mask: Tensor | None = None) -> Tensor:
     (the L x L matrices are always comparable).
     """
     s_a, s_b, t_a, t_b, valid = _pair_inputs(feat_s, feat_t, mask, "mmd/nst")
-    v = valid.unsqueeze(-1)
+    v = _expand(valid, -1)
     m_s = _token_similarity(*_zero_pair(s_a, s_b, v), "student")
     m_t = _token_similarity(*_zero_pair(t_a, t_b, v), "teacher")
-    pv = _pair_valid(valid).squeeze(1)
-    return _masked_mean((m_s - m_t).pow(2), pv)
+    if valid is None:
+        return F.mse_loss(m_s, m_t)
+    return _masked_mean((m_s - m_t).pow(2), _pair_valid(valid).squeeze(1))
 
 
 # --------------------------------------------------------------------------- several teachers

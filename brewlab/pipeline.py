@@ -1009,6 +1009,7 @@ def run_job(cfg: Any) -> float:
         tracker.summary(metrics)
         tracker.finish(0)
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # finished: metrics and student are written
+        (run_dir / "error.txt").unlink(missing_ok=True)  # an earlier attempt's failure, now resumed past
         print(summary_table(metrics))
         print(f"outputs: {run_dir}")
         return float(metrics["student"]["validation"][metrics["task"]["main_metric"]])

@@ -185,15 +185,18 @@ def bench_overhead(shapes: dict[str, Any], rounds: int, steps: int) -> float:
     ours_run(max(2, steps // 2))  # warm-up: allocator, kernels, autograd graph caches
     hand.run(batch, max(2, steps // 2))
     rates: dict[str, list[float]] = {"brewlab": [], "hand": []}
-    for _ in range(rounds):
-        for name, fn in (("brewlab", ours_run), ("hand", lambda n: hand.run(batch, n))):
+    contenders = [("brewlab", ours_run), ("hand", lambda n: hand.run(batch, n))]
+    for r in range(rounds):
+        for name, fn in contenders if r % 2 == 0 else contenders[::-1]:  # neither always goes first
             start = time.perf_counter()
             fn(steps)
             rates[name].append(steps / (time.perf_counter() - start))
     med = {k: statistics.median(v) for k, v in rates.items()}
-    ratio = med["brewlab"] / med["hand"]
+    # the ratio within each round cancels slow drifts of a shared machine; its median is the figure
+    ratio = statistics.median(o / h for o, h in zip(rates["brewlab"], rates["hand"], strict=True))
     print(f"overhead: brewlab {med['brewlab']:.3f} steps/s, hand loop {med['hand']:.3f} steps/s "
-          f"(medians of {rounds} rounds x {steps} steps, batch {batch_size}x{length}); ratio {ratio:.3f}")
+          f"(medians of {rounds} rounds x {steps} steps, batch {batch_size}x{length}); "
+          f"median per-round ratio {ratio:.3f}")
     return ratio
 
 
@@ -402,7 +405,7 @@ def bench_startup(times: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny sizes and debug=smoke: checks the script runs")
-    parser.add_argument("--rounds", type=int, default=7, help="overhead: alternating rounds per contender")
+    parser.add_argument("--rounds", type=int, default=12, help="overhead: alternating rounds per contender")
     parser.add_argument("--steps", type=int, default=8, help="overhead: optimizer steps per round")
     parser.add_argument("--epochs", type=int, default=2, help="real data: training epochs per contender")
     parser.add_argument("--repeats", type=int, default=1, help="real data: alternating runs per contender")

@@ -30,7 +30,10 @@ STAGES: dict[str, tuple[Where, Where | None]] = {
     "saving the student": (("brewlab/models.py", "save_model"), None),
 }
 LOOP: dict[str, list[tuple[Where, Where | None]]] = {
-    "teacher forward (or cached logits)": [(("brewlab/distillers.py", "_teacher_outputs"), None)],
+    "teacher forward (or cached logits)": [
+        (("brewlab/distillers.py", "_teacher_outputs"), None),
+        (("brewlab/distillers.py", "get"), None),  # TeacherCache.get: cached logits padded to the batch
+    ],
     "backward": [(("torch/_tensor.py", "backward"), FIT)],
     "optimizer, clipping, LR schedule": [
         (("torch/amp/grad_scaler.py", "step"), FIT),

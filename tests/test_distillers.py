@@ -229,3 +229,11 @@ def test_teacher_cache_reads_checkpoints_of_the_older_row_layout():
     assert got.tolist() == [[[5, 6], [-1, -1], [-1, -1]], [[1, 2], [3, 4], [-1, -1]]]
     cache.put(torch.tensor([9]), torch.full((1, 3, 2), 8.0), torch.tensor([[1, 1, 0]]))
     assert len(cache) == 3 and cache.get(torch.tensor([9]), torch.zeros(1, 2, 2)).tolist() == [[[8, 8], [8, 8]]]
+
+
+def test_only_an_unpadded_batch_drops_its_mask():
+    from brewlab.distillers import _padding_mask
+
+    padded = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    assert _padding_mask(torch.ones(2, 3, dtype=torch.long)) is None
+    assert _padding_mask(padded) is padded

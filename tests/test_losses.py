@@ -481,6 +481,22 @@ def test_pkd_uses_only_position_zero_and_ignores_mask() -> None:
 
 
 @pytest.mark.parametrize("name", MATCH_NAMES)
+def test_no_mask_equals_an_all_valid_mask(name) -> None:
+    """The distiller drops the mask of an unpadded batch (skipping every select): value and
+    gradient must equal the masked computation's."""
+    s, t, _ = match_case(name)
+    grads = []
+    for mask in (torch.ones(B, L, dtype=torch.long), None):
+        leaves_s = student_leaves(s)
+        value = MATCH_LOSSES.get(name)(leaves_s, t, mask=mask)
+        value.backward()
+        grads.append((value.detach(), [x.grad for x in leaves(leaves_s)]))
+    (v_masked, g_masked), (v_none, g_none) = grads
+    assert torch.allclose(v_masked, v_none, rtol=1e-12, atol=1e-14)
+    assert all(torch.allclose(a, b, rtol=1e-12, atol=1e-14) for a, b in zip(g_masked, g_none, strict=True))
+
+
+@pytest.mark.parametrize("name", MATCH_NAMES)
 def test_match_loss_gradients(name) -> None:
     s, t, _ = match_case(name)
     s = student_leaves(s)
