@@ -51,6 +51,7 @@ def main() -> None:
         record("teacher from scratch", scratch["teacher"]["test"][main_metric])
         record("teacher pretrained + fine-tuned", kd_random["teacher"]["test"][main_metric])
         for name, metrics in (
+            ("student KD (scratch teacher), random init", scratch),
             ("student labels only, random init", labels_random),
             ("student labels only, general init", labels_general),
             ("student KD (pretrained teacher), random init", kd_random),
