@@ -108,6 +108,9 @@ def validate(cfg: Mapping[str, Any]) -> None:
     for key in ("epochs", "batch_size"):
         _check_number(f"trainer.{key}", cfg["trainer"][key], 1)
     _check_trainer(cfg["trainer"])
+    for key, train in (("teacher.train", teacher.get("train")), ("teacher.pretrain.train", (teacher.get("pretrain") or {}).get("train"))):
+        if train is not None:
+            _check_pool(key, train)
     _check_number("optim.lr", cfg["optim"]["lr"], 0, inclusive=False)
     build_schedules(cfg["scheduler"])
 
@@ -182,8 +185,15 @@ def _check_trainer(trainer: Mapping[str, Any]) -> None:
     if trainer.get("checkpoint_every") is not None:
         _check_number("trainer.checkpoint_every", trainer["checkpoint_every"], 1)
     _check_number("trainer.checkpoints_kept", trainer.get("checkpoints_kept", 2), 1)
+    _check_pool("trainer", trainer)
     if trainer.get("heap_trim_every_s") is not None:
         _check_number("trainer.heap_trim_every_s", trainer["heap_trim_every_s"], 0, inclusive=False)
+
+
+def _check_pool(key: str, train: Mapping[str, Any]) -> None:
+    pool = train.get("length_pool")
+    if not isinstance(pool, int) or isinstance(pool, bool) or pool < 1:
+        raise BrewlabError(f"{key}.length_pool={pool!r} must be an integer >= 1 (batches per length-sorted pool; 1 = no grouping)")
 
 
 def _check_tasks(cfg: Mapping[str, Any]) -> None:

@@ -331,12 +331,9 @@ def train_loop(
     checkpoints: Any | None = None,
 ):
     """Fit on `batches` (CPU batches with a length), by default the task's training split."""
-    from brewlab.data import make_loader
-
     loader = batches
     if loader is None:
-        bs = int(trainer_cfg["batch_size"])
-        loader = make_loader(prep.features["train"], bs, prep.tokenizer.pad_token_id, seed, True, shard=_shard(trainer_cfg))
+        loader = train_loader(prep.features["train"], trainer_cfg, prep.tokenizer.pad_token_id, seed)
     eval_bs = int(trainer_cfg.get("eval_batch_size", 128))
     return distiller.fit(
         DeviceLoader(loader, device),
@@ -345,6 +342,14 @@ def train_loop(
         progress=progress,
         checkpoints=checkpoints,
     )
+
+
+def train_loader(features: Any, trainer_cfg: Mapping[str, Any], pad_token_id: int, seed: int) -> Any:
+    """The student's length-grouped training batches, sharded under data parallelism."""
+    from brewlab.data import make_loader
+
+    bs, pool = int(trainer_cfg["batch_size"]), int(trainer_cfg["length_pool"])
+    return make_loader(features, bs, pad_token_id, seed, True, shard=_shard(trainer_cfg), pool=pool)
 
 
 def _shard(trainer_cfg: Mapping[str, Any]) -> tuple[int, int]:
@@ -368,7 +373,7 @@ def augmented_training(
     metrics.json; None without augmentation. Offline copies are made once and cached on disk,
     keyed by the training rows and the augmentation config; online ones are remade each epoch."""
     from brewlab import augment
-    from brewlab.data import FreshEachEpoch, make_loader
+    from brewlab.data import FreshEachEpoch
     from brewlab.tasks import write_jsonl
 
     aug_cfg = cfg["augmentation"]
@@ -401,6 +406,7 @@ def augmented_training(
             bs,
             pad,
             int(cfg["seed"]),  # batch order follows the run's seed, as without augmentation
+            pool=int(cfg["trainer"]["length_pool"]),
         )
         info["features"] = len(batches.first)
     else:
@@ -424,7 +430,7 @@ def augmented_training(
             write_jsonl(augmented, path)
             log.info("augmentation: %d examples written to %s", len(augmented), path)
         features = mixed(augmented)
-        batches = make_loader(features, bs, pad, int(cfg["seed"]), True, shard=_shard(cfg["trainer"]))
+        batches = train_loader(features, cfg["trainer"], pad, int(cfg["seed"]))
         info.update(features=len(features), cache=str(path))
     info.update(original_examples=len(rows), augmented_examples=copies * len(rows))
     info["seconds"] = time.perf_counter() - started
@@ -830,7 +836,7 @@ def run_multi_task(cfg: Mapping[str, Any], run_dir: Path, tracker: Any) -> dict[
     from hydra.utils import instantiate
 
     from brewlab.adaptors import ADAPTORS
-    from brewlab.data import TaskMixture, make_loader
+    from brewlab.data import TaskMixture
     from brewlab.distillers import DISTILLERS
     from brewlab.models import count_parameters, device_of, save_model
 
@@ -864,11 +870,7 @@ def run_multi_task(cfg: Mapping[str, Any], run_dir: Path, tracker: Any) -> dict[
         models = [t[0] for t in teachers[n]]
         parts[n] = build_distiller(single, stages[n], model, models, preps[n], cfg["loss"], trainer_cfg, tracker)
     distiller = DISTILLERS.get(d_cfg["name"])(parts, trainer_cfg, instantiate(cfg["optim"], _partial_=True), tracker.log)
-    bs = int(trainer_cfg["batch_size"])
-    loaders = {
-        n: make_loader(preps[n].features["train"], bs, preps[n].tokenizer.pad_token_id, seed, True, shard=_shard(trainer_cfg))
-        for n in names
-    }
+    loaders = {n: train_loader(preps[n].features["train"], trainer_cfg, preps[n].tokenizer.pad_token_id, seed) for n in names}
     sizes = {n: len(preps[n].features["train"]) for n in names}
     eval_bs = int(trainer_cfg.get("eval_batch_size", 128))
 

@@ -275,7 +275,6 @@ def padded_baseline(teacher: Any, student: Any, prep: Any, cfg: dict[str, Any], 
 def realdata_child(contender: str, overrides: list[str]) -> dict[str, Any]:
     """One contender, alone in this process (so its peak RSS is its own)."""
     from brewlab.adaptors import ADAPTORS
-    from brewlab.data import make_loader
     from brewlab.errors import BrewlabError
     from brewlab.models import set_attention
     from brewlab.pipeline import (
@@ -287,6 +286,7 @@ def realdata_child(contender: str, overrides: list[str]) -> dict[str, Any]:
         prepare_task,
         seed_everything,
         teacher_base,
+        train_loader,
     )
 
     cfg = compose_run(overrides)
@@ -328,8 +328,7 @@ def realdata_child(contender: str, overrides: list[str]) -> dict[str, Any]:
         trainer = cfg["trainer"]
         keep_heap_compact(trainer.get("heap_trim_every_s"))  # what run.py does at startup
         distiller = build_distiller(cfg["distiller"]["name"], cfg, student, [teacher], prep, cfg["loss"], trainer, tracker)
-        loader = make_loader(prep.features["train"], int(trainer["batch_size"]), prep.tokenizer.pad_token_id,
-                             int(cfg["seed"]), True)
+        loader = train_loader(prep.features["train"], trainer, prep.tokenizer.pad_token_id, int(cfg["seed"]))
         epoch_ends: list[float] = []
         start = time.perf_counter()
 

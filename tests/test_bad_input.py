@@ -68,6 +68,8 @@ CASES = [
     (["resume=maybe"], 2, ["resume='maybe' is not valid; choose one of: auto, false, true"]),
     (["trainer.nonfinite=ignore"], 2, ["trainer.nonfinite='ignore' is not valid; choose one of: skip, stop"]),
     (["trainer.checkpoint_every=0"], 2, ["trainer.checkpoint_every=0 must be a number >= 1"]),
+    (["trainer.length_pool=0"], 2, ["trainer.length_pool=0 must be an integer >= 1 (batches per length-sorted pool"]),
+    (["teacher.train.length_pool=two"], 2, ["teacher.train.length_pool='two' must be an integer >= 1"]),
     (["trainer.heap_trim_every_s=0"], 2, ["trainer.heap_trim_every_s=0 must be a number > 0"]),
     (["hydra.run.dir=/dev/null/run"], 2, ["hydra.run.dir='/dev/null/run' is not a writable directory (Not a directory)"]),
 ]
