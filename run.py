@@ -1,7 +1,9 @@
 """Entry point: `python run.py [group=option ...]`, `python run.py -m ...` for sweeps,
 `torchrun --nproc_per_node=N run.py ...` for data-parallel training."""
 
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -36,5 +38,7 @@ if __name__ == "__main__":
     check_output_dirs(sys.argv[1:])
     if int(os.environ.get("RANK", 0)) > 0:  # data-parallel ranks other than 0 write no run directory
         sys.argv = [a for a in sys.argv if not a.startswith("hydra.run.dir=")]
-        sys.argv += [f"hydra.run.dir={tempfile.mkdtemp(prefix='brewlab-rank')}", "hydra.output_subdir=null"]
+        scratch = tempfile.mkdtemp(prefix="brewlab-rank")  # for Hydra's log only; rank 0's is the record
+        atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+        sys.argv += [f"hydra.run.dir={scratch}", "hydra.output_subdir=null"]
     main()

@@ -35,7 +35,8 @@ NO_DROPOUT = ["+student.arch.hidden_dropout_prob=0", "+student.arch.attention_pr
 
 def run(prefix: list[str], run_dir, cache, *overrides: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "WANDB_MODE")}
-    env.update({"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+    env.update({"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TMPDIR": str(run_dir.parent / "tmp")})
+    (run_dir.parent / "tmp").mkdir(exist_ok=True)
     args = [*prefix, str(ROOT / "run.py"), f"hydra.run.dir={run_dir}", f"cache_dir={cache}", "trainer.progress=false"]
     proc = subprocess.run(
         [*args, "debug=smoke", *NO_DROPOUT, *overrides], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900
@@ -57,7 +58,8 @@ def test_two_gloo_ranks_train_like_one_process_with_the_global_batch(tmp_path, c
         assert ddp["student"]["final_losses"][term] == pytest.approx(value, rel=1e-3, abs=1e-5)
     assert ddp["student"]["validation"]["accuracy"] == pytest.approx(single["student"]["validation"]["accuracy"])
     # one set of outputs: one run directory, one summary printed, one W&B run
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp", "single"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp", "single", "tmp"]
+    assert not list((tmp_path / "tmp").glob("brewlab-rank*"))  # rank 1's scratch directory is gone
     assert proc.stdout.count("outputs: ") == 1
     assert len(list((tmp_path / "ddp" / "wandb").glob("offline-run-*"))) == 1
     assert (tmp_path / "ddp" / "student" / "model.safetensors").is_file()
