@@ -424,7 +424,6 @@ class Distiller:
         main_metric: str,
         progress: bool = True,
         checkpoints: Any | None = None,
-        teacher_batches: Any | None = None,
     ) -> FitResult:
         """Train for `epochs` (or `max_steps` optimizer steps), evaluating every `eval_every` steps
         and at each epoch end; the best student (by `main_metric`) is restored at the end.
@@ -434,10 +433,7 @@ class Distiller:
         `CheckpointStore`), the full training state is saved every `checkpoint_every` steps and
         after each evaluation, and a run finding one continues from it exactly. A non-finite loss
         stops the run before anything is saved (`nonfinite: stop`) or its batch is skipped
-        (`nonfinite: skip`, one host sync per step). `teacher_batches` (every training example
-        once, length-sorted) fill the teacher-logit cache before the first step when the run
-        sees every example at least once: one tightly padded teacher pass instead of one per
-        training batch (timed as training)."""
+        (`nonfinite: skip`, one host sync per step)."""
         from brewlab.checkpoint import rng_state, set_rng_state
         from brewlab.data import set_epoch
 
@@ -480,10 +476,6 @@ class Distiller:
             spent = resumed["train_seconds"]
         started = time.perf_counter()
         bar = _progress_bar(total, enabled=progress, initial=step)
-        if teacher_batches is not None and self.cache is not None and total >= per_epoch:
-            for batch in teacher_batches:  # batches already cached (a resumed run) are skipped
-                with autocast():
-                    self._teacher_outputs(batch)
 
         def save(next_epoch: int, next_batch: int) -> None:
             if checkpoints is None:

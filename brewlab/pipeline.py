@@ -341,20 +341,7 @@ def train_loop(
         main_metric=prep.kind.main_metric,
         progress=progress,
         checkpoints=checkpoints,
-        teacher_batches=teacher_batches(loader, trainer_cfg, prep.tokenizer.pad_token_id, device),
     )
-
-
-def teacher_batches(loader: Any, trainer_cfg: Mapping[str, Any], pad_token_id: int, device: torch.device) -> Any:
-    """Every training example once, in length order, for filling the teacher-logit cache in one
-    pass; None when the inputs change between epochs (online augmentation: no fixed `dataset`)
-    or under data parallelism (each rank caches only the examples it trains on)."""
-    from brewlab.data import make_loader
-
-    features = getattr(loader, "dataset", None)
-    if features is None or trainer_cfg.get("data_parallel"):
-        return None
-    return DeviceLoader(make_loader(features, int(trainer_cfg["batch_size"]), pad_token_id, 0, train=False), device)
 
 
 def train_loader(features: Any, trainer_cfg: Mapping[str, Any], pad_token_id: int, seed: int) -> Any:

@@ -61,7 +61,7 @@ def test_cached_teacher_logits_give_the_losses_of_fresh_teacher_forwards(kind_na
     kind = KINDS.get(kind_name)
     feats = features(kind_name)
     runs = {}
-    for cache in (True, False, "filled first"):
+    for cache in (True, False):
         teacher = model(kind_name, 2, 16, seed=1).eval()
         calls = []
         teacher.register_forward_hook(lambda *_, calls=calls: calls.append(1))
@@ -72,55 +72,19 @@ def test_cached_teacher_logits_give_the_losses_of_fresh_teacher_forwards(kind_na
             student=s_view,
             objective=parse_objective(KD_HARD, t_view, s_view),
             schedules=build_schedules({"temperature": {"kind": "constant", "base": 2.0}}),
-            trainer_cfg={"epochs": 3, "cache_teacher_outputs": bool(cache), "log_every": 1, "grad_clip": 1.0},
+            trainer_cfg={"epochs": 3, "cache_teacher_outputs": cache, "log_every": 1, "grad_clip": 1.0},
             make_optimizer=lambda params: torch.optim.SGD(params, lr=0.1),
             kind=kind,
             teacher=t_view,
             log=lambda metrics, step, logged=logged: logged.extend(v for k, v in metrics.items() if k == "train/loss"),
         )
         loader = make_loader(feats, batch_size=5, pad_token_id=0, seed=0, train=True)
-        # all examples once, in length order and other batch sizes, before the first step
-        first = make_loader(feats, batch_size=7, pad_token_id=0, seed=0, train=False) if cache == "filled first" else None
-        distiller.fit(loader, evaluate=lambda: {"score": 0.0}, main_metric="score", progress=False, teacher_batches=first)
+        distiller.fit(loader, evaluate=lambda: {"score": 0.0}, main_metric="score", progress=False)
         runs[cache] = (logged, len(calls), len(loader))
     (cached, cached_calls, batches), (fresh, fresh_calls, _) = runs[True], runs[False]
-    filled, filled_calls, _ = runs["filled first"]
-    assert len(cached) == len(fresh) == len(filled) == 3 * batches
+    assert len(cached) == len(fresh) == 3 * batches
     assert cached == pytest.approx(fresh, rel=1e-5, abs=1e-6)
-    assert filled == pytest.approx(fresh, rel=1e-5, abs=1e-6)
     assert (cached_calls, fresh_calls) == (batches, 3 * batches)  # epochs 2 and 3 never ran the teacher
-    assert filled_calls == math.ceil(len(feats) / 7)  # only the teacher pass before training
-
-
-def test_the_teacher_pass_before_training_only_when_inputs_repeat_and_every_example_is_used():
-    from brewlab.data import FreshEachEpoch
-    from brewlab.pipeline import teacher_batches
-
-    kind, feats = KINDS.get("classification"), features("classification")
-    loader = make_loader(feats, batch_size=5, pad_token_id=0, seed=0, train=True)
-    cpu, trainer = torch.device("cpu"), {"batch_size": 5}
-    sorted_batches = list(teacher_batches(loader, trainer, 0, cpu))
-    assert sorted(i for b in sorted_batches for i in b["idx"].tolist()) == list(range(len(feats)))
-    widths = [b["input_ids"].shape[1] for b in sorted_batches]
-    assert widths == sorted(widths, reverse=True)  # length order: little padding
-    assert teacher_batches(FreshEachEpoch(lambda epoch: feats, 5, 0, 0), trainer, 0, cpu) is None  # online augmentation
-    assert teacher_batches(loader, {**trainer, "data_parallel": True}, 0, cpu) is None
-
-    teacher = model("classification", 2, 16, seed=1).eval()
-    calls = []
-    teacher.register_forward_hook(lambda *_: calls.append(1))
-    t_view, s_view = HFAdaptor(teacher, kind), HFAdaptor(model("classification", 1, 8, seed=2), kind)
-    distiller = DISTILLERS.get("basic")(
-        student=s_view,
-        objective=parse_objective(KD_HARD, t_view, s_view),
-        schedules=build_schedules({"temperature": {"kind": "constant", "base": 2.0}}),
-        trainer_cfg={"epochs": 1, "max_steps": 2},
-        make_optimizer=lambda params: torch.optim.SGD(params, lr=0.1),
-        kind=kind,
-        teacher=t_view,
-    )
-    distiller.fit(loader, lambda: {"score": 0.0}, "score", progress=False, teacher_batches=teacher_batches(loader, trainer, 0, cpu))
-    assert len(calls) == 2  # 2 of 5 batches trained: a pass over all 24 examples would cost more
 
 
 def smoke_cfg(cache: Path) -> dict:
