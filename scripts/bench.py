@@ -8,7 +8,7 @@ Usage: python scripts/bench.py [--quick] [--rounds R] [--steps N] [--epochs E] [
    LR schedule and gradient clipping. R rounds of N optimizer steps each, alternating, after a
    warm-up; the figure is the median steps/s of each and their ratio. The first step's losses of
    the two are compared first (they must agree).
-2. Real data: E epochs of the default run's distillation (the run's teacher, from the cache, and
+2. Real data: the default run's distillation, for its `trainer.epochs` (3) or E epochs (the run's teacher, from the cache, and
    its student; `overrides` change the composition) in fresh processes, alternating K times:
    brewlab's data path (dynamic padding, length-grouped batches, cached teacher logits after
    the first epoch, sdpa attention, no per-step host sync) against a baseline that pads every
@@ -382,6 +382,11 @@ def bench_realdata(overrides: list[str], repeats: int) -> tuple[float, float]:
           f"speedup {speedup:.2f}x (first epoch alone, before any cached teacher logits: "
           f"{first['brewlab'] / first['baseline']:.2f}x); best dev brewlab {100 * med['brewlab']['dev']:.2f} "
           f"vs baseline {100 * med['baseline']['dev']:.2f}")
+    cumulative = []  # speedup over the first e epochs, to compare with shorter runs
+    for e in range(1, len(runs["brewlab"][0]["epoch_examples_per_s"]) + 1):
+        secs = {k: statistics.median(sum(1 / x for x in r["epoch_examples_per_s"][:e]) for r in v) for k, v in runs.items()}
+        cumulative.append(f"{e} epoch{'s' if e > 1 else ''} {secs['baseline'] / secs['brewlab']:.2f}x")
+    print("real data: speedup over the first " + ", ".join(cumulative))
     print(f"memory: peak RSS brewlab {med['brewlab']['rss_mb']:.0f} MB, baseline {med['baseline']['rss_mb']:.0f} MB; "
           f"ratio {rss:.3f}")
     return speedup, rss
@@ -406,7 +411,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny sizes and debug=smoke: checks the script runs")
     parser.add_argument("--rounds", type=int, default=12, help="overhead: alternating rounds per contender")
     parser.add_argument("--steps", type=int, default=8, help="overhead: optimizer steps per round")
-    parser.add_argument("--epochs", type=int, default=2, help="real data: training epochs per contender")
+    parser.add_argument(
+        "--epochs", type=int, default=None, help="real data: training epochs per contender (default: the run's trainer.epochs)"
+    )
     parser.add_argument("--repeats", type=int, default=1, help="real data: alternating runs per contender")
     parser.add_argument(
         "--parts", default="overhead,realdata,startup", help="comma-separated subset of overhead,realdata,startup"
@@ -419,7 +426,8 @@ def main() -> None:
     if args.quick:
         args.rounds, args.steps, args.epochs = 2, 2, 1
         overrides = ["debug=smoke", *overrides]
-    overrides = [*overrides, f"trainer.epochs={args.epochs}", "trainer.max_steps=null", "trainer.eval_every=null"]
+    epochs = [] if args.epochs is None else [f"trainer.epochs={args.epochs}"]
+    overrides = [*overrides, *epochs, "trainer.max_steps=null", "trainer.eval_every=null"]
     print(f"machine: {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads")
     parts = set(args.parts.split(","))
     unknown = parts - {"overhead", "realdata", "startup"}
