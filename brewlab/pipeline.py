@@ -345,7 +345,8 @@ def train_loop(
 
 
 def train_loader(features: Any, trainer_cfg: Mapping[str, Any], pad_token_id: int, seed: int) -> Any:
-    """The student's length-grouped training batches, sharded under data parallelism."""
+    """Length-grouped training batches (`length_pool` batches per sorted pool), sharded under data
+    parallelism; the same for the student and for fine-tuning or pretraining a teacher."""
     from brewlab.data import make_loader
 
     bs, pool = int(trainer_cfg["batch_size"]), int(trainer_cfg["length_pool"])
