@@ -54,8 +54,10 @@ def test_two_gloo_ranks_train_like_one_process_with_the_global_batch(tmp_path, c
     assert ddp["student"]["steps"] == single["student"]["steps"] == 6
     # token-level terms (hidden, nst) average over each rank's tokens, so the mean of the two
     # ranks' means differs slightly from the global mean when their token counts differ
+    # (measured 0.11% with the default length pools); the logit terms are exact global means
+    rel = 3e-3 if loss == "nst+hidden" else 1e-3
     for term, value in single["student"]["final_losses"].items():
-        assert ddp["student"]["final_losses"][term] == pytest.approx(value, rel=1e-3, abs=1e-5)
+        assert ddp["student"]["final_losses"][term] == pytest.approx(value, rel=rel, abs=1e-5)
     assert ddp["student"]["validation"]["accuracy"] == pytest.approx(single["student"]["validation"]["accuracy"])
     # one set of outputs: one run directory, one summary printed, one W&B run
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp", "single", "tmp"]
