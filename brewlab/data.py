@@ -133,7 +133,7 @@ class FreshEachEpoch:
         batch_size: int,
         pad_token_id: int,
         seed: int,
-        pool: int = 8,
+        pool: int,
     ) -> None:
         self.make_features = make_features
         self.batch_size, self.pad_token_id, self.seed, self.pool = batch_size, pad_token_id, seed, pool
