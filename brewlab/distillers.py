@@ -222,7 +222,7 @@ class TeacherCache:
     (measured by `scripts/bench.py`'s memory figure).
     """
 
-    SLAB = 1 << 20  # elements per buffer (4 MiB of fp32)
+    FIRST, SLAB = 1 << 14, 1 << 20  # elements in the first buffer (64 KiB of fp32); each next one doubles, to 4 MiB
 
     def __init__(self, seq_axis: int | None, pad_value: float) -> None:
         self.axis = seq_axis
@@ -263,7 +263,9 @@ class TeacherCache:
     def _append(self, key: int, row: torch.Tensor) -> None:
         size = row.numel()
         if not self.slabs or self.used + size > self.slabs[-1].numel():
-            self.slabs.append(torch.empty(max(self.SLAB, size), dtype=row.dtype))
+            # small data sets (sentence logits) fill a few KiB: a fixed 4 MiB buffer was most of their cost
+            grow = min(2 * self.slabs[-1].numel(), self.SLAB) if self.slabs else self.FIRST
+            self.slabs.append(torch.empty(max(grow, size), dtype=row.dtype))
             self.used = 0
         self.slabs[-1].narrow(0, self.used, size).copy_(row.reshape(-1))
         self.where[key] = (len(self.slabs) - 1, self.used, tuple(row.shape))
