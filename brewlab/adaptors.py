@@ -26,12 +26,14 @@ class ModelView:
     """A model's output in the names the losses use.
 
     logits: (B, C) or (B, L, C). logits_mask: which logit rows count for KD (None = all).
+    class_mask: which classes of a row exist (broadcastable to the logits; None = all).
     hidden: embeddings + one tensor per layer, each (B, L, D). attention: one (B, H, L, L) per layer.
     """
 
     logits: torch.Tensor
     mask: torch.Tensor
     logits_mask: torch.Tensor | None = None
+    class_mask: torch.Tensor | None = None
     labels: torch.Tensor | None = None
     hidden: tuple[torch.Tensor, ...] | None = None
     attention: tuple[torch.Tensor, ...] | None = None
@@ -65,6 +67,7 @@ class HFAdaptor:
             logits=self.kind.model_logits(out, batch),
             mask=batch["attention_mask"],
             logits_mask=self.kind.logits_mask(batch),
+            class_mask=self.kind.class_mask(batch),
             labels=labels,
             hidden=out.hidden_states if hidden else None,
             attention=out.attentions if attention else None,
@@ -93,5 +96,6 @@ class TeacherEnsemble:
             logits=self.combine([v.logits for v in views], self.weights),
             mask=views[0].mask,
             logits_mask=views[0].logits_mask,
+            class_mask=views[0].class_mask,
             labels=views[0].labels,
         )

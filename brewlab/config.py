@@ -112,7 +112,13 @@ def validate(cfg: Mapping[str, Any]) -> None:
         if train is not None:
             _check_pool(key, train)
     _check_number("optim.lr", cfg["optim"]["lr"], 0, inclusive=False)
-    build_schedules(cfg["scheduler"])
+    tasks = {task.get("name", "?"): task}
+    if distiller.many_tasks and isinstance(cfg["distiller"].get("tasks"), Mapping):
+        tasks.update(cfg["distiller"]["tasks"])
+    for name, task_cfg in tasks.items():  # the temperature's bound depends on each task's classes
+        if isinstance(task_cfg, Mapping) and task_cfg.get("kind") in KINDS.names():
+            classes = KINDS.get(task_cfg["kind"]).logit_classes(task_cfg)
+            build_schedules(cfg["scheduler"], classes, f"task {name}")
 
     t_shape = teacher_shape(teacher)
     _check_student_kind(student, KINDS.get(task["kind"]))

@@ -362,7 +362,9 @@ class Distiller:
             t_logits = probability_shift(t_logits, s_view.labels)
         kd_w = self.schedules.kd_weight(step, total)
         if obj.logit_terms and kd_w > 0:
-            temperature = self.schedules.temperature(s_view.logits, t_logits, mask=s_view.logits_mask)
+            temperature = self.schedules.temperature(
+                s_view.logits, t_logits, mask=s_view.logits_mask, class_mask=s_view.class_mask
+            )
             for term in obj.logit_terms:
                 value = term.fn(
                     s_view.logits, t_logits, temperature, mask=s_view.logits_mask, t2_scaling=term.t2_scaling

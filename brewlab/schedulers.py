@@ -6,7 +6,7 @@ never on models or tasks.
 
 Three registries hold the pluggable pieces:
 
-* `TEMPERATURES` -- ``fn(logits_s, logits_t, base, **params) -> float | Tensor(B,)``
+* `TEMPERATURES` -- ``fn(logits_s, logits_t, base, *, mask, class_mask, **params) -> float | Tensor(B,)``
 * `WEIGHT_SCHEDULES` -- ``fn(step, total_steps) -> float`` (a multiplier of a loss weight)
 * `LR_SCHEDULES` -- ``fn(optimizer, total_steps, warmup_ratio=0.0, **params) -> LRScheduler``
 
@@ -51,36 +51,47 @@ def _floor_steps(fraction: float, total_steps: int) -> int:
     return max(math.floor(fraction * total_steps + _FLOOR_SLACK), 0)
 
 
-def _valid_positions(logits: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor | None:
-    """Bool (B, L) validity mask for 3-D logits, or None when every position counts.
+def _rows_and_examples(
+    logits: torch.Tensor, mask: torch.Tensor | None, class_mask: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Which logit rows count (shape logits.shape[:-1]) and the allowed classes (logits' shape).
 
-    2-D logits have one prediction per example, so a mask (e.g. an attention mask a caller
-    passes for every task) is ignored for them.
+    A row is a distribution over classes: one per example for (B, C) logits, one per position
+    for (B, L, C). `mask` (B, L) rules out positions of 3-D logits (it is ignored for 2-D ones,
+    which have one row per example); `class_mask`, broadcastable to the logits, rules out
+    classes (MRC's positions outside the passage). A row without any allowed class is out too.
     """
     if logits.dim() not in (2, 3):
         raise ValueError(f"logits must be (B, C) or (B, L, C), got shape {tuple(logits.shape)}")
-    if logits.dim() == 2 or mask is None:
-        return None
-    if tuple(mask.shape) != tuple(logits.shape[:2]):
-        raise ValueError(f"mask shape {tuple(mask.shape)} does not match logits (B, L) {tuple(logits.shape[:2])}")
-    return mask.detach().to(device=logits.device) != 0
+    rows = torch.ones(logits.shape[:-1], dtype=torch.bool, device=logits.device)
+    if logits.dim() == 3 and mask is not None:
+        if tuple(mask.shape) != tuple(logits.shape[:2]):
+            raise ValueError(f"mask shape {tuple(mask.shape)} does not match logits (B, L) {tuple(logits.shape[:2])}")
+        rows = mask.detach().to(device=logits.device) != 0
+    classes = None
+    if class_mask is not None:
+        classes = torch.broadcast_to(class_mask.detach().to(device=logits.device) != 0, logits.shape)
+        rows = rows & classes.any(dim=-1)
+    return rows, classes
 
 
-def _per_example(values: torch.Tensor, valid: torch.Tensor | None, empty_value: float) -> torch.Tensor:
-    """Reduce per-position values (B, L) to per-example values (B,) by a masked mean.
+def _centred(base: float, beta: float, w: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``tau_i = base + beta * (mean_j w_j - w_i)`` per example from per-row weights `w`.
 
-    (B,) input is returned unchanged. An example with no valid position gets `empty_value`.
-    Masked positions are excluded with `torch.where`, so whatever they hold (even inf/nan)
-    cannot leak into the result.
+    An example's w_i is the mean of its rows' weights (its only row for (B, C) logits, its valid
+    positions for (B, L, C)); the batch mean runs over the examples that have a valid row, so
+    it is exactly `base` over them. Examples without one get `base`.
     """
-    if values.dim() == 1:
-        return values
-    if valid is None:
-        return values.mean(dim=1)
-    count = valid.sum(dim=1)
-    total = torch.where(valid, values, torch.zeros_like(values)).sum(dim=1)
-    mean = total / count.clamp(min=1).to(values.dtype)
-    return torch.where(count > 0, mean, torch.full_like(mean, empty_value))
+    if w.dim() == 2:
+        count = rows.sum(dim=1)
+        w = torch.where(rows, w, torch.zeros_like(w)).sum(dim=1) / count.clamp(min=1).to(w.dtype)
+        present = count > 0
+    else:
+        present = rows
+    if not bool(present.any()):
+        return torch.full_like(w, float(base))
+    mean = w[present].mean()
+    return torch.where(present, base + beta * (mean - w), torch.full_like(w, float(base)))
 
 
 # ------------------------------------------------------------------------ temperatures
@@ -99,28 +110,22 @@ def flsw_temperature(
     base: float,
     *,
     mask: torch.Tensor | None = None,
+    class_mask: torch.Tensor | None = None,
     beta: float = 1.0,
     gamma: float = 2.0,
     **_unused: Any,
 ) -> torch.Tensor:
-    """Per-example temperature that rises as student and teacher disagree.
+    """Per-example temperature that falls as student and teacher disagree (Wen et al., 2019,
+    "Preparing Lessons", focal-loss-style sample weighting).
 
-    The idea (after Wen et al., 2019): where the student's logit vector already points the
-    same way as the teacher's, the plain `base` temperature is enough; where the two point
-    in different directions, soften both distributions more, so that the student is asked
-    to match the teacher's overall shape rather than its sharpest peaks. Agreement is
-    measured by the cosine similarity of the two logit vectors:
+        w_i   = (1 - cos(z_s_i, z_t_i)) ** gamma        (cosine of the L2-normalised logits)
+        tau_i = base + beta * (mean_j w_j - w_i)
 
-        tau_i = base + beta * (1 - cos(z_s_i, z_t_i)) ** gamma
-
-    ``1 - cos`` lies in [0, 2]: 0 for identical directions (tau_i = base), 2 for opposite
-    ones (tau_i = base + beta * 2 ** gamma). `beta` scales the extra temperature and
-    `gamma` shapes how quickly it grows with disagreement.
-
-    Logits of shape (B, C) give one cosine per example. For (B, L, C) logits the cosine is
-    taken at every position and averaged over the positions where `mask` (B, L) is non-zero
-    (all positions when `mask` is None); an example without any valid position counts as
-    full agreement (tau_i = base).
+    An example the two disagree on gets a *lower* temperature, i.e. sharper, more
+    discriminative targets; one they agree on a higher one; the batch mean is exactly `base`.
+    w_i lies in [0, 2 ** gamma], so ``beta * 2 ** gamma <= base`` keeps every tau_i > 0
+    (checked at startup). For (B, L, C) logits w is taken per valid row and averaged per
+    example; classes ruled out by `class_mask` are left out of both vectors of the cosine.
 
     Computed without gradient on detached logits, in float32. Returns a (B,) tensor.
     """
@@ -129,16 +134,18 @@ def flsw_temperature(
             f"student logits {tuple(logits_s.shape)} and teacher logits "
             f"{tuple(logits_t.shape)} must have the same shape"
         )
-    valid = _valid_positions(logits_s, mask)
+    rows, classes = _rows_and_examples(logits_s, mask, class_mask)
     with torch.no_grad():
         z_s = logits_s.detach().float()
         z_t = logits_t.detach().float().to(z_s.device)
-        cos = F.cosine_similarity(z_s, z_t, dim=-1)  # (B,) or (B, L)
-        cos = _per_example(cos, valid, empty_value=1.0)
-        # Rounding can push cos a hair above 1; a negative base with a fractional
+        if classes is not None:
+            z_s = torch.where(classes, z_s, torch.zeros_like(z_s))
+            z_t = torch.where(classes, z_t, torch.zeros_like(z_t))
+        # Rounding can push cos a hair outside [-1, 1]; a negative base with a fractional
         # exponent would turn into nan.
-        disagreement = (1.0 - cos).clamp(min=0.0)
-        return base + beta * disagreement.pow(gamma)
+        cos = F.cosine_similarity(z_s, z_t, dim=-1)
+        w = (1.0 - cos).clamp(min=0.0, max=2.0).pow(gamma)
+        return _centred(base, beta, w, rows)
 
 
 @TEMPERATURES.register("cwsm")
@@ -148,37 +155,50 @@ def cwsm_temperature(
     base: float,
     *,
     mask: torch.Tensor | None = None,
+    class_mask: torch.Tensor | None = None,
     beta: float = 1.0,
+    eps: float = 1e-3,
     **_unused: Any,
 ) -> torch.Tensor:
-    """Per-example temperature that rises as the student is less confident.
+    """Per-example temperature that falls as the student is less confident (Wen et al., 2019,
+    confidence-weighted by student max).
 
-    Confidence is the student's top softmax probability, ``c_i = max_k softmax(z_s_i)_k``
-    (for (B, L, C) logits: its mean over the positions where `mask` (B, L) is non-zero; an
-    example with no valid position counts as fully confident, c_i = 1). Inverse confidences
-    are normalised to average 1 over the batch, and raised to `beta`:
+        w_i   = 1 / (max_k softmax(z_s_i)_k + eps)
+        tau_i = base + beta * (mean_j w_j - w_i)
 
-        w_i   = (1 / c_i) / mean_j (1 / c_j)
-        tau_i = base * w_i ** beta
-
-    So an example the student is unsure about gets a temperature above `base`, a confident
-    one a temperature below it, while the batch stays centred on `base` (exactly so for
-    beta = 1). `beta` = 0 turns the schedule into the constant one. The teacher's logits
-    are not used.
+    An example the student is unsure of gets a *lower* temperature, a confident one a higher
+    one; the batch mean is exactly `base`. With C allowed classes w_i lies in
+    [1 / (1 + eps), 1 / (1 / C + eps)], which bounds the `beta` that keeps every tau_i > 0
+    (checked at startup from the task's classes). The teacher's logits are not used. For
+    (B, L, C) logits w is taken per valid row and averaged per example; classes ruled out by
+    `class_mask` are left out of the softmax.
 
     Computed without gradient on detached logits, in float32. Returns a (B,) tensor.
     """
-    valid = _valid_positions(logits_s, mask)
+    rows, classes = _rows_and_examples(logits_s, mask, class_mask)
     with torch.no_grad():
         z_s = logits_s.detach().float()
-        if valid is not None:
-            # Keep garbage (inf/nan) at padded positions out of the softmax entirely.
-            z_s = torch.where(valid.unsqueeze(-1), z_s, torch.zeros_like(z_s))
-        confidence = z_s.softmax(dim=-1).amax(dim=-1)  # (B,) or (B, L)
-        confidence = _per_example(confidence, valid, empty_value=1.0)
-        inverse = 1.0 / confidence
-        weight = inverse / inverse.mean()
-        return base * weight.pow(beta)
+        # Keep ruled-out rows (whatever they hold, even inf/nan) and classes out of the softmax.
+        z_s = torch.where(rows.unsqueeze(-1), z_s, torch.zeros_like(z_s))
+        if classes is not None:
+            z_s = z_s.masked_fill(~classes & rows.unsqueeze(-1), float("-inf"))
+        w = 1.0 / (z_s.softmax(dim=-1).amax(dim=-1) + eps)
+        return _centred(base, beta, w, rows)
+
+
+def _flsw_spread(num_classes: int | None, gamma: float = 2.0, **_unused: Any) -> float:
+    return 2.0**gamma
+
+
+def _cwsm_spread(num_classes: int | None, eps: float = 1e-3, **_unused: Any) -> float | None:
+    if num_classes is None:
+        return None
+    return 1.0 / (1.0 / num_classes + eps) - 1.0 / (1.0 + eps)
+
+
+# Largest possible difference between two examples' weights w, per dynamic temperature: given
+# it, ``beta * spread <= base`` keeps every temperature above 0 (at least base / batch size).
+WEIGHT_SPREADS: dict[str, Callable[..., float | None]] = {"flsw": _flsw_spread, "cwsm": _cwsm_spread}
 
 
 # ------------------------------------------------------------------ weight schedules
@@ -336,6 +356,8 @@ class Schedules:
             raise BrewlabError(f"scheduler.temperature.beta={t_params['beta']:g} must be >= 0")
         if t_params.get("gamma", 1.0) <= 0:
             raise BrewlabError(f"scheduler.temperature.gamma={t_params['gamma']:g} must be > 0")
+        if t_params.get("eps", 1.0) <= 0:
+            raise BrewlabError(f"scheduler.temperature.eps={t_params['eps']:g} must be > 0")
         object.__setattr__(self, "temperature_params", _freeze(t_params))
 
         warmup = _number("scheduler.lr.warmup_ratio", self.warmup_ratio)
@@ -353,11 +375,30 @@ class Schedules:
         if not isinstance(self.probability_shift, bool):
             raise BrewlabError(f"scheduler.probability_shift={self.probability_shift!r} must be true or false")
 
+    def check_temperature_bound(self, num_classes: int | None, where: str = "the task") -> None:
+        """Refuse a dynamic-temperature `beta` that could drive some example's temperature to <= 0.
+
+        `num_classes` is the most classes a logit row of the task can have (None when unknown
+        before the models are built, which skips the kinds whose bound depends on it).
+        """
+        spread_fn = WEIGHT_SPREADS.get(self.temperature_kind)
+        beta = self.temperature_params.get("beta", 1.0)
+        spread = spread_fn(num_classes, **self.temperature_params) if spread_fn else None
+        if spread is None or beta * spread <= self.temperature_base:
+            return
+        classes = f" with {num_classes} classes per logit row" if self.temperature_kind == "cwsm" else ""
+        raise BrewlabError(
+            f"scheduler.temperature.beta={beta:g} can drive the {self.temperature_kind} temperature to <= 0 on "
+            f"{where}{classes}: it needs beta * {spread:.4g} (the widest spread of its weights) <= "
+            f"scheduler.temperature.base={self.temperature_base:g}, i.e. beta <= {self.temperature_base / spread:.4g}"
+        )
+
     def temperature(
         self,
         logits_s: torch.Tensor,
         logits_t: torch.Tensor,
         mask: torch.Tensor | None = None,
+        class_mask: torch.Tensor | None = None,
     ) -> float | torch.Tensor:
         """Temperature for this batch: a float, or a (B,) tensor for per-example kinds."""
         fn = TEMPERATURES.get(self.temperature_kind, "scheduler.temperature.kind")
@@ -366,6 +407,7 @@ class Schedules:
             logits_t,
             self.temperature_base,
             mask=mask,
+            class_mask=class_mask,
             **self.temperature_params,
         )
 
@@ -409,7 +451,7 @@ def _kind_name(cfg: Mapping[str, Any], key: str, where: str, default: str = "con
     return value
 
 
-def build_schedules(cfg: Mapping[str, Any]) -> Schedules:
+def build_schedules(cfg: Mapping[str, Any], num_classes: int | None = None, where: str = "the task") -> Schedules:
     """Validate the `scheduler` config section and return a `Schedules`.
 
     Expected shape (every key optional; defaults shown)::
@@ -423,20 +465,22 @@ def build_schedules(cfg: Mapping[str, Any]) -> Schedules:
     Temperature and LR parameters are accepted whenever any kind of their schedule takes
     them and are ignored by the kinds that don't (so switching `kind` needs no other edit);
     a key no kind knows is an error. Works with a plain dict or an OmegaConf ``DictConfig``.
+    With `num_classes` (classes per logit row of the task named `where`) a dynamic temperature
+    whose `beta` could reach 0 is refused too.
     """
     if not isinstance(cfg, Mapping):
         raise BrewlabError(f"scheduler must be a mapping, got {cfg!r}")
     _check_keys(cfg, "scheduler", set(_TOP_KEYS))
 
     temp = _section(cfg, "temperature")
-    temp_params = _tunable_params(TEMPERATURES, skip=frozenset({"mask"}))
+    temp_params = _tunable_params(TEMPERATURES, skip=frozenset({"mask", "class_mask"}))
     _check_keys(temp, "scheduler.temperature", {"kind", "base"} | temp_params)
 
     lr = _section(cfg, "lr")
     lr_params = _tunable_params(LR_SCHEDULES, skip=frozenset())
     _check_keys(lr, "scheduler.lr", {"kind", "warmup_ratio"} | lr_params)
 
-    return Schedules(
+    schedules = Schedules(
         temperature_kind=_kind_name(temp, "kind", "scheduler.temperature.kind"),
         temperature_base=temp.get("base", 1.0),
         temperature_params={k: temp[k] for k in temp if k in temp_params},
@@ -447,3 +491,5 @@ def build_schedules(cfg: Mapping[str, Any]) -> Schedules:
         lr_params={k: lr[k] for k in lr if k in lr_params},
         probability_shift=cfg.get("probability_shift", False),
     )
+    schedules.check_temperature_bound(num_classes, where)
+    return schedules

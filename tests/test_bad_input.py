@@ -34,6 +34,17 @@ CASES = [
     ),
     (["scheduler.temperature.base=0"], 2, ["scheduler.temperature.base=0", "> 0"]),
     (["scheduler.temperature.base=-2"], 2, ["scheduler.temperature.base=-2", "> 0"]),
+    (
+        ["task=pd98_ner", "scheduler=cwsm"],
+        2,
+        ["scheduler.temperature.beta=1 can drive the cwsm temperature to <= 0 on task pd98_ner with 7 classes", "beta <= 0.672"],
+    ),
+    (
+        ["scheduler=flsw", "scheduler.temperature.base=2"],
+        2,
+        ["scheduler.temperature.beta=1 can drive the flsw temperature to <= 0 on task reviews_zh", "beta <= 0.5"],
+    ),
+    (["scheduler=cwsm", "scheduler.temperature.eps=0"], 2, ["scheduler.temperature.eps=0 must be > 0"]),
     (["loss.kd.weight=-1"], 2, ["loss.kd.weight=-1 must be a number >= 0"]),
     (
         ["task.data.train_file=/nonexistent/train.jsonl"],

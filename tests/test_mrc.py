@@ -14,15 +14,8 @@ from conftest import read_metrics
 
 from brewlab.errors import BrewlabError
 from brewlab.tasks import KINDS, SPLITS, _read_local, load_task_data
-from brewlab.tasks.mrc import (
-    MASKED,
-    answer_metrics,
-    check_config,
-    cmrc_pd98,
-    pd98_files,
-    score_en,
-    score_zh,
-)
+from brewlab.tasks.mrc import MASKED, check_config, cmrc_pd98, pd98_files
+from brewlab.tasks.mrc_metrics import answer_metrics, mixed_segmentation, score_en, score_zh
 from brewlab.tasks.pd98 import parse_tagged_line
 from brewlab.vocab import build_char_tokenizer
 
@@ -177,22 +170,86 @@ def test_logits_view_and_supervised_loss():
 # ----------------------------------------------------------------------------- metrics
 
 
-def test_zh_metric_cases():
-    assert score_zh("《人民 日报》。", "人民日报") == (1.0, 1.0)  # Chinese punctuation and spaces
-    assert score_zh("“北京市”", "北京") == (0.0, pytest.approx(0.8))  # lcs 2: p 2/3, r 1
-    assert score_zh("北京天安门", "天安门广场") == (0.0, pytest.approx(0.6))  # lcs 3 of 5 and 5
-    assert score_zh("ABC，", "abc") == (1.0, 1.0)
-    assert score_zh("上海", "北京") == (0.0, 0.0)
+# CMRC 2018, worked out from the official rules: lower case and strip; each CJK character and
+# each mark of the script's list (which holds "，。：？！“”；’《》·、「」（）－～『』" and the ASCII
+# "-:_*^/\\~`+=", but not "," "!" or "…") is a token; other runs are split into words; F1 drops the
+# listed marks (without ending a run) and takes the longest common contiguous run of tokens; EM
+# compares the strings without the listed marks (inner spaces stay). Max over gold answers.
+CMRC_CASES = [
+    # (prediction, gold answers, EM, F1)
+    ("iPhone 6", ["iPhone"], 0, 2 / 3),  # [iphone, 6] vs [iphone]: P 1/2, R 1
+    ("1998年1月", ["1月"], 0, 2 / 3),  # [1998, 年, 1, 月] vs [1, 月]: P 2/4, R 1
+    ("Windows系统", ["Windows"], 0, 1 / 2),  # [windows, 系, 统] vs [windows]: P 1/3, R 1
+    ("1998", ["1998年"], 0, 2 / 3),  # P 1, R 1/2
+    ("3.5亿元", ["3.5亿"], 0, 0.8),  # [3.5, 亿, 元] vs [3.5, 亿]: P 2/3, R 1
+    ("张三和John Smith", ["John Smith"], 0, 4 / 7),  # 2 of 5 and 2 of 2 tokens
+    ("Hong Kong", ["HongKong"], 0, 0.0),  # [hong, kong] vs [hongkong]
+    ("NBA", ["nba"], 1, 1.0),
+    ("北京", ["北京"], 1, 1.0),
+    ("北京天安门", ["天安门广场"], 0, 0.6),  # run 天安门: 3 of 5 and 3 of 5
+    ("京北", ["北京"], 0, 0.5),  # a contiguous run, not a bag: 1 of 2 and 1 of 2
+    ("“北京市”", ["北京"], 0, 0.8),  # listed quotes dropped: [北, 京, 市] vs [北, 京]
+    ("《人民日报》。", ["人民日报"], 1, 1.0),  # full-width marks of the list
+    ("人民 日报", ["人民日报"], 0, 1.0),  # EM keeps the space; F1's tokens skip it
+    ("  ABC，", ["abc"], 1, 1.0),  # stripped, lower-cased, full-width comma listed
+    ("北京！", ["北京"], 1, 1.0),  # full-width "！" is listed
+    ("北京!", ["北京"], 0, 0.8),  # ASCII "!" is not: [北, 京, !] vs [北, 京]
+    ("北京,", ["北京"], 0, 0.8),  # nor ASCII ","
+    ("北京…", ["北京"], 0, 0.8),  # nor "…" (the list's "……" never matches one character)
+    ("3-5年", ["3"], 0, 0.0),  # listed "-" dropped inside the run: [35, 年] vs [3]
+    ("约翰·史密斯", ["约翰史密斯"], 1, 1.0),  # "·" listed
+    ("上海", ["北京"], 0, 0.0),
+    ("", ["北京"], 0, 0.0),  # empty prediction
+    ("。", ["北京"], 0, 0.0),  # nothing left after the marks
+    ("", ["。"], 1, 0.0),  # both empty after the marks: equal strings, no tokens
+    ("北京", ["上海", "北京市"], 0, 0.8),  # several golds: the best is 北京市, P 1, R 2/3
+    ("中国", ["中华", "中国"], 1, 1.0),
+    ("1月", ["1998年1月", "一月"], 0, 2 / 3),  # P 1, R 2/4 against the first
+]
+
+# SQuAD v1.1: lower case, ASCII punctuation and a/an/the removed; bag-of-words F1.
+SQUAD_CASES = [
+    ("The Eiffel Tower!", ["eiffel  tower"], 1, 1.0),
+    ("a big red car", ["the red car"], 0, 0.8),  # [big, red, car] vs [red, car]
+    ("an apple", ["apples"], 0, 0.0),
+    ("car red", ["red car"], 0, 1.0),  # a bag of words
+    ("red red car", ["red car"], 0, 0.8),  # counts clipped: 2 shared of 3 and 2
+    ("Paris", ["London", "Paris, France"], 0, 2 / 3),
+    ("the", ["a"], 1, 0.0),  # both normalise to nothing: EM 1, F1 0 (official script)
+    ("", ["The"], 1, 0.0),
+    ("", ["London"], 0, 0.0),
+]
+
+
+def _best(pair, prediction, golds):
+    scores = [pair(prediction, gold) for gold in golds]
+    return max(s[0] for s in scores), max(s[1] for s in scores)
+
+
+@pytest.mark.parametrize("prediction, golds, em, f1", CMRC_CASES)
+def test_cmrc2018_metric_reference_cases(prediction, golds, em, f1):
+    assert _best(score_zh, prediction, golds) == (em, pytest.approx(f1))
+    metrics = answer_metrics([prediction], [golds], "zh")
+    assert (metrics["em"], metrics["f1"]) == (em, pytest.approx(f1))
+
+
+@pytest.mark.parametrize("prediction, golds, em, f1", SQUAD_CASES)
+def test_squad_v11_metric_reference_cases(prediction, golds, em, f1):
+    assert _best(score_en, prediction, golds) == (em, pytest.approx(f1))
+
+
+def test_mixed_segmentation_keeps_latin_words_and_numbers_whole():
+    assert mixed_segmentation("我用Windows 10和iPhone，很好。") == ["我", "用", "windows", "10", "和", "iphone", "，", "很", "好", "。"]
+    assert mixed_segmentation("我用Windows 10和iPhone，很好。", drop_punctuation=True) == [
+        "我", "用", "windows", "10", "和", "iphone", "很", "好",
+    ]
+
+
+def test_answer_metrics_average_the_best_score_of_each_question():
     metrics = answer_metrics(["北京", "", "中国"], [["上海", "北京市"], ["中国"], ["中国", "中华"]], "zh")
     assert metrics["em"] == pytest.approx(1 / 3)  # only the third is exact
     assert metrics["f1"] == pytest.approx((0.8 + 0.0 + 1.0) / 3)  # max over gold answers
     assert metrics["unanswered"] == 1 and metrics["questions"] == 3
-
-
-def test_en_metric_cases():
-    assert score_en("The Eiffel Tower!", "eiffel  tower") == (1.0, 1.0)
-    assert score_en("a big red car", "the red car") == (0.0, pytest.approx(0.8))  # 2 of 3 and 2 of 2 words
-    assert score_en("an apple", "apples") == (0.0, 0.0)
     metrics = answer_metrics(["Paris", ""], [["paris", "Paris, France"], ["London"]], "en")
     assert metrics == {"em": 0.5, "f1": 0.5, "unanswered": 1.0, "questions": 2.0}
 

@@ -152,50 +152,132 @@ def test_constant_temperature_returns_base():
     assert TEMPERATURES.get("constant")(logits, logits, 2.5, beta=3.0, mask=None) == 2.5
 
 
-def test_flsw_equal_logits_gives_base():
-    logits = torch.randn(4, 6)
-    tau = TEMPERATURES.get("flsw")(logits, logits.clone(), 3.0, beta=2.0, gamma=2.0)
-    assert tau.shape == (4,)
-    assert torch.allclose(tau, torch.full((4,), 3.0), atol=1e-5)
+LN3, LN9, NAN = math.log(3.0), math.log(9.0), float("nan")
+
+# Dynamic temperatures (Wen et al., 2019): tau_i = base + beta * (mean_j w_j - w_i).
+# flsw: w = (1 - cos(z_s, z_t)) ** gamma. The pairs used below have cos 1 ([1,0] vs [1,0], w = 0),
+# cos 0 ([1,0] vs [0,1], w = 1), cos -1 ([1,0] vs [-1,0], w = 2 ** gamma) and cos 24/25
+# ([3,4] vs [4,3], 1 - cos = 0.04).
+FLSW_CASES = {
+    # the issue's example: the confusing second example gets the lower temperature
+    "direction": dict(s=[[3, 0, 0], [0, 0, 3]], t=[[3, 0, 0], [3, 0, 0]], base=2, beta=1, gamma=2, tau=[2.5, 1.5]),
+    "beta 0 is constant": dict(s=[[3, 0, 0], [0, 0, 3]], t=[[3, 0, 0], [3, 0, 0]], base=3, beta=0, gamma=2, tau=[3, 3]),
+    "full agreement gives base": dict(s=[[1, 2], [3, -1], [0, 5]], t=[[1, 2], [3, -1], [0, 5]], base=4, beta=2, gamma=2, tau=[4, 4, 4]),
+    # every example disagrees as much: w = 1 each, mean 1, so no one moves (centred, not softened)
+    "uniform disagreement gives base": dict(s=[[1, 0], [0, 1]], t=[[0, 1], [1, 0]], base=2, beta=1, gamma=2, tau=[2, 2]),
+    # w = 0, 1, 2 (gamma 1), mean 1: 2 + (1 - 0), 2 + (1 - 1), 2 + (1 - 2)
+    "three levels, gamma 1": dict(s=[[1, 0], [1, 0], [1, 0]], t=[[1, 0], [0, 1], [-1, 0]], base=2, beta=1, gamma=1, tau=[3, 2, 1]),
+    # w = 0, 1, 4 (gamma 2), mean 5/3: 2 + 0.5 * (5/3 - w)
+    "three levels, gamma 2": dict(
+        s=[[1, 0], [1, 0], [1, 0]], t=[[1, 0], [0, 1], [-1, 0]], base=2, beta=0.5, gamma=2, tau=[17 / 6, 7 / 3, 5 / 6]
+    ),
+    # w = 0.04 and 0 (gamma 1), mean 0.02: 20 + 10 * (0.02 - w)
+    "small disagreement": dict(s=[[3, 4], [1, 0]], t=[[4, 3], [1, 0]], base=20, beta=10, gamma=1, tau=[19.8, 20.2]),
+    # (B, L, C): example 0 keeps only its agreeing position (w 0), example 1 only its orthogonal
+    # one (w 1); the ruled-out positions (disagreeing, nan) must not count
+    "masked positions": dict(
+        s=[[[1, 0], [1, 0]], [[1, 0], [NAN, NAN]]],
+        t=[[[1, 0], [0, 1]], [[0, 1], [NAN, 1]]],
+        mask=[[1, 0], [1, 0]],
+        base=2, beta=1, gamma=2, tau=[2.5, 1.5],
+    ),
+    # (B, 2, C) MRC heads with the last class outside the passage, filled with -1e4 on both
+    # sides: on the allowed classes example 0 agrees (w 0 on both heads), example 1 is
+    # orthogonal (w 1); with the fill inside the cosine both would look like cos = 1
+    "ruled-out classes": dict(
+        s=[[[1, 0, -1e4], [0, 1, -1e4]], [[1, 0, -1e4], [0, 1, -1e4]]],
+        t=[[[1, 0, -1e4], [0, 1, -1e4]], [[0, 1, -1e4], [1, 0, -1e4]]],
+        class_mask=[[[1, 1, 0]], [[1, 1, 0]]],
+        base=2, beta=1, gamma=2, tau=[2.5, 1.5],
+    ),
+    # an example with no valid position gets base and stays out of the batch mean (0 and 1 -> 0.5)
+    "empty example": dict(
+        s=[[[1, 0]], [[1, 0]], [[5, 1]]], t=[[[1, 0]], [[0, 1]], [[-5, 1]]], mask=[[1], [1], [0]],
+        base=2, beta=1, gamma=2, tau=[2.5, 1.5, 2.0],
+    ),
+}
+
+# cwsm: w = 1 / (max_k softmax(z_s)_k + eps). Softmax tops used below: [0, 0] -> 1/2 (w 2 with
+# eps 0), [ln 3, 0] -> 3/4 (w 4/3), [0, 0, 0, 0] -> 1/4 (w 4), [ln 3, 0, 0, 0] -> 1/2 (w 2),
+# [ln 9, 0, 0, 0] -> 3/4 (w 4/3). The teacher logits are never read.
+_T2 = [[9.0, -9.0], [-9.0, 9.0]]
+CWSM_CASES = {
+    # w = 2 and 4/3, mean 5/3: the unsure example gets 2 + (5/3 - 2), the confident 2 + (5/3 - 4/3)
+    "direction": dict(s=[[0, 0], [LN3, 0]], t=_T2, base=2, beta=1, eps=0, tau=[5 / 3, 7 / 3]),
+    # the default eps = 1e-3
+    "default eps": dict(
+        s=[[0, 0], [LN3, 0]], t=_T2, base=2, beta=1,
+        tau=[2 + ((1 / 0.501 + 1 / 0.751) / 2 - 1 / 0.501), 2 + ((1 / 0.501 + 1 / 0.751) / 2 - 1 / 0.751)],
+    ),
+    "beta 0 is constant": dict(s=[[0, 0], [LN3, 0]], t=_T2, base=2.5, beta=0, eps=0, tau=[2.5, 2.5]),
+    "equal confidence gives base": dict(s=[[0, 0], [5, 5]], t=_T2, base=2, beta=1, eps=0, tau=[2, 2]),
+    "teacher is ignored": dict(s=[[0, 0], [LN3, 0]], t=[[0, 0], [0, 0]], base=2, beta=1, eps=0, tau=[5 / 3, 7 / 3]),
+    # w = 4, 2, 4/3, mean 22/9: 3 + 0.5 * (22/9 - w)
+    "three levels": dict(
+        s=[[0, 0, 0, 0], [LN3, 0, 0, 0], [LN9, 0, 0, 0]], t=[[0] * 4] * 3, base=3, beta=0.5, eps=0,
+        tau=[20 / 9, 29 / 9, 32 / 9],
+    ),
+    # (B, L, C): only the first position of each example counts (w 2 and 4/3, as in "direction")
+    "masked positions": dict(
+        s=[[[0, 0], [LN3, 0]], [[LN3, 0], [NAN, NAN]]], t=[[[0, 0]] * 2] * 2, mask=[[1, 0], [1, 0]],
+        base=2, beta=1, eps=0, tau=[5 / 3, 7 / 3],
+    ),
+    # (B, L, C) with every position valid: w_0 = (2 + 4/3) / 2 = 5/3, w_1 = 4/3, mean 3/2
+    "positions averaged": dict(
+        s=[[[0, 0], [LN3, 0]], [[LN3, 0], [LN3, 0]]], t=[[[0, 0]] * 2] * 2, mask=[[1, 1], [1, 1]],
+        base=2, beta=1, eps=0, tau=[2 + (1.5 - 5 / 3), 2 + (1.5 - 4 / 3)],
+    ),
+    # a large logit in a ruled-out class would make every top probability ~1
+    "ruled-out classes": dict(
+        s=[[[0, 0, 50.0]], [[LN3, 0, 50.0]]], t=[[[0, 0, 0]]] * 2, class_mask=[[[1, 1, 0]], [[1, 1, 0]]],
+        base=2, beta=1, eps=0, tau=[5 / 3, 7 / 3],
+    ),
+    "empty example": dict(
+        s=[[[0, 0]], [[LN3, 0]], [[7, 0]]], t=[[[0, 0]]] * 3, mask=[[1], [1], [0]],
+        base=2, beta=1, eps=0, tau=[5 / 3, 7 / 3, 2.0],
+    ),
+}
 
 
-def test_flsw_hand_computed():
-    s1, t1 = [1.0, 2.0, 3.0], [3.0, 2.0, 1.0]  # cos = 10/14
-    s2, t2 = [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]  # cos = 0
-    base, beta, gamma = 2.0, 1.5, 2.0
-    tau = TEMPERATURES.get("flsw")(torch.tensor([s1, s2]), torch.tensor([t1, t2]), base, beta=beta, gamma=gamma)
-    expected = [base + beta * (1 - _cos(s, t)) ** gamma for s, t in ((s1, t1), (s2, t2))]
-    assert expected[0] == pytest.approx(2.0 + 1.5 * (4 / 14) ** 2)
-    assert tau.tolist() == pytest.approx(expected, rel=1e-6)
+def _run_case(kind, case):
+    params = {k: case[k] for k in ("beta", "gamma", "eps") if k in case}
+    optional = {k: torch.tensor(case[k]) for k in ("mask", "class_mask") if k in case}
+    return TEMPERATURES.get(kind)(
+        torch.tensor(case["s"], dtype=torch.float32), torch.tensor(case["t"], dtype=torch.float32),
+        float(case["base"]), **optional, **params,
+    )
 
 
-def test_flsw_defaults_and_opposite_logits():
-    # opposite directions: cos = -1 -> base + beta * 2 ** gamma with beta=1, gamma=2
-    z = torch.tensor([[1.0, -2.0, 0.5]])
-    tau = TEMPERATURES.get("flsw")(z, -z, 1.0)
-    assert tau.tolist() == pytest.approx([1.0 + 4.0])
+@pytest.mark.parametrize("name", list(FLSW_CASES))
+def test_flsw_reference_cases(name):
+    case = FLSW_CASES[name]
+    tau = _run_case("flsw", case)
+    assert tau.shape == (len(case["tau"]),)
+    assert tau.tolist() == pytest.approx(case["tau"], rel=1e-5, abs=1e-5)
 
 
-def test_cwsm_hand_computed():
-    # example 1: logits [0, 0]     -> softmax [1/2, 1/2], c = 1/2
-    # example 2: logits [ln 3, 0]  -> softmax [3/4, 1/4], c = 3/4
-    z_s = torch.tensor([[0.0, 0.0], [math.log(3.0), 0.0]])
-    z_t = torch.randn(2, 2)
-    c = [
-        1 / (1 + math.exp(0.0)),
-        math.exp(math.log(3.0)) / (math.exp(math.log(3.0)) + 1),
-    ]
-    inv = [1 / ci for ci in c]
-    w = [x / (sum(inv) / len(inv)) for x in inv]
-    assert w == pytest.approx([6 / 5, 4 / 5])
-    for beta in (1.0, 2.0, 0.5):
-        tau = TEMPERATURES.get("cwsm")(z_s, z_t, 2.0, beta=beta)
-        assert tau.tolist() == pytest.approx([2.0 * wi**beta for wi in w], rel=1e-6)
+@pytest.mark.parametrize("name", list(CWSM_CASES))
+def test_cwsm_reference_cases(name):
+    case = CWSM_CASES[name]
+    tau = _run_case("cwsm", case)
+    assert tau.shape == (len(case["tau"]),)
+    assert tau.tolist() == pytest.approx(case["tau"], rel=1e-5, abs=1e-5)
 
 
-def test_cwsm_default_beta_keeps_batch_mean_at_base():
-    tau = TEMPERATURES.get("cwsm")(torch.randn(5, 7), torch.randn(5, 7), 3.0)
-    assert tau.mean().item() == pytest.approx(3.0, rel=1e-5)
+@pytest.mark.parametrize("kind", ["flsw", "cwsm"])
+def test_dynamic_temperatures_are_centred_on_base(kind):
+    torch.manual_seed(0)
+    z_s, z_t = torch.randn(16, 5), torch.randn(16, 5)
+    tau = TEMPERATURES.get(kind)(z_s, z_t, 3.0, beta=0.2)
+    assert tau.mean().item() == pytest.approx(3.0, abs=1e-5)
+    assert tau.std().item() > 0.01
+
+
+def test_flsw_without_the_class_mask_sees_the_passage_fill():
+    """Why MRC passes a class mask: the shared -1e4 fill makes every cosine about 1."""
+    case = FLSW_CASES["ruled-out classes"]
+    unmasked = {k: v for k, v in case.items() if k != "class_mask"}
+    assert _run_case("flsw", unmasked).tolist() == pytest.approx([2.0, 2.0], abs=1e-6)
 
 
 def test_temperatures_are_detached():
@@ -206,83 +288,67 @@ def test_temperatures_are_detached():
         assert not tau.requires_grad
 
 
-def _masked_pair():
+def test_3d_without_mask_uses_all_positions():
     torch.manual_seed(0)
     z_s, z_t = torch.randn(2, 3, 4), torch.randn(2, 3, 4)
-    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
-    return z_s, z_t, mask
-
-
-@pytest.mark.parametrize("kind", ["flsw", "cwsm"])
-def test_masked_positions_do_not_matter(kind):
-    z_s, z_t, mask = _masked_pair()
-    fn = TEMPERATURES.get(kind)
-    tau = fn(z_s, z_t, 2.0, mask=mask)
-    assert tau.shape == (2,)
-
-    pad = mask == 0
-    z_s2, z_t2 = z_s.clone(), z_t.clone()
-    z_s2[pad] = torch.randn(int(pad.sum()), 4) * 100
-    z_t2[pad] = float("inf")
-    assert torch.allclose(fn(z_s2, z_t2, 2.0, mask=mask), tau)
-    assert torch.allclose(fn(z_s2, z_t2, 2.0, mask=mask.bool()), tau)
-
-    # without the mask the padded positions do count
-    assert not torch.allclose(fn(z_s2, z_t, 2.0), tau)
-
-
-def test_flsw_3d_averages_cosine_over_valid_positions():
-    z_s, z_t, mask = _masked_pair()
-    base, beta, gamma = 1.0, 2.0, 1.5
-    tau = TEMPERATURES.get("flsw")(z_s, z_t, base, mask=mask, beta=beta, gamma=gamma)
-    expected = []
-    for b in range(2):
-        cosines = [_cos(z_s[b, i].tolist(), z_t[b, i].tolist()) for i in range(3) if mask[b, i]]
-        mean_cos = sum(cosines) / len(cosines)
-        expected.append(base + beta * (1 - mean_cos) ** gamma)
-    assert tau.tolist() == pytest.approx(expected, rel=1e-5)
-
-
-def test_cwsm_3d_averages_confidence_over_valid_positions():
-    z_s, z_t, mask = _masked_pair()
-    tau = TEMPERATURES.get("cwsm")(z_s, z_t, 2.0, mask=mask)
-    conf = []
-    for b in range(2):
-        tops = []
-        for i in range(3):
-            if mask[b, i]:
-                exps = [math.exp(x) for x in z_s[b, i].tolist()]
-                tops.append(max(exps) / sum(exps))
-        conf.append(sum(tops) / len(tops))
-    inv = [1 / c for c in conf]
-    expected = [2.0 * x / (sum(inv) / 2) for x in inv]
-    assert tau.tolist() == pytest.approx(expected, rel=1e-5)
-
-
-def test_3d_without_mask_uses_all_positions():
-    z_s, z_t, _ = _masked_pair()
     full = torch.ones(2, 3, dtype=torch.long)
     for kind in ("flsw", "cwsm"):
         fn = TEMPERATURES.get(kind)
-        assert torch.allclose(fn(z_s, z_t, 2.0), fn(z_s, z_t, 2.0, mask=full))
-
-
-def test_example_without_valid_positions_gets_base_under_flsw():
-    z_s, z_t, _ = _masked_pair()
-    mask = torch.tensor([[1, 1, 0], [0, 0, 0]])
-    tau = TEMPERATURES.get("flsw")(z_s, z_t, 2.0, mask=mask)
-    assert tau[1].item() == pytest.approx(2.0)
+        assert torch.allclose(fn(z_s, z_t, 2.0, beta=0.1), fn(z_s, z_t, 2.0, mask=full, beta=0.1))
 
 
 def test_mask_shape_mismatch_raises():
-    z_s, z_t, _ = _masked_pair()
+    z = torch.randn(2, 3, 4)
     with pytest.raises(ValueError, match="mask shape"):
-        TEMPERATURES.get("flsw")(z_s, z_t, 2.0, mask=torch.ones(2, 4))
+        TEMPERATURES.get("flsw")(z, z, 2.0, mask=torch.ones(2, 4))
 
 
 def test_flsw_shape_mismatch_raises():
     with pytest.raises(ValueError, match="same shape"):
         TEMPERATURES.get("flsw")(torch.randn(2, 3), torch.randn(2, 4), 1.0)
+
+
+# The bound: tau_i >= base - beta * (max w - min w); flsw's w lies in [0, 2 ** gamma], cwsm's
+# in [1 / (1 + eps), 1 / (1 / C + eps)] for C classes.
+@pytest.mark.parametrize(
+    "temperature, classes, message",
+    [
+        ({"kind": "flsw", "base": 2.0, "beta": 1.0, "gamma": 2.0}, 2,
+         "scheduler.temperature.beta=1 can drive the flsw temperature to <= 0 on the task: it needs beta * 4 "
+         "(the widest spread of its weights) <= scheduler.temperature.base=2, i.e. beta <= 0.5"),
+        ({"kind": "flsw", "base": 1.0, "beta": 0.3, "gamma": 2.0}, None, "i.e. beta <= 0.25"),
+        # 1 / (1/7 + 0.001) - 1 / 1.001 = 5.952
+        ({"kind": "cwsm", "base": 4.0, "beta": 1.0}, 7,
+         "can drive the cwsm temperature to <= 0 on the task with 7 classes per logit row: it needs beta * 5.952"),
+        ({"kind": "cwsm", "base": 0.25, "beta": 1.0, "eps": 0.5}, 2, "i.e. beta <= 0.75"),  # spread 1 / (0.5 + 0.5) - 1 / 1.5 = 1/3
+    ],
+)
+def test_a_beta_that_can_reach_zero_is_refused(temperature, classes, message):
+    with pytest.raises(BrewlabError) as err:
+        build_schedules({"temperature": temperature}, num_classes=classes)
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "temperature, classes",
+    [
+        ({"kind": "flsw", "base": 4.0, "beta": 1.0, "gamma": 2.0}, 2),  # the preset: exactly at the bound
+        ({"kind": "cwsm", "base": 4.0, "beta": 1.0}, 2),  # spread 0.997
+        ({"kind": "cwsm", "base": 0.1, "beta": 5.0}, None),  # classes unknown (MLM): checked by the loss
+        ({"kind": "constant", "base": 0.1, "beta": 9.0}, 3),
+    ],
+)
+def test_a_beta_within_the_bound_is_accepted(temperature, classes):
+    build_schedules({"temperature": temperature}, num_classes=classes)
+
+
+def test_at_the_bound_the_temperature_stays_positive():
+    # flsw, base 4 = beta * 2 ** gamma: w = 0, 0, 0, 4 (one opposite pair), mean 1 -> 4 + (1 - 4) = 1
+    s = torch.tensor([[1.0, 0.0]] * 4)
+    t = torch.tensor([[1.0, 0.0]] * 3 + [[-1.0, 0.0]])
+    tau = TEMPERATURES.get("flsw")(s, t, 4.0, beta=1.0, gamma=2.0)
+    assert tau.tolist() == pytest.approx([5.0, 5.0, 5.0, 1.0])
 
 
 # ------------------------------------------------------------------------ Schedules
@@ -310,18 +376,23 @@ def test_schedules_is_frozen():
 
 
 def test_build_passes_temperature_params():
-    cfg = _cfg(temperature={"kind": "flsw", "base": 2.0, "beta": 1.5, "gamma": 2.0})
+    cfg = _cfg(temperature={"kind": "flsw", "base": 2.0, "beta": 0.5, "gamma": 1.0})
     sched = build_schedules(cfg)
-    s, t = [1.0, 2.0, 3.0], [3.0, 2.0, 1.0]
-    tau = sched.temperature(torch.tensor([s]), torch.tensor([t]))
-    assert tau.tolist() == pytest.approx([2.0 + 1.5 * (1 - _cos(s, t)) ** 2.0])
+    # w = 1 - cos = 0 and 1 (gamma 1), mean 0.5: 2 + 0.5 * (0.5 - w)
+    tau = sched.temperature(torch.tensor([[1.0, 0.0], [1.0, 0.0]]), torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+    assert tau.tolist() == pytest.approx([2.25, 1.75])
 
 
-def test_build_passes_temperature_mask():
-    z_s, z_t, mask = _masked_pair()
-    sched = build_schedules(_cfg(temperature={"kind": "cwsm", "base": 2.0}))
-    expected = TEMPERATURES.get("cwsm")(z_s, z_t, 2.0, mask=mask, beta=1.0)
-    assert torch.allclose(sched.temperature(z_s, z_t, mask=mask), expected)
+def test_build_passes_temperature_masks():
+    sched = build_schedules(_cfg(temperature={"kind": "cwsm", "base": 2.0, "eps": 1e-9}))
+    case = CWSM_CASES["masked positions"]
+    tau = sched.temperature(torch.tensor(case["s"]), torch.tensor(case["t"], dtype=torch.float32), mask=torch.tensor(case["mask"]))
+    assert tau.tolist() == pytest.approx(case["tau"], rel=1e-5)
+    case = CWSM_CASES["ruled-out classes"]
+    tau = sched.temperature(
+        torch.tensor(case["s"]), torch.tensor(case["t"], dtype=torch.float32), class_mask=torch.tensor(case["class_mask"])
+    )
+    assert tau.tolist() == pytest.approx(case["tau"], rel=1e-5)
 
 
 def test_build_passes_lr_params():

@@ -62,6 +62,14 @@ class TaskKind(Protocol):
     def logits_mask(batch: Mapping) -> Any: ...
 
     @staticmethod
+    def class_mask(batch: Mapping) -> Any:
+        """Classes of each logit row that exist for this batch (broadcastable to the logits), or None."""
+
+    @staticmethod
+    def logit_classes(cfg: Mapping) -> int | None:
+        """The most classes a logit row of the task can have, from its config (None: known later)."""
+
+    @staticmethod
     def supervised_loss(logits: Any, labels: Any) -> Any: ...
 
     @staticmethod

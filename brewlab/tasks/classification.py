@@ -92,6 +92,15 @@ class Classification:
         return None
 
     @staticmethod
+    def class_mask(batch: Mapping) -> None:
+        """Every label is a class of every example."""
+        return None
+
+    @staticmethod
+    def logit_classes(cfg: Mapping) -> int | None:
+        return len(cfg["label_names"]) if cfg.get("label_names") else None
+
+    @staticmethod
     def supervised_loss(logits: Any, labels: Any) -> Any:
         """Cross-entropy averaged over labelled examples (augmented ones carry -100; 0 when none is labelled)."""
         import torch.nn.functional as F

@@ -217,6 +217,16 @@ class MaskedLM:
         """Logit KD compares the models at masked positions only."""
         return batch["labels"] != IGNORE
 
+    @staticmethod
+    def class_mask(batch: Mapping) -> None:
+        """Every vocabulary entry is a class of every position."""
+        return None
+
+    @staticmethod
+    def logit_classes(cfg: Mapping) -> None:
+        """The vocabulary size, known only once the tokenizer is built."""
+        return None
+
     # the MLM loss is token cross-entropy over the labelled (masked) positions, as for NER
     supervised_loss = staticmethod(TokenClassification.supervised_loss)
 

