@@ -31,6 +31,7 @@ from brewlab.parallel import is_main, main_first
 log = logging.getLogger("brewlab")
 
 TEACHER_META = "brewlab_teacher.json"
+PREDICTIONS = "predictions"  # per-example predictions: <run>/predictions/[<task>/]<teacher|student>/<split>.jsonl
 
 
 def seed_everything(seed: int) -> None:
@@ -247,10 +248,17 @@ def predict(
     return [rows[i] for i in range(len(features))], seconds
 
 
-def evaluate(adaptor: Any, prep: Prepared, split: str, batch_size: int, device: torch.device) -> dict[str, float]:
+def evaluate(
+    adaptor: Any, prep: Prepared, split: str, batch_size: int, device: torch.device, records_to: Path | None = None
+) -> dict[str, float]:
+    """The split's scores; with `records_to`, its per-example predictions go there as JSON lines."""
+    from brewlab.tasks import write_jsonl
+
     feats = prep.features[split]
     logits, seconds = predict(adaptor, feats, batch_size, prep.tokenizer.pad_token_id, device)
     metrics = prep.kind.score(logits, feats, prep.rows[split], prep.label_names)
+    if records_to is not None:
+        write_jsonl(prep.kind.records(logits, feats, prep.rows[split], prep.label_names), records_to)
     metrics["examples_per_second"] = len(prep.rows[split]) / max(seconds, 1e-9)
     return metrics
 
@@ -710,11 +718,17 @@ def finished_run(cfg: Mapping[str, Any], run_dir: Path) -> dict[str, Any] | None
 # ----------------------------------------------------------------------------- the run
 
 
-def measure(view: Any, prep: Prepared, eval_bs: int, device: torch.device) -> dict[str, Any]:
-    """Validation and test scores, parameter counts and inference speed of one adaptor."""
+def measure(
+    view: Any, prep: Prepared, eval_bs: int, device: torch.device, predictions: Path | None = None
+) -> dict[str, Any]:
+    """Validation and test scores, parameter counts and inference speed of one adaptor; with
+    `predictions`, its per-example predictions of each split in `<predictions>/<split>.jsonl`."""
     from brewlab.models import count_parameters
 
-    entry: dict[str, Any] = {split: evaluate(view, prep, split, eval_bs, device) for split in ("validation", "test")}
+    entry: dict[str, Any] = {
+        split: evaluate(view, prep, split, eval_bs, device, predictions / f"{split}.jsonl" if predictions else None)
+        for split in ("validation", "test")
+    }
     entry["parameters"] = count_parameters(view.model)
     entry["examples_per_second"] = entry["test"]["examples_per_second"]
     return entry
@@ -727,15 +741,18 @@ def teacher_metrics(
     base: str | None,
     eval_bs: int,
     device: torch.device,
+    predictions: Path | None = None,
 ) -> dict[str, Any]:
     """`teacher` (what the student learnt from: one model or the ensemble) and, for several
-    teachers, `teachers` (each member), with how each cached stage was made."""
+    teachers, `teachers` (each member), with how each cached stage was made. The predictions of
+    the one the student learnt from go to `<predictions>/teacher/`."""
     from brewlab.adaptors import ADAPTORS, TeacherEnsemble
 
     adaptor = ADAPTORS.get("hf")
     members = []
+    single = predictions / "teacher" if predictions and not isinstance(used, TeacherEnsemble) else None
     for model, source, directory, t_cfg in teachers:
-        entry = measure(adaptor(model, prep.kind), prep, eval_bs, device) | {"source": source}
+        entry = measure(adaptor(model, prep.kind), prep, eval_bs, device, single) | {"source": source}
         pretrained = base if t_cfg["kind"] == "pretrained_scratch" else None
         for stage, stage_dir in (("training", directory), ("pretraining", pretrained)):
             meta = Path(stage_dir) / TEACHER_META if stage_dir else None
@@ -743,7 +760,8 @@ def teacher_metrics(
                 entry[stage] = json.loads(meta.read_text(encoding="utf-8"))
         members.append(entry)
     if isinstance(used, TeacherEnsemble):
-        ensemble = measure(used, prep, eval_bs, device) | {"source": "ensemble", "members": len(members)}
+        ensemble = measure(used, prep, eval_bs, device, predictions and predictions / "teacher")
+        ensemble |= {"source": "ensemble", "members": len(members)}
         return {"teacher": ensemble, "teachers": members}
     return {"teacher": members[0]}
 
@@ -815,8 +833,10 @@ def run(cfg: Mapping[str, Any], run_dir: Path, tracker: Any) -> dict[str, Any]:
     describe = getattr(prep.kind, "describe", None)  # e.g. entity counts per split for NER
     if describe is not None:
         metrics["task"].update(describe(prep.rows, prep.label_names))
-    metrics.update(teacher_metrics(teachers, distiller.teacher, prep, base, eval_bs, device))
-    metrics["student"] = measure(ADAPTORS.get("hf")(student, prep.kind), prep, eval_bs, device)
+    predictions = run_dir / PREDICTIONS
+    metrics.update(teacher_metrics(teachers, distiller.teacher, prep, base, eval_bs, device, predictions))
+    student_view = ADAPTORS.get("hf")(student, prep.kind)
+    metrics["student"] = measure(student_view, prep, eval_bs, device, predictions / "student")
     metrics["student"].update(
         train_seconds=result.train_seconds, steps=result.steps, best_step=result.best_step, final_losses=result.final_losses
     )
@@ -898,8 +918,9 @@ def run_multi_task(cfg: Mapping[str, Any], run_dir: Path, tracker: Any) -> dict[
     for n in names:
         prep = preps[n]
         entry = {"main_metric": prep.kind.main_metric, "sizes": prep.sizes}
-        entry.update(teacher_metrics(teachers[n], parts[n].teacher, prep, base, eval_bs, device))
-        entry["student"] = measure(ADAPTORS.get("hf")(students[n], prep.kind), prep, eval_bs, device)
+        predictions = run_dir / PREDICTIONS / n
+        entry.update(teacher_metrics(teachers[n], parts[n].teacher, prep, base, eval_bs, device, predictions))
+        entry["student"] = measure(ADAPTORS.get("hf")(students[n], prep.kind), prep, eval_bs, device, predictions / "student")
         per_task[n] = entry
 
     def mean_of(role: str) -> dict[str, Any]:

@@ -1,11 +1,18 @@
 """Sweep report: one row per configuration, mean ± std over seeds, a CSV, a markdown table and a chart.
 
 Usage: python -m brewlab.report <sweep-dir> [--out DIR] [--metric NAME] [--title TEXT]
+       [--reference OVERRIDES] [--resamples N]
 
 It reads run directories only (`.hydra/*.yaml`, `metrics.json`, `error.txt`) and never imports the
 training code, so it works on a copied or half-finished sweep and on a machine without torch.
 Job states: `metrics.json` -> finished, `error.txt` -> failed (first line is the message), neither
 -> still running (counted, not averaged). Std is the sample std (n-1); it is blank when n=1.
+
+Each configuration is also compared with a reference (the labels-only one when the sweep has
+one, else the first; `--reference` names another) on the test split, by a paired bootstrap over
+the students' per-example predictions (`predictions/student/test.jsonl`; see
+`brewlab.significance`). Runs without predictions (written before they existed) are listed,
+not compared.
 """
 
 from __future__ import annotations
@@ -25,6 +32,16 @@ from typing import Any
 
 import yaml
 
+from brewlab.significance import (
+    DEFAULT_RESAMPLES,
+    DEFAULT_SEED,
+    Comparison,
+    Records,
+    RecordsError,
+    compare,
+    read_records,
+)
+
 EXPECTED = "<sweep>/<overrides>/seed=<n>/metrics.json"
 DEFAULT_LABEL = "(default)"
 # top-level keys of metrics.json that the core columns already cover or that are not metrics
@@ -32,6 +49,7 @@ CORE_KEYS = frozenset({"task", "distiller", "loss", "seed"})
 # dirs a job writes into its own directory; never job dirs themselves
 SKIP_DIRS = frozenset({"wandb", "student", "__pycache__"})
 SEED_DIR = re.compile(r"^seed=(-?\d+)$")
+STUDENT_TEST = Path("predictions") / "student" / "test.jsonl"
 
 
 class ReportError(Exception):
@@ -306,6 +324,127 @@ def aggregate(jobs: Sequence[Job], metric: str | None = None) -> list[Row]:
     return rows
 
 
+# ----------------------------------------------------------------------------- significance
+
+
+@dataclass
+class Significance:
+    """Every configuration against the reference on the test split (see `brewlab.significance`)."""
+
+    reference: str
+    metric: str
+    resamples: int
+    seed: int
+    results: dict[str, Comparison]
+    skipped: dict[str, str]  # configuration -> why it is not compared
+
+
+def _labels_only(job: Job) -> bool:
+    return job.metrics.get("loss") == ["hard"] or (job.metrics.get("student") or {}).get("note") == "trained on labels only"
+
+
+def _same_config(a: str, b: str) -> bool:
+    """Override lists name one configuration whatever their order."""
+    return sorted(a.split(",")) == sorted(b.split(","))
+
+
+def _runs_of(jobs: Sequence[Job]) -> tuple[list[tuple[int | None, Records]], str]:
+    """(seed, records) of the jobs that kept test predictions, and why the others cannot count."""
+    runs, problems = [], []
+    for job in jobs:
+        path = job.path / STUDENT_TEST
+        if not path.is_file():
+            problems.append(f"seed={job.seed}: no {STUDENT_TEST} (a run from before predictions were kept)")
+            continue
+        try:
+            runs.append((job.seed, read_records(path)))
+        except RecordsError as exc:
+            problems.append(str(exc))
+    return runs, "; ".join(problems)
+
+
+def significance(
+    jobs: Sequence[Job],
+    rows: Sequence[Row],
+    reference: str | None = None,
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int = DEFAULT_SEED,
+) -> Significance | None:
+    """Paired-bootstrap comparison of every configuration with the reference (None: fewer than 2 rows)."""
+    finished = [j for j in jobs if j.status == "finished"]
+    members = {r.config: sorted((j for j in finished if j.config == r.config), key=lambda j: (j.seed is None, j.seed or 0)) for r in rows}
+    if reference is not None:
+        chosen = [r.config for r in rows if _same_config(r.config, reference)]
+        if not chosen:
+            raise ReportError(f"--reference {reference!r} is not a configuration of this sweep; choose one of: {', '.join(r.config for r in rows)}")
+        ref = chosen[0]
+    elif len(rows) < 2:
+        return None
+    else:
+        ref = next((r.config for r in rows if all(_labels_only(j) for j in members[r.config])), rows[0].config)
+    metrics = sorted({str((j.metrics.get("task") or {}).get("main_metric")) for j in finished})
+    out = Significance(ref, "/".join(metrics), resamples, seed, {}, {})
+    ref_runs, problem = _runs_of(members[ref])
+    if not ref_runs:
+        out.skipped.update({r.config: f"the reference has no predictions ({problem})" for r in rows if r.config != ref})
+        return out
+    names, groups, paired = [], [], []
+    for r in rows:
+        if r.config == ref:
+            continue
+        runs, problem = _runs_of(members[r.config])
+        if not runs:
+            out.skipped[r.config] = problem
+        elif runs[0][1].ids != ref_runs[0][1].ids or any(x.ids != runs[0][1].ids for _, x in runs):
+            out.skipped[r.config] = "scored on other test examples than the reference"
+        else:
+            names.append(r.config)
+            groups.append([x for _, x in runs])
+            paired.append([s for s, _ in runs] == [s for s, _ in ref_runs])
+    if groups:
+        found = compare(groups, [x for _, x in ref_runs], resamples, seed, paired)
+        out.results = dict(zip(names, found, strict=True))
+    return out
+
+
+def significance_md(sig: Significance, pct: bool) -> str:
+    """The comparison table: difference in the test metric, 95% interval, p and Holm's p."""
+    scale, unit = (100.0, " (points)") if pct else (1.0, "")
+    head = [
+        "configuration",
+        f"test {sig.metric} − reference{unit}",
+        "95% interval",
+        "p",
+        "p (Holm)",
+        "differs",
+    ]
+    body = []
+    for config, c in sig.results.items():
+        body.append(
+            [
+                config,
+                f"{scale * c.difference:+.2f}",
+                f"[{scale * c.low:+.2f}, {scale * c.high:+.2f}]",
+                f"{c.p:.4f}",
+                f"{c.p_holm:.4f}",
+                "**yes** ✱" if c.significant else "no",
+            ]
+        )
+    text = [
+        f"## Against the reference `{sig.reference}`",
+        "",
+        f"Paired bootstrap over test examples and seeds ({sig.resamples:,} resamples, generator seed {sig.seed}; "
+        "`brewlab.significance`): the metric is recomputed on each resample. ✱ marks an interval that leaves 0 "
+        "out after Holm's correction over the configurations below (adjusted p < 0.05).",
+        "",
+    ]
+    if body:
+        text += [_md_table(head, body), ""]
+    if sig.skipped:
+        text += ["Not compared:", ""] + [f"- `{config}`: {why}" for config, why in sig.skipped.items()] + [""]
+    return "\n".join(text)
+
+
 def experiment_name(jobs: Sequence[Job], sweep: Path) -> str:
     """`experiment` / `study` from a job's config or `+experiment=` override, else the sweep dir name."""
     for job in jobs:
@@ -430,7 +569,12 @@ def _extra_md(rows: Sequence[Row]) -> str:
 
 
 def render_markdown(
-    title: str, sweep: Path, jobs: Sequence[Job], rows: Sequence[Row], shared: Sequence[str] = ()
+    title: str,
+    sweep: Path,
+    jobs: Sequence[Job],
+    rows: Sequence[Row],
+    shared: Sequence[str] = (),
+    sig: Significance | None = None,
 ) -> str:
     """The whole report.md: summary line, table, failures, running jobs."""
     failed = [j for j in jobs if j.status == "failed"]
@@ -446,6 +590,8 @@ def render_markdown(
         parts += ["Every job also ran with: " + ", ".join(f"`{x}`" for x in shared), ""]
     parts += ["Student numbers are mean ± sample std over seeds; the others are means.", ""]
     parts += [main_table(rows) if rows else "_No finished jobs yet._", ""]
+    if sig is not None:
+        parts += [significance_md(sig, metric_percent(rows))]
     extra = _extra_md(rows)
     if extra:
         parts += [extra]
@@ -469,12 +615,23 @@ def _csv_num(value: float) -> str:
     return str(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
 
 
-def write_csv(path: Path, jobs: Sequence[Job], rows: Sequence[Row]) -> None:
+SIGNIFICANCE_COLUMNS = ("reference", "test_diff", "test_diff_low", "test_diff_high", "p_value", "p_holm", "differs")
+
+
+def _significance_cells(sig: Significance | None, config: str) -> list[str]:
+    if sig is None or config not in sig.results:
+        return [sig.reference if sig else ""] + [""] * (len(SIGNIFICANCE_COLUMNS) - 1)
+    c = sig.results[config]
+    return [sig.reference, *(_csv_num(v) for v in (c.difference, c.low, c.high, c.p, c.p_holm)), str(c.significant).lower()]
+
+
+def write_csv(path: Path, jobs: Sequence[Job], rows: Sequence[Row], sig: Significance | None = None) -> None:
     """Numeric CSV: status=ok rows per configuration, then one row per failed and running job."""
     extra_paths = sorted({p for r in rows for p in r.extras})
     header = ["status", "configuration", "metric", "n", "seeds"]
     for col in CORE_COLUMNS:
         header += [f"{col}_mean", f"{col}_std"]
+    header += SIGNIFICANCE_COLUMNS
     for p in extra_paths:
         header += [f"{p}_mean", f"{p}_std"]
     header.append("error")
@@ -485,11 +642,12 @@ def write_csv(path: Path, jobs: Sequence[Job], rows: Sequence[Row]) -> None:
             line = ["ok", r.config, r.metric, r.n, " ".join(str(s) for s in r.seeds)]
             for col in CORE_COLUMNS:
                 line += [_csv_num(r.values[col][0]), _csv_num(r.values[col][1])]
+            line += _significance_cells(sig, r.config)
             for p in extra_paths:
                 mean, std, _ = r.extras.get(p, (math.nan, math.nan, 0))
                 line += [_csv_num(mean), _csv_num(std)]
             writer.writerow([*line, ""])
-        blank = [""] * (2 * (len(CORE_COLUMNS) + len(extra_paths)))
+        blank = [""] * (2 * (len(CORE_COLUMNS) + len(extra_paths)) + len(SIGNIFICANCE_COLUMNS))
         for status in ("failed", "running"):
             for j in _by_config(x for x in jobs if x.status == status):
                 writer.writerow([status, j.config, "", "", "" if j.seed is None else j.seed, *blank, j.error])
@@ -528,8 +686,10 @@ def y_limits(means: Sequence[float], stds: Sequence[float], known: Sequence[floa
     return None
 
 
-def plot(path: Path, rows: Sequence[Row], title: str) -> None:
-    """Bar chart of student test metric ± std, with the teacher as a labelled reference."""
+def plot(path: Path, rows: Sequence[Row], title: str, sig: Significance | None = None) -> None:
+    """Bar chart of student test metric ± std, with the teacher as a labelled reference; below
+    it, when configurations were compared, each one's difference from the reference with its
+    95% bootstrap interval."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -542,7 +702,12 @@ def plot(path: Path, rows: Sequence[Row], title: str) -> None:
     teachers = [scale * r.values["teacher_test"][0] for r in rows]
     known = [t for t in teachers if not math.isnan(t)]
 
-    fig, ax = plt.subplots(figsize=(max(10.0, min(1.1 * len(rows) + 2, 30.0)), 5), dpi=120)
+    width = max(10.0, min(1.1 * len(rows) + 2, 30.0))
+    compared = sig is not None and bool(sig.results)
+    if compared:
+        fig, (ax, ax_diff) = plt.subplots(2, 1, figsize=(width, 8.5), dpi=120, height_ratios=[5, 3], sharex=True)
+    else:
+        fig, ax = plt.subplots(figsize=(width, 5), dpi=120)
     xs = list(range(len(rows)))
     bars = ax.bar(xs, means, yerr=stds, capsize=4, color="#4C72B0", label="student (mean ± std over seeds)")
     for bar, mean, std, r in zip(bars, means, stds, rows, strict=True):
@@ -567,12 +732,16 @@ def plot(path: Path, rows: Sequence[Row], title: str) -> None:
 
     metrics = sorted({r.metric for r in rows})
     ax.set_ylabel(f"student test {'/'.join(metrics)}" + (" (%)" if pct else ""))
-    ax.set_xlabel("configuration")
     ax.set_title(title)
-    ax.set_xticks(xs)
+    bottom = ax
+    if compared:
+        _plot_differences(ax_diff, rows, sig, scale)
+        bottom = ax_diff
+    bottom.set_xlabel("configuration")
+    bottom.set_xticks(xs)
     labels = [_tick_label(r.config) for r in rows]
     crowded = len(rows) > 8
-    ax.set_xticklabels(labels, rotation=30 if crowded else 0, ha="right" if crowded else "center", fontsize=8)
+    bottom.set_xticklabels(labels, rotation=30 if crowded else 0, ha="right" if crowded else "center", fontsize=8)
     limits = y_limits(means, stds, known)
     if limits is not None:
         ax.set_ylim(*limits)
@@ -586,6 +755,28 @@ def plot(path: Path, rows: Sequence[Row], title: str) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def _plot_differences(ax: Any, rows: Sequence[Row], sig: Significance, scale: float) -> None:
+    """Each compared configuration's test difference from the reference with its 95% interval."""
+    ax.axhline(0.0, color="#555555", linewidth=1)
+    for x, r in enumerate(rows):
+        c = sig.results.get(r.config)
+        if r.config == sig.reference:
+            ax.annotate("reference", (x, 0.0), xytext=(0, 6), textcoords="offset points", ha="center", fontsize=8)
+        if c is None:
+            continue
+        color = "#DD8452" if c.significant else "#4C72B0"
+        d, low, high = scale * c.difference, scale * c.low, scale * c.high
+        ax.errorbar([x], [d], yerr=[[d - low], [high - d]], fmt="o", color=color, capsize=4)
+        ax.annotate(f"{d:+.2f}" + (" ✱" if c.significant else ""), (x, high), xytext=(0, 4), textcoords="offset points", ha="center", fontsize=8)
+    unit = " (points)" if scale == 100.0 else ""
+    ax.set_ylabel(f"test − reference{unit}\n95% paired bootstrap")
+    ax.plot([], [], "o", color="#DD8452", label="differs (Holm-adjusted p < 0.05)")
+    ax.plot([], [], "o", color="#4C72B0", label="no clear difference")
+    ax.legend(loc="upper left", fontsize=8, framealpha=0.9)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_axisbelow(True)
 
 
 # ----------------------------------------------------------------------------- entry
@@ -607,7 +798,12 @@ def factor_shared(jobs: Sequence[Job]) -> list[str]:
 
 
 def build_report(
-    sweep: Path, out: Path | None = None, metric: str | None = None, title: str | None = None
+    sweep: Path,
+    out: Path | None = None,
+    metric: str | None = None,
+    title: str | None = None,
+    reference: str | None = None,
+    resamples: int = DEFAULT_RESAMPLES,
 ) -> tuple[str, list[Job]]:
     """Write report.csv/.md/.png for a sweep; returns the markdown table and the jobs read.
 
@@ -627,14 +823,23 @@ def build_report(
             }
         )
         raise ReportError(f"metric {metric!r} not found in {sweep}; available: {', '.join(found) or 'none'}")
+    if resamples < 1:
+        raise ReportError(f"--resamples={resamples} must be >= 1")
+    try:
+        sig = significance(jobs, rows, reference, resamples) if rows else None
+    except RecordsError as exc:
+        raise ReportError(str(exc)) from None
     out = out or sweep
     out.mkdir(parents=True, exist_ok=True)
     name = title or experiment_name(jobs, sweep)
-    (out / "report.md").write_text(render_markdown(name, sweep, jobs, rows, shared), encoding="utf-8")
-    write_csv(out / "report.csv", jobs, rows)
+    (out / "report.md").write_text(render_markdown(name, sweep, jobs, rows, shared, sig), encoding="utf-8")
+    write_csv(out / "report.csv", jobs, rows, sig)
     if rows:
-        plot(out / "report.png", rows, f"{name}\n(all jobs: {', '.join(shared)})" if shared else name)
-    return (main_table(rows) if rows else "no finished jobs yet"), jobs
+        plot(out / "report.png", rows, f"{name}\n(all jobs: {', '.join(shared)})" if shared else name, sig)
+    table = main_table(rows) if rows else "no finished jobs yet"
+    if sig is not None:
+        table += "\n\n" + significance_md(sig, metric_percent(rows))
+    return table, jobs
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -644,9 +849,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="where to write report.* (default: the sweep dir)")
     parser.add_argument("--metric", default=None, help="metric to report (default: the task's main metric)")
     parser.add_argument("--title", default=None, help="chart/report title (default: experiment or sweep name)")
+    parser.add_argument(
+        "--reference",
+        default=None,
+        help="configuration the others are compared with, as its overrides (default: the labels-only one, else the first)",
+    )
+    parser.add_argument(
+        "--resamples",
+        type=int,
+        default=DEFAULT_RESAMPLES,
+        help=f"bootstrap resamples (default {DEFAULT_RESAMPLES:,}; the generator seed is fixed, so a report repeats exactly)",
+    )
     args = parser.parse_args(argv)
     try:
-        table, jobs = build_report(args.sweep, args.out, args.metric, args.title)
+        table, jobs = build_report(args.sweep, args.out, args.metric, args.title, args.reference, args.resamples)
     except ReportError as exc:
         print(f"brewlab: error: {exc}", file=sys.stderr)
         return 2

@@ -77,6 +77,14 @@ class TaskKind(Protocol):
         logits: Sequence[np.ndarray], features: Sequence[dict], rows: Sequence[Example], label_names: Sequence[str]
     ) -> dict[str, float]: ...
 
+    @staticmethod
+    def records(
+        logits: Sequence[np.ndarray], features: Sequence[dict], rows: Sequence[Example], label_names: Sequence[str]
+    ) -> list[dict[str, Any]]:
+        """One JSON-able dict per example (row): `id`, `prediction`, `gold` and the main metric's
+        share as `num` and `den`, so that over any subset of examples the metric is
+        sum(num) / sum(den). That is what lets a report recompute it on bootstrap resamples."""
+
 
 @dataclass
 class TaskData:

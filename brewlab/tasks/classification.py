@@ -119,6 +119,19 @@ class Classification:
             "macro_f1": macro_f1(labels, preds, len(label_names)),
         }
 
+    @staticmethod
+    def records(
+        logits: Sequence[np.ndarray], features: Sequence[dict], rows: Sequence[Example], label_names: Sequence[str]
+    ) -> list[dict[str, Any]]:
+        """Accuracy is a mean: each example adds 1 or 0 over 1."""
+        out = []
+        for i, (row_logits, feature, row) in enumerate(zip(logits, features, rows, strict=True)):
+            pred, gold = int(np.asarray(row_logits).argmax(-1)), int(feature["labels"])
+            out.append(
+                {"id": row.get("id", i), "prediction": label_names[pred], "gold": label_names[gold], "num": int(pred == gold), "den": 1}
+            )
+        return out
+
 
 def macro_f1(labels: np.ndarray, preds: np.ndarray, n_classes: int) -> float:
     """Unweighted mean of per-class F1 over all `n_classes` (a class never seen nor predicted scores 0).

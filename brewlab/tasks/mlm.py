@@ -258,3 +258,18 @@ class MaskedLM:
             "masked_tokens": float(count),
         }
 
+    @staticmethod
+    def records(
+        logits: Sequence[np.ndarray], features: Sequence[dict], rows: Sequence[Example], label_names: Sequence[str]
+    ) -> list[dict[str, Any]]:
+        """Per encoded block: predicted and gold ids of its masked tokens; accuracy is hits over
+        masked tokens of the whole set, so each block adds its hits over its masked count."""
+        out = []
+        for i, (row_out, feature) in enumerate(zip(logits, features, strict=True)):
+            labels = np.asarray(feature["labels"])
+            masked = labels != IGNORE
+            pred = row_out[: len(labels)][masked, 0].astype(np.int64)
+            gold = labels[masked]
+            out.append({"id": i, "prediction": pred.tolist(), "gold": gold.tolist(), "num": int((pred == gold).sum()), "den": int(masked.sum())})
+        return out
+

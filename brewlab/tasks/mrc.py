@@ -267,16 +267,40 @@ class SpanExtraction:
     def score(
         logits: Sequence[np.ndarray], features: Sequence[dict], rows: Sequence[Example], label_names: Sequence[str]
     ) -> dict[str, float]:
-        windows: dict[int, list[tuple[np.ndarray, dict]]] = defaultdict(list)
-        for row_logits, feature in zip(logits, features, strict=True):
-            windows[feature["_example"]].append((row_logits, feature))
-        decode = features[0]["_decode"] if features else {"n_best_size": 20, "max_answer_length": 30}
-        language = decode.get("language") or _language({}, rows)
-        predictions = [
-            best_span(windows.get(i, []), row["context"], decode["n_best_size"], decode["max_answer_length"])
-            for i, row in enumerate(rows)
-        ]
+        predictions, language = _predictions(logits, features, rows)
         return answer_metrics(predictions, [r["answers"]["text"] for r in rows], language)
+
+    @staticmethod
+    def records(
+        logits: Sequence[np.ndarray], features: Sequence[dict], rows: Sequence[Example], label_names: Sequence[str]
+    ) -> list[dict[str, Any]]:
+        """Per question: the decoded span, the gold answers, EM, and F1 (the official F1 is a mean
+        over questions, so each adds its F1 over 1)."""
+        predictions, language = _predictions(logits, features, rows)
+        out = []
+        for i, (prediction, row) in enumerate(zip(predictions, rows, strict=True)):
+            golds = list(row["answers"]["text"])
+            scores = answer_metrics([prediction], [golds], language)
+            out.append(
+                {"id": row.get("id", i), "prediction": prediction, "gold": golds, "em": scores["em"], "num": scores["f1"], "den": 1}
+            )
+        return out
+
+
+def _predictions(
+    logits: Sequence[np.ndarray], features: Sequence[dict], rows: Sequence[Example]
+) -> tuple[list[str], str]:
+    """The best span of every question (windows grouped by question), and the scoring language."""
+    windows: dict[int, list[tuple[np.ndarray, dict]]] = defaultdict(list)
+    for row_logits, feature in zip(logits, features, strict=True):
+        windows[feature["_example"]].append((row_logits, feature))
+    decode = features[0]["_decode"] if features else {"n_best_size": 20, "max_answer_length": 30}
+    language = decode.get("language") or _language({}, rows)
+    predictions = [
+        best_span(windows.get(i, []), row["context"], decode["n_best_size"], decode["max_answer_length"])
+        for i, row in enumerate(rows)
+    ]
+    return predictions, language
 
 
 def _first_answer(row: Example) -> tuple[str, int] | None:

@@ -93,6 +93,25 @@ def entity_scores(
     return metrics
 
 
+def _tag_sequences(
+    logits: Sequence[np.ndarray], features: Sequence[dict], rows: Sequence[Example], label_names: Sequence[str]
+) -> tuple[list[list[str]], list[list[str]]]:
+    """Gold and predicted tags per word; a word's tag is its first sub-token's argmax."""
+    y_true, y_pred = [], []
+    for row_logits, feature, row in zip(logits, features, rows, strict=True):
+        gold = [label_names[t] for t in row["tags"]]
+        pred = ["O"] * len(gold)  # words without a sub-token in the input stay "O"
+        best = np.asarray(row_logits).argmax(-1)
+        seen = set()
+        for position, word in enumerate(feature["_word_ids"]):
+            if word >= 0 and word not in seen:
+                seen.add(word)
+                pred[word] = label_names[int(best[position])]
+        y_true.append(gold)
+        y_pred.append(pred)
+    return y_true, y_pred
+
+
 def _looks_chinese(tokens: Sequence[str]) -> bool:
     return any("\u4e00" <= ch <= "\u9fff" for token in tokens for ch in token)
 
@@ -216,19 +235,24 @@ class TokenClassification:
     def score(
         logits: Sequence[np.ndarray], features: Sequence[dict], rows: Sequence[Example], label_names: Sequence[str]
     ) -> dict[str, float]:
-        y_true, y_pred = [], []
-        for row_logits, feature, row in zip(logits, features, rows, strict=True):
-            gold = [label_names[t] for t in row["tags"]]
-            pred = ["O"] * len(gold)  # words without a sub-token in the input stay "O"
-            best = np.asarray(row_logits).argmax(-1)
-            seen = set()
-            for position, word in enumerate(feature["_word_ids"]):
-                if word >= 0 and word not in seen:
-                    seen.add(word)
-                    pred[word] = label_names[int(best[position])]
-            y_true.append(gold)
-            y_pred.append(pred)
+        y_true, y_pred = _tag_sequences(logits, features, rows, label_names)
         return entity_scores(y_true, y_pred, entity_types(label_names))
+
+    @staticmethod
+    def records(
+        logits: Sequence[np.ndarray], features: Sequence[dict], rows: Sequence[Example], label_names: Sequence[str]
+    ) -> list[dict[str, Any]]:
+        """Micro entity F1 is 2·tp / (predicted + gold) over the whole set, not a mean of
+        sentence F1s: each sentence adds 2·tp over its predicted + gold entity counts."""
+        from seqeval.metrics.sequence_labeling import get_entities
+
+        out = []
+        for i, (gold, pred, row) in enumerate(zip(*_tag_sequences(logits, features, rows, label_names), rows, strict=True)):
+            g, p = set(get_entities(gold)), set(get_entities(pred))
+            out.append(
+                {"id": row.get("id", i), "prediction": pred, "gold": gold, "num": 2 * len(g & p), "den": len(g) + len(p)}
+            )
+        return out
 
     @staticmethod
     def describe(rows_by_split: Mapping[str, Sequence[Example]], label_names: Sequence[str]) -> dict[str, Any]:
