@@ -113,8 +113,8 @@ def validate(cfg: Mapping[str, Any]) -> None:
             _check_pool(key, train)
     _check_number("optim.lr", cfg["optim"]["lr"], 0, inclusive=False)
     tasks = {task.get("name", "?"): task}
-    if distiller.many_tasks and isinstance(cfg["distiller"].get("tasks"), Mapping):
-        tasks.update(cfg["distiller"]["tasks"])
+    if distiller.many_tasks:  # the run's own `task` is not trained then
+        tasks = dict(cfg["distiller"].get("tasks") or {}) if isinstance(cfg["distiller"].get("tasks"), Mapping) else {}
     for name, task_cfg in tasks.items():  # the temperature's bound depends on each task's classes
         if isinstance(task_cfg, Mapping) and task_cfg.get("kind") in KINDS.names():
             classes = KINDS.get(task_cfg["kind"]).logit_classes(task_cfg)

@@ -294,11 +294,14 @@ def build_distiller(
         many = distiller_cls.many_teachers
         teacher = TeacherEnsemble(views, d_cfg["combine"], d_cfg.get("weights")) if many else views[0]
     objective = parse_objective(loss_cfg, teacher, student)
+    # with the data read, every task's class count is known (an MLM's vocabulary too): the
+    # temperature's bound is checked again before any KD step, where a temperature is used
+    classes = prep.kind.logit_classes(cfg["task"], prep.label_names, len(prep.tokenizer)) if teacher else None
     projections = build_projections(objective.matches, teacher, student) if teacher else None
     return distiller_cls(
         student=student,
         objective=objective,
-        schedules=build_schedules(cfg["scheduler"]),
+        schedules=build_schedules(cfg["scheduler"], classes, f"task {cfg['task'].get('name', '?')}"),
         trainer_cfg=trainer_cfg,
         make_optimizer=instantiate(cfg["optim"], _partial_=True),
         kind=prep.kind,

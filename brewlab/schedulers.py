@@ -186,18 +186,20 @@ def cwsm_temperature(
         return _centred(base, beta, w, rows)
 
 
-def _flsw_spread(num_classes: int | None, gamma: float = 2.0, **_unused: Any) -> float:
+def _flsw_spread(num_classes: int | None, *, gamma: float, **_unused: Any) -> float:
     return 2.0**gamma
 
 
-def _cwsm_spread(num_classes: int | None, eps: float = 1e-3, **_unused: Any) -> float | None:
+def _cwsm_spread(num_classes: int | None, *, eps: float, **_unused: Any) -> float | None:
     if num_classes is None:
         return None
     return 1.0 / (1.0 / num_classes + eps) - 1.0 / (1.0 + eps)
 
 
-# Largest possible difference between two examples' weights w, per dynamic temperature: given
-# it, ``beta * spread <= base`` keeps every temperature above 0 (at least base / batch size).
+# Largest possible difference between two examples' weights w, per dynamic temperature (called
+# with the temperature's parameters, defaults filled in): given it, ``beta * spread <= base``
+# keeps every temperature above 0 (at least base / batch size). A temperature kind of the form
+# base + beta * (mean w - w_i) registers its spread here, or its bound goes unchecked.
 WEIGHT_SPREADS: dict[str, Callable[..., float | None]] = {"flsw": _flsw_spread, "cwsm": _cwsm_spread}
 
 
@@ -382,8 +384,16 @@ class Schedules:
         before the models are built, which skips the kinds whose bound depends on it).
         """
         spread_fn = WEIGHT_SPREADS.get(self.temperature_kind)
-        beta = self.temperature_params.get("beta", 1.0)
-        spread = spread_fn(num_classes, **self.temperature_params) if spread_fn else None
+        if spread_fn is None:
+            return
+        fn = TEMPERATURES.get(self.temperature_kind, "scheduler.temperature.kind")
+        params = {
+            p.name: p.default
+            for p in inspect.signature(fn).parameters.values()
+            if p.kind is p.KEYWORD_ONLY and p.default is not p.empty
+        } | dict(self.temperature_params)
+        beta = params["beta"]
+        spread = spread_fn(num_classes, **params)
         if spread is None or beta * spread <= self.temperature_base:
             return
         classes = f" with {num_classes} classes per logit row" if self.temperature_kind == "cwsm" else ""
@@ -465,8 +475,9 @@ def build_schedules(cfg: Mapping[str, Any], num_classes: int | None = None, wher
     Temperature and LR parameters are accepted whenever any kind of their schedule takes
     them and are ignored by the kinds that don't (so switching `kind` needs no other edit);
     a key no kind knows is an error. Works with a plain dict or an OmegaConf ``DictConfig``.
-    With `num_classes` (classes per logit row of the task named `where`) a dynamic temperature
-    whose `beta` could reach 0 is refused too.
+    A dynamic temperature whose `beta` could drive some temperature to 0 is refused: flsw's bound
+    holds for any task, cwsm's needs `num_classes` (classes per logit row of the task named
+    `where`) and is skipped while that is unknown.
     """
     if not isinstance(cfg, Mapping):
         raise BrewlabError(f"scheduler must be a mapping, got {cfg!r}")

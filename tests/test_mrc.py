@@ -330,7 +330,12 @@ def test_kd_losses_schedules_shift_and_teacher_cache_on_position_logits(tmp_path
     batches = list(make_loader(prep.features["train"], 5, prep.tokenizer.pad_token_id, seed=0, train=True))
     assert len({b["input_ids"].shape[1] for b in batches}) > 1  # cached rows get re-padded
     tracker = SimpleNamespace(log=lambda metrics, step: None)
-    temperatures = [{"kind": "constant", "base": 4.0}, {"kind": "flsw", "base": 2.0}, {"kind": "cwsm", "base": 2.0}]
+    # betas inside each dynamic temperature's bound (cwsm: base / (1 / (1/L + eps) - 1 / (1 + eps)) for L positions)
+    temperatures = [
+        {"kind": "constant", "base": 4.0},
+        {"kind": "flsw", "base": 2.0, "beta": 0.5},
+        {"kind": "cwsm", "base": 2.0, "beta": 0.005},
+    ]
     for temperature in temperatures:
         for fn in ("ce", "kl", "mse"):
             run_cfg = {**cfg, "scheduler": {**cfg["scheduler"], "temperature": temperature, "probability_shift": True}}

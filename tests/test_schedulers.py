@@ -190,6 +190,21 @@ FLSW_CASES = {
         class_mask=[[[1, 1, 0]], [[1, 1, 0]]],
         base=2, beta=1, gamma=2, tau=[2.5, 1.5],
     ),
+    # the example's w is the mean of its rows' w, not the w of its mean cosine: example 0 has rows
+    # with w 0 and 4 (mean 2; its mean cosine 0 would give 1), example 1 rows with w 1 and 1;
+    # batch mean 1.5: 4 + (1.5 - 2), 4 + (1.5 - 1)
+    "rows averaged": dict(
+        s=[[[1, 0], [1, 0]], [[1, 0], [1, 0]]], t=[[[1, 0], [-1, 0]], [[0, 1], [0, 1]]],
+        mask=[[1, 1], [1, 1]], base=4, beta=1, gamma=2, tau=[3.5, 4.5],
+    ),
+    # MRC heads that disagree differently: example 0 start head agrees (w 0), end head is
+    # opposite on the allowed classes (w 4): mean 2; example 1 both heads orthogonal (w 1);
+    # batch mean 1.5
+    "heads averaged": dict(
+        s=[[[1, 0, -1e4], [1, 0, -1e4]], [[1, 0, -1e4], [0, 1, -1e4]]],
+        t=[[[1, 0, -1e4], [-1, 0, -1e4]], [[0, 1, -1e4], [1, 0, -1e4]]],
+        class_mask=[[[1, 1, 0]], [[1, 1, 0]]], base=4, beta=1, gamma=2, tau=[3.5, 4.5],
+    ),
     # an example with no valid position gets base and stays out of the batch mean (0 and 1 -> 0.5)
     "empty example": dict(
         s=[[[1, 0]], [[1, 0]], [[5, 1]]], t=[[[1, 0]], [[0, 1]], [[-5, 1]]], mask=[[1], [1], [0]],

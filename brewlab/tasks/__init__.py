@@ -66,8 +66,9 @@ class TaskKind(Protocol):
         """Classes of each logit row that exist for this batch (broadcastable to the logits), or None."""
 
     @staticmethod
-    def logit_classes(cfg: Mapping) -> int | None:
-        """The most classes a logit row of the task can have, from its config (None: known later)."""
+    def logit_classes(cfg: Mapping, label_names: Sequence[str] = (), vocab_size: int | None = None) -> int | None:
+        """The most classes a logit row can have, from the task config and, once the data is read,
+        its label names and tokenizer size (None when they are not known yet)."""
 
     @staticmethod
     def supervised_loss(logits: Any, labels: Any) -> Any: ...

@@ -223,9 +223,9 @@ class MaskedLM:
         return None
 
     @staticmethod
-    def logit_classes(cfg: Mapping) -> None:
-        """The vocabulary size, known only once the tokenizer is built."""
-        return None
+    def logit_classes(cfg: Mapping, label_names: Sequence[str] = (), vocab_size: int | None = None) -> int | None:
+        """The vocabulary size, known once the tokenizer is built."""
+        return vocab_size
 
     # the MLM loss is token cross-entropy over the labelled (masked) positions, as for NER
     supervised_loss = staticmethod(TokenClassification.supervised_loss)

@@ -251,7 +251,8 @@ class SpanExtraction:
         return batch["context_mask"].bool().unsqueeze(1)
 
     @staticmethod
-    def logit_classes(cfg: Mapping) -> int:
+    def logit_classes(cfg: Mapping, label_names: Sequence[str] = (), vocab_size: int | None = None) -> int:
+        """The positions of a window."""
         return int(cfg["max_seq_length"])
 
     @staticmethod

@@ -219,8 +219,9 @@ class TokenClassification:
         return None
 
     @staticmethod
-    def logit_classes(cfg: Mapping) -> int | None:
-        return len(cfg["label_names"]) if cfg.get("label_names") else None
+    def logit_classes(cfg: Mapping, label_names: Sequence[str] = (), vocab_size: int | None = None) -> int | None:
+        names = label_names or cfg.get("label_names")
+        return len(names) if names else None
 
     @staticmethod
     def supervised_loss(logits: Any, labels: Any) -> Any:
