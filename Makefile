@@ -12,7 +12,7 @@ install:
 
 install-dev:
 	$(PIP) install "$(TORCH_SPEC)"
-	$(PIP) install -e ".[dev,sweeps,augment,optuna]"
+	$(PIP) install -e ".[dev,sweeps,optuna,m3e]"
 
 run: install
 	$(PYTHON) run.py

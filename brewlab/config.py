@@ -54,10 +54,17 @@ def teacher_shape(teacher: Mapping[str, Any]) -> Shape | None:
     """Shape from the teacher config, or from a local model's config.json; None for hub ids."""
     if teacher["kind"] in ("scratch", "pretrained_scratch"):
         return _shape(teacher["arch"])
-    path = teacher.get("name_or_path")
-    if not path:
+    if not teacher.get("name_or_path"):
         raise BrewlabError("teacher.name_or_path is required with teacher=hf (a hub id or a local directory)")
-    return model_dir_shape(path, "teacher.name_or_path")
+    return model_dir_shape(teacher_source(teacher), "teacher.name_or_path")
+
+
+def teacher_source(teacher: Mapping[str, Any]) -> str:
+    """`teacher.name_or_path` as a hub id or local path; a `pkg:` model is located in its
+    installed package and its files checked against `teacher.checksums`."""
+    from brewlab.packaged import resolve
+
+    return resolve(str(teacher["name_or_path"]), "teacher.name_or_path", teacher.get("checksums"), teacher.get("package"))
 
 
 def model_dir_shape(path: str, key: str) -> Shape | None:

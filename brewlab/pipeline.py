@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from brewlab.config import stable_hash
+from brewlab.config import stable_hash, teacher_source
 from brewlab.errors import BrewlabError
 from brewlab.files import atomic_open
 from brewlab.parallel import is_main, main_first
@@ -466,8 +466,10 @@ def teacher_base(cfg: Mapping[str, Any], cache_dir: Path, device: torch.device, 
     for `hf`, the cached masked LM for `pretrained_scratch` (pretrained first if missing), or
     None for `scratch`."""
     t_cfg = cfg["teacher"]
+    if t_cfg.get("notice"):
+        log.warning("teacher %s: %s", t_cfg.get("name", t_cfg["name_or_path"]), t_cfg["notice"])
     if t_cfg["kind"] == "hf":
-        return str(t_cfg["name_or_path"])
+        return teacher_source(t_cfg)
     if t_cfg["kind"] != "pretrained_scratch":
         return None
     from brewlab.models import build_scratch

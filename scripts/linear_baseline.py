@@ -3,7 +3,8 @@
 Usage: python scripts/linear_baseline.py [task=reviews_zh] [other task overrides...]
 Reads the task's splits through brewlab's own loader (same split, same seed as every run), fits
 on train, picks the regularisation on validation, prints validation and test scores.
-- classification: character 1-2-gram TF-IDF + logistic regression; accuracy.
+- classification: TF-IDF + logistic regression; accuracy. Chinese text gets character 1-2-grams,
+  English text (`task.language`, else detected from the training text) lower-cased word 1-2-grams.
 - token classification (NER): a logistic regression per character over a +-2 window of
   characters and character bigrams, tags predicted independently; entity F1 (seqeval, whole
   sentences, no max_seq_length cut).
@@ -27,6 +28,7 @@ def main() -> None:
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
 
+    from brewlab.augment import detect_language
     from brewlab.config import to_plain
     from brewlab.tasks import KINDS, load_task_data
 
@@ -43,7 +45,9 @@ def main() -> None:
     text = {split: [" ".join(kind.texts(r)) for r in rows] for split, rows in data.splits.items()}
     label = {split: [r["label"] for r in rows] for split, rows in data.splits.items()}
     started = time.perf_counter()
-    vectorizer = TfidfVectorizer(analyzer="char", ngram_range=(1, 2), sublinear_tf=True, min_df=2)
+    language = task.get("language") or detect_language(text["train"][:2000])
+    analyzer = "word" if language == "en" else "char"
+    vectorizer = TfidfVectorizer(analyzer=analyzer, ngram_range=(1, 2), sublinear_tf=True, min_df=2, lowercase=True)
     x_train = vectorizer.fit_transform(text["train"])
     best = None
     for c in (0.25, 1.0, 4.0, 16.0):
@@ -54,7 +58,7 @@ def main() -> None:
     dev, c, model = best
     test = model.score(vectorizer.transform(text["test"]), label["test"])
     seconds = time.perf_counter() - started
-    print(f"task={task['name']} sizes={data.sizes()} features={x_train.shape[1]} C={c}")
+    print(f"task={task['name']} sizes={data.sizes()} language={language} {analyzer} 1-2-grams features={x_train.shape[1]} C={c}")
     print(f"linear_baseline dev_accuracy={100 * dev:.2f} test_accuracy={100 * test:.2f} seconds={seconds:.1f}")
 
 

