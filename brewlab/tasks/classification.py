@@ -123,6 +123,7 @@ class Classification:
 
     @staticmethod
     def logit_classes(cfg: Mapping, label_names: Sequence[str] = (), vocab_size: int | None = None) -> int | None:
+        """One class per label name (from the data once read, else from the config)."""
         names = label_names or cfg.get("label_names")
         return len(names) if names else None
 

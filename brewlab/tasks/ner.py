@@ -16,6 +16,7 @@ import numpy as np
 
 from brewlab.errors import BrewlabError
 from brewlab.tasks import KINDS, SOURCES, Example, package_file
+from brewlab.tasks.classification import Classification
 from brewlab.tasks.pd98 import SOURCE_FILE, parse_tagged_line
 
 IGNORE = -100
@@ -218,10 +219,7 @@ class TokenClassification:
         """Every tag is a class of every token."""
         return None
 
-    @staticmethod
-    def logit_classes(cfg: Mapping, label_names: Sequence[str] = (), vocab_size: int | None = None) -> int | None:
-        names = label_names or cfg.get("label_names")
-        return len(names) if names else None
+    logit_classes = staticmethod(Classification.logit_classes)  # one class per tag
 
     @staticmethod
     def supervised_loss(logits: Any, labels: Any) -> Any:
