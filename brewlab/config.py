@@ -144,6 +144,7 @@ def validate(cfg: Mapping[str, Any]) -> None:
         _check_teachers(cfg["distiller"], teacher)
     if distiller.many_tasks:
         _check_tasks(cfg)
+    _check_baselines(cfg, distiller)
     if objective.matches and not distiller.allows_matches:
         names = ", ".join(m.name for m in objective.matches)
         raise BrewlabError(
@@ -207,6 +208,30 @@ def _check_pool(key: str, train: Mapping[str, Any]) -> None:
     pool = train.get("length_pool")
     if not isinstance(pool, int) or isinstance(pool, bool) or pool < 1:
         raise BrewlabError(f"{key}.length_pool={pool!r} must be an integer >= 1 (batches per length-sorted pool; 1 = no grouping)")
+
+
+def _check_baselines(cfg: Mapping[str, Any], distiller: Any) -> None:
+    """`baselines`: two switches, each for the runs it can serve."""
+    from brewlab.baselines import KINDS as LINEAR_KINDS
+
+    wanted = cfg.get("baselines") or {}
+    unknown = sorted(set(wanted) - {"labels_only", "linear"})
+    if unknown:
+        raise BrewlabError(f"baselines.{unknown[0]} is not a known key; known keys: labels_only, linear")
+    for key, value in wanted.items():
+        if not isinstance(value, bool):
+            raise BrewlabError(f"baselines.{key}={value!r} must be true or false")
+    if any(wanted.values()) and distiller.many_tasks:
+        raise BrewlabError("baselines work with single-task distillers; set baselines.labels_only=false baselines.linear=false")
+    if wanted.get("labels_only") and not distiller.uses_teacher:
+        raise BrewlabError(
+            f"baselines.labels_only=true with distiller={cfg['distiller']['name']}: its student already learns from labels only"
+        )
+    if wanted.get("linear") and cfg["task"]["kind"] not in LINEAR_KINDS:
+        raise BrewlabError(
+            f"baselines.linear=true: task {cfg['task']['name']} is {cfg['task']['kind']}; the linear baseline covers "
+            + ", ".join(LINEAR_KINDS)
+        )
 
 
 def _check_tasks(cfg: Mapping[str, Any]) -> None:

@@ -594,6 +594,26 @@ def get_teacher(
     return model.eval(), "trained", directory
 
 
+def labels_only_student(
+    cfg: Mapping[str, Any],
+    prep: Prepared,
+    teacher: Any,
+    attn: str,
+    trainer_cfg: Mapping[str, Any],
+    seed: int,
+    device: torch.device,
+    progress: bool,
+    tracker: Any,
+) -> tuple[Any, Any]:
+    """The same student (architecture, seed, data order, trainer settings) trained on labels
+    only: the row that distillation has to beat, made in the same run (`baselines.labels_only`)."""
+    seed_everything(seed)
+    model = build_student(cfg, prep, teacher, attn, device)
+    hard_only = {"hard": {"kind": "hard", "weight": 1.0}}
+    distiller = build_distiller("trainer", cfg, model, None, prep, hard_only, trainer_cfg, _Prefixed(tracker, "labels_only/"))
+    return model, train_loop(distiller, prep, trainer_cfg, seed, device, progress)
+
+
 def _train_and_cache(
     cfg: Mapping[str, Any],
     model: Any,
@@ -820,6 +840,10 @@ def run(cfg: Mapping[str, Any], run_dir: Path, tracker: Any) -> dict[str, Any]:
     distiller = build_distiller(name, cfg, trained, teacher_models, prep, cfg["loss"], trainer_cfg, tracker)
     checkpoints = checkpoint_store(cfg, run_dir, [prep])
     result = train_loop(distiller, prep, trainer_cfg, seed, device, progress, augmented and augmented[0], checkpoints)
+    wanted = cfg.get("baselines") or {}
+    plain = None
+    if wanted.get("labels_only") and DISTILLERS.get(name).uses_teacher:  # every rank trains it, as the student
+        plain = labels_only_student(cfg, prep, teacher_models[0], attn, trainer_cfg, seed, device, progress, tracker)
     if not is_main():  # the other data-parallel ranks hold the same student: rank 0 measures and saves
         return {}
     _sdpa_again(attn, [*teacher_models, student])
@@ -847,6 +871,18 @@ def run(cfg: Mapping[str, Any], run_dir: Path, tracker: Any) -> dict[str, Any]:
     )
     if not DISTILLERS.get(name).uses_teacher:
         metrics["student"]["note"] = "trained on labels only"
+    if plain is not None:
+        model, plain_result = plain
+        _sdpa_again(attn, [model])
+        metrics["labels_only"] = measure(ADAPTORS.get("hf")(model, prep.kind), prep, eval_bs, device, predictions / "labels_only")
+        metrics["labels_only"].update(
+            train_seconds=plain_result.train_seconds, steps=plain_result.steps, best_step=plain_result.best_step,
+            note="the same student, seed and training settings, on labels only",
+        )
+    if wanted.get("linear"):
+        from brewlab.baselines import linear_baseline
+
+        metrics["linear_baseline"] = linear_baseline(cfg["task"], prep.rows, prep.label_names)
 
     build = Path(tempfile.mkdtemp(dir=run_dir, prefix=".student-"))
     save_model(student, prep.tokenizer, build, {"projections": distiller.projections})
@@ -966,15 +1002,26 @@ def run_multi_task(cfg: Mapping[str, Any], run_dir: Path, tracker: Any) -> dict[
 
 
 def summary_table(metrics: Mapping[str, Any]) -> str:
-    """Teacher vs student: main metric, parameters and inference speed, as plain text."""
+    """Teacher vs student (and the baselines asked for): main metric, parameters and inference
+    speed, as plain text."""
     main = metrics["task"]["main_metric"]
-    lines = [f"{'':8} {'dev ' + main:>14} {'test ' + main:>14} {'params':>12} {'non-emb':>10} {'ex/s':>9}"]
+    width = 11 if "labels_only" in metrics else 8
+    lines = [f"{'':{width}} {'dev ' + main:>14} {'test ' + main:>14} {'params':>12} {'non-emb':>10} {'ex/s':>9}"]
     named = [(f"teacher{i}", m) for i, m in enumerate(metrics.get("teachers", []))]
     ensemble = "ensemble" if "teachers" in metrics else "teacher"
-    for role, m in (*named, (ensemble, metrics["teacher"]), ("student", metrics["student"])):
+    rows = [*named, (ensemble, metrics["teacher"]), ("student", metrics["student"])]
+    if "labels_only" in metrics:
+        rows.append(("labels only", metrics["labels_only"]))
+    for role, m in rows:
         lines.append(
-            f"{role:8} {100 * m['validation'][main]:14.2f} {100 * m['test'][main]:14.2f} "
+            f"{role:{width}} {100 * m['validation'][main]:14.2f} {100 * m['test'][main]:14.2f} "
             f"{m['parameters']['total']:12,d} {m['parameters']['non_embedding']:10,d} {m['examples_per_second']:9.0f}"
+        )
+    linear = metrics.get("linear_baseline")
+    if linear and main in linear["test"]:
+        lines.append(
+            f"{'linear':{width}} {100 * linear['validation'][main]:14.2f} {100 * linear['test'][main]:14.2f}"
+            f"   ({linear['method']}, {linear['seconds']:.0f} s)"
         )
     return "\n".join(lines)
 

@@ -45,6 +45,18 @@ CASES = [
         ["scheduler.temperature.beta=1 can drive the flsw temperature to <= 0 on task reviews_zh", "beta <= 0.5"],
     ),
     (["scheduler=cwsm", "scheduler.temperature.eps=0"], 2, ["scheduler.temperature.eps=0 must be > 0"]),
+    (["baselines.labels_only=maybe"], 2, ["baselines.labels_only='maybe' must be true or false"]),
+    (
+        ["distiller=trainer", "baselines.labels_only=true"],
+        2,
+        ["baselines.labels_only=true with distiller=trainer: its student already learns from labels only"],
+    ),
+    (
+        ["task=cmrc_pd98", "baselines.linear=true"],
+        2,
+        ["baselines.linear=true: task cmrc_pd98 is span_extraction; the linear baseline covers classification, token_classification"],
+    ),
+    (["teacher=minilm", "teacher.checksums={vocab.txt:'0000'}"], 2, ["vocab.txt has SHA-256 07eced375cec144d..., not the recorded 0000..."]),
     (["loss.kd.weight=-1"], 2, ["loss.kd.weight=-1 must be a number >= 0"]),
     (
         ["task.data.train_file=/nonexistent/train.jsonl"],

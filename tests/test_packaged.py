@@ -79,7 +79,7 @@ def test_english_linear_baseline_uses_word_ngrams():
         capture_output=True, text=True, timeout=300, cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "language=en word 1-2-grams" in proc.stdout
+    assert "method=word 1-2-gram TF-IDF + logistic regression (en)" in proc.stdout
     test = float(proc.stdout.split("test_accuracy=")[1].split()[0])
     assert 55.0 < test <= 100.0  # 800 sentences already carry signal; chance is 50
 
