@@ -15,7 +15,7 @@ install-dev:
 	$(PIP) install -e ".[dev,sweeps,optuna,m3e]"
 
 run: install
-	$(PYTHON) run.py
+	$(PYTHON) run.py +experiment=distillation_pays
 
 test: install-dev
 	$(PYTHON) -m ruff check .

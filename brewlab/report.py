@@ -771,6 +771,7 @@ def _plot_differences(ax: Any, rows: Sequence[Row], sig: Significance, scale: fl
         ax.errorbar([x], [d], yerr=[[d - low], [high - d]], fmt="o", color=color, capsize=4)
         ax.annotate(f"{d:+.2f}" + (" ✱" if c.significant else ""), (x, high), xytext=(0, 4), textcoords="offset points", ha="center", fontsize=8)
     unit = " (points)" if scale == 100.0 else ""
+    ax.margins(y=0.18)  # room for the value labels above the intervals
     ax.set_ylabel(f"test − reference{unit}\n95% paired bootstrap")
     ax.plot([], [], "o", color="#DD8452", label="differs (Holm-adjusted p < 0.05)")
     ax.plot([], [], "o", color="#4C72B0", label="no clear difference")
