@@ -296,12 +296,13 @@ def build_distiller(
     objective = parse_objective(loss_cfg, teacher, student)
     # with the data read, every task's class count is known (an MLM's vocabulary too): the
     # temperature's bound is checked again before any KD step, where a temperature is used
-    classes = prep.kind.logit_classes(cfg["task"], prep.label_names, len(prep.tokenizer)) if teacher else None
+    task_cfg = cfg.get("task") or {}  # harnesses may build a distiller from a partial config
+    classes = prep.kind.logit_classes(task_cfg, prep.label_names, len(prep.tokenizer)) if teacher else None
     projections = build_projections(objective.matches, teacher, student) if teacher else None
     return distiller_cls(
         student=student,
         objective=objective,
-        schedules=build_schedules(cfg["scheduler"], classes, f"task {cfg['task'].get('name', '?')}"),
+        schedules=build_schedules(cfg["scheduler"], classes, f"task {task_cfg.get('name', '?')}"),
         trainer_cfg=trainer_cfg,
         make_optimizer=instantiate(cfg["optim"], _partial_=True),
         kind=prep.kind,

@@ -107,7 +107,10 @@ def brewlab_contender(teacher: Any, student: Any) -> Any:
     }
     loss = overhead_loss(teacher.config.num_hidden_layers, student.config.num_hidden_layers)
     trainer = {"epochs": 1, "log_every": 50, "grad_clip": 1.0}
-    prep = SimpleNamespace(kind=KINDS.get("classification"))
+    # what build_distiller reads of a prepared task: its kind, its labels and its vocabulary size
+    prep = SimpleNamespace(
+        kind=KINDS.get("classification"), label_names=["negative", "positive"], tokenizer=range(student.config.vocab_size)
+    )
     tracker = SimpleNamespace(log=lambda metrics, step: None)
     return build_distiller("general", cfg, student, [teacher], prep, loss, trainer, tracker)
 
