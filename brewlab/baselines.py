@@ -2,7 +2,7 @@
 
 A teacher that does not clear a bag-of-n-grams model has nothing to teach, so a run can put this
 figure beside its teacher and students (`baselines.linear=true`), and
-`scripts/linear_baseline.py` prints it for any task. It fits on train, picks the
+`scripts/linear_baseline.py` prints it for a classification or NER task. It fits on train, picks the
 regularisation on validation and scores validation and test.
 - classification: TF-IDF + logistic regression; accuracy. Chinese text gets character
   1-2-grams, English text (`task.language`, else detected from the training text) lower-cased

@@ -212,6 +212,7 @@ def _check_pool(key: str, train: Mapping[str, Any]) -> None:
 
 def _check_baselines(cfg: Mapping[str, Any], distiller: Any) -> None:
     """`baselines`: two switches, each for the runs it can serve."""
+    from brewlab import augment
     from brewlab.baselines import KINDS as LINEAR_KINDS
 
     wanted = cfg.get("baselines") or {}
@@ -226,6 +227,11 @@ def _check_baselines(cfg: Mapping[str, Any], distiller: Any) -> None:
     if wanted.get("labels_only") and not distiller.uses_teacher:
         raise BrewlabError(
             f"baselines.labels_only=true with distiller={cfg['distiller']['name']}: its student already learns from labels only"
+        )
+    if wanted.get("labels_only") and augment.ops_of(cfg.get("augmentation") or {}):
+        raise BrewlabError(
+            "baselines.labels_only=true with augmentation: the labels-only student would not see the augmented "
+            "batches the student trains on; use augmentation=none, or compare with a distiller=trainer run"
         )
     if wanted.get("linear") and cfg["task"]["kind"] not in LINEAR_KINDS:
         raise BrewlabError(
@@ -316,7 +322,7 @@ def _check_augmentation(cfg: Mapping[str, Any], kind: Any, distiller: Any, objec
     for name, op in ops.items():
         if op["kind"] in ("char", "word") and importlib.util.find_spec("nlpaug") is None:
             raise BrewlabError(
-                f"augmentation.ops.{name} needs nlpaug; install the extra: pip install -e '.[augment]'"
+                f"augmentation.ops.{name} needs nlpaug, which brewlab's install brings: pip install -e ."
             )
         if op["kind"] == "mlm" and op.get("model_name_or_path"):
             check_model_dir(str(op["model_name_or_path"]), f"augmentation.ops.{name}.model_name_or_path")

@@ -31,7 +31,8 @@ from brewlab.parallel import is_main, main_first
 log = logging.getLogger("brewlab")
 
 TEACHER_META = "brewlab_teacher.json"
-PREDICTIONS = "predictions"  # per-example predictions: <run>/predictions/[<task>/]<teacher|student>/<split>.jsonl
+PREDICTIONS = "predictions"  # <run>/predictions/[<task>/]<teacher|student|labels_only>/<split>.jsonl
+HARD_ONLY = {"hard": {"kind": "hard", "weight": 1.0}}  # the objective of every labels-only stage
 
 
 def seed_everything(seed: int) -> None:
@@ -467,8 +468,6 @@ def teacher_base(cfg: Mapping[str, Any], cache_dir: Path, device: torch.device, 
     for `hf`, the cached masked LM for `pretrained_scratch` (pretrained first if missing), or
     None for `scratch`."""
     t_cfg = cfg["teacher"]
-    if t_cfg.get("notice"):
-        log.warning("teacher %s: %s", t_cfg.get("name", t_cfg["name_or_path"]), t_cfg["notice"])
     if t_cfg["kind"] == "hf":
         return teacher_source(t_cfg)
     if t_cfg["kind"] != "pretrained_scratch":
@@ -566,7 +565,7 @@ def get_teacher(
         return model.to(device).eval(), "loaded", None
     key = cache_key(
         {
-            "teacher": {k: v for k, v in t_cfg.items() if k != "name"},
+            "teacher": teacher_identity(t_cfg),
             "task": cfg["task"],  # everything that shapes the data
             "tokenizer": prep.tokenizer_id,
             "init": "teacher-seed",  # weights are initialised from teacher.seed, not the run's seed
@@ -595,6 +594,15 @@ def get_teacher(
     return model.eval(), "trained", directory
 
 
+def paired_difference(ours: Path, reference: Path, split: str = "test") -> dict[str, float]:
+    """Test-metric difference of two models of one run with its paired-bootstrap interval and p
+    (`brewlab.significance`, over the test examples; one seed, so no seed spread is in it)."""
+    from brewlab.significance import compare, read_records
+
+    (c,) = compare([[read_records(ours / f"{split}.jsonl")]], [read_records(reference / f"{split}.jsonl")])
+    return {"difference": c.difference, "low": c.low, "high": c.high, "p": c.p}
+
+
 def labels_only_student(
     cfg: Mapping[str, Any],
     prep: Prepared,
@@ -610,9 +618,17 @@ def labels_only_student(
     only: the row that distillation has to beat, made in the same run (`baselines.labels_only`)."""
     seed_everything(seed)
     model = build_student(cfg, prep, teacher, attn, device)
-    hard_only = {"hard": {"kind": "hard", "weight": 1.0}}
-    distiller = build_distiller("trainer", cfg, model, None, prep, hard_only, trainer_cfg, _Prefixed(tracker, "labels_only/"))
+    distiller = build_distiller("trainer", cfg, model, None, prep, HARD_ONLY, trainer_cfg, _Prefixed(tracker, "labels_only/"))
     return model, train_loop(distiller, prep, trainer_cfg, seed, device, progress)
+
+
+def teacher_identity(t_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The teacher settings its cache entry is keyed by: not its name or licence notice, and not
+    the package keys that a preset leaves unset (so hub and local teachers keep their keys)."""
+    unset_ok = ("package", "checksums")
+    return {
+        k: v for k, v in t_cfg.items() if k not in ("name", "notice") and not (k in unset_ok and v is None)
+    }
 
 
 def _train_and_cache(
@@ -630,8 +646,7 @@ def _train_and_cache(
     from brewlab.models import save_model
 
     stage_cfg = {**cfg, "optim": {**cfg["optim"], "lr": train_cfg.get("lr", cfg["optim"]["lr"])}}
-    hard_only = {"hard": {"kind": "hard", "weight": 1.0}}
-    distiller = build_distiller("trainer", stage_cfg, model, None, prep, hard_only, train_cfg, tracker)
+    distiller = build_distiller("trainer", stage_cfg, model, None, prep, HARD_ONLY, train_cfg, tracker)
     seed = int(train_cfg.get("seed", 0))
     result = train_loop(distiller, prep, train_cfg, seed, device, cfg["trainer"].get("progress", True))
     directory.parent.mkdir(parents=True, exist_ok=True)
@@ -711,6 +726,8 @@ def run_fingerprint(cfg: Mapping[str, Any]) -> str:
     this run's only when it matches."""
     kept = {k: v for k, v in cfg.items() if k not in NOT_TRAINING}
     kept["trainer"] = {k: v for k, v in cfg["trainer"].items() if k not in NOT_TRAINING_TRAINER}
+    if not any((cfg.get("baselines") or {}).values()):  # runs without baselines keep their earlier fingerprint
+        kept.pop("baselines", None)
     return stable_hash(kept)
 
 
@@ -814,6 +831,8 @@ def run(cfg: Mapping[str, Any], run_dir: Path, tracker: Any) -> dict[str, Any]:
     from brewlab.models import device_of, save_model
 
     hf_logging.disable_progress_bar()  # our own bar shows the training loss; no per-file bars
+    if cfg["teacher"].get("notice"):  # e.g. a licence restriction: once in every run's log
+        log.warning("teacher %s: %s", cfg["teacher"].get("name", "?"), cfg["teacher"]["notice"])
     name = cfg["distiller"]["name"]
     if DISTILLERS.get(name).many_tasks:
         return run_multi_task(cfg, run_dir, tracker)
@@ -843,7 +862,7 @@ def run(cfg: Mapping[str, Any], run_dir: Path, tracker: Any) -> dict[str, Any]:
     result = train_loop(distiller, prep, trainer_cfg, seed, device, progress, augmented and augmented[0], checkpoints)
     wanted = cfg.get("baselines") or {}
     plain = None
-    if wanted.get("labels_only") and DISTILLERS.get(name).uses_teacher:  # every rank trains it, as the student
+    if wanted.get("labels_only"):  # every rank trains it, as it trains the student
         plain = labels_only_student(cfg, prep, teacher_models[0], attn, trainer_cfg, seed, device, progress, tracker)
     if not is_main():  # the other data-parallel ranks hold the same student: rank 0 measures and saves
         return {}
@@ -879,6 +898,7 @@ def run(cfg: Mapping[str, Any], run_dir: Path, tracker: Any) -> dict[str, Any]:
         metrics["labels_only"].update(
             train_seconds=plain_result.train_seconds, steps=plain_result.steps, best_step=plain_result.best_step,
             note="the same student, seed and training settings, on labels only",
+            student_minus_labels_only=paired_difference(predictions / "student", predictions / "labels_only"),
         )
     if wanted.get("linear"):
         from brewlab.baselines import linear_baseline
@@ -1017,6 +1037,12 @@ def summary_table(metrics: Mapping[str, Any]) -> str:
         lines.append(
             f"{role:{width}} {100 * m['validation'][main]:14.2f} {100 * m['test'][main]:14.2f} "
             f"{m['parameters']['total']:12,d} {m['parameters']['non_embedding']:10,d} {m['examples_per_second']:9.0f}"
+        )
+    gap = (metrics.get("labels_only") or {}).get("student_minus_labels_only")
+    if gap:
+        lines.append(
+            f"{'':{width}} student − labels only on test: {100 * gap['difference']:+.2f} points, 95% interval "
+            f"[{100 * gap['low']:+.2f}, {100 * gap['high']:+.2f}], p = {gap['p']:.3f} (paired bootstrap over test examples, one seed)"
         )
     linear = metrics.get("linear_baseline")
     if linear and main in linear["test"]:

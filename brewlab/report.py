@@ -353,6 +353,9 @@ def _runs_of(jobs: Sequence[Job]) -> tuple[list[tuple[int | None, Records]], str
     runs, problems = [], []
     for job in jobs:
         path = job.path / STUDENT_TEST
+        if (job.metrics.get("task") or {}).get("tasks"):
+            problems.append(f"seed={job.seed}: a multi-task run, whose score is a mean over its tasks")
+            continue
         if not path.is_file():
             problems.append(f"seed={job.seed}: no {STUDENT_TEST} (a run from before predictions were kept)")
             continue
@@ -385,8 +388,11 @@ def significance(
     metrics = sorted({str((j.metrics.get("task") or {}).get("main_metric")) for j in finished})
     out = Significance(ref, "/".join(metrics), resamples, seed, {}, {})
     ref_runs, problem = _runs_of(members[ref])
-    if not ref_runs:
-        out.skipped.update({r.config: f"the reference has no predictions ({problem})" for r in rows if r.config != ref})
+    if problem:
+        out.skipped[ref] = f"(the reference) {problem}"
+    if not ref_runs or any(x.ids != ref_runs[0][1].ids for _, x in ref_runs):
+        why = "the reference has no predictions" if not ref_runs else "the reference's seeds were scored on different test examples"
+        out.skipped.update({r.config: why for r in rows if r.config != ref})
         return out
     names, groups, paired = [], [], []
     for r in rows:
@@ -395,14 +401,17 @@ def significance(
         runs, problem = _runs_of(members[r.config])
         if not runs:
             out.skipped[r.config] = problem
-        elif runs[0][1].ids != ref_runs[0][1].ids or any(x.ids != runs[0][1].ids for _, x in runs):
+            continue
+        if any(x.ids != ref_runs[0][1].ids for _, x in runs):
             out.skipped[r.config] = "scored on other test examples than the reference"
-        else:
-            names.append(r.config)
-            groups.append([x for _, x in runs])
-            paired.append([s for s, _ in runs] == [s for s, _ in ref_runs])
+            continue
+        if problem:  # compared over the seeds that kept predictions; the others are named
+            out.skipped[r.config] = f"{problem} (compared over the other seeds)"
+        names.append(r.config)
+        groups.append([x for _, x in runs])
+        paired.append([s for s, _ in runs] == [s for s, _ in ref_runs])
     if groups:
-        found = compare(groups, [x for _, x in ref_runs], resamples, seed, paired)
+        found = compare(groups, [x for _, x in ref_runs], resamples, seed, paired, names)
         out.results = dict(zip(names, found, strict=True))
     return out
 
@@ -434,8 +443,8 @@ def significance_md(sig: Significance, pct: bool) -> str:
         f"## Against the reference `{sig.reference}`",
         "",
         f"Paired bootstrap over test examples and seeds ({sig.resamples:,} resamples, generator seed {sig.seed}; "
-        "`brewlab.significance`): the metric is recomputed on each resample. ✱ marks an interval that leaves 0 "
-        "out after Holm's correction over the configurations below (adjusted p < 0.05).",
+        "`brewlab.significance`): the metric is recomputed on each resample. ✱ marks a Holm-adjusted p below "
+        "0.05 over the configurations below; the intervals are not adjusted.",
         "",
     ]
     if body:
@@ -826,8 +835,15 @@ def build_report(
         raise ReportError(f"metric {metric!r} not found in {sweep}; available: {', '.join(found) or 'none'}")
     if resamples < 1:
         raise ReportError(f"--resamples={resamples} must be >= 1")
+    mains = {str((j.metrics.get("task") or {}).get("main_metric")) for j in jobs if j.status == "finished"}
+    if metric and metric not in mains:  # per-example records carry the main metric only
+        if reference:
+            raise ReportError(f"--reference compares the main metric ({', '.join(sorted(mains))}); drop --metric {metric}")
+        rows_compared = []
+    else:
+        rows_compared = rows
     try:
-        sig = significance(jobs, rows, reference, resamples) if rows else None
+        sig = significance(jobs, rows_compared, reference, resamples) if rows_compared else None
     except RecordsError as exc:
         raise ReportError(str(exc)) from None
     out = out or sweep

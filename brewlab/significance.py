@@ -15,7 +15,7 @@ is the 2.5th to 97.5th percentile of those differences; the two-sided p-value fo
 is twice the smaller share of resamples on either side of 0 (with the usual +1 correction), so
 that p < 0.05 goes with a 95% interval that leaves 0 out. Holm's step-down correction then
 adjusts the p-values over the configurations compared with one reference, and a configuration
-is marked when its adjusted p is below 0.05.
+is marked when its adjusted p is below 0.05 (the intervals themselves are not adjusted).
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ class Comparison:
 
     @property
     def significant(self) -> bool:
-        """The interval leaves 0 out after Holm's correction over the configurations compared."""
+        """Holm-adjusted p below 0.05 over the configurations compared."""
         return bool(self.p_holm < ALPHA)
 
 
@@ -100,17 +100,25 @@ def _metrics_on_resamples(runs: Sequence[Records], weights: np.ndarray) -> np.nd
     return np.divide(num, den, out=np.zeros_like(num), where=den != 0)
 
 
+def _stream(seed: int, label: str) -> np.random.Generator:
+    """A generator of its own for `label`, so that no configuration's draws depend on which
+    other configurations are compared (a sweep that is still running gains rows)."""
+    return np.random.default_rng([seed, *label.encode("utf-8")])
+
+
 def compare(
     configs: Sequence[Sequence[Records]],
     reference: Sequence[Records],
     resamples: int = DEFAULT_RESAMPLES,
     seed: int = DEFAULT_SEED,
     paired_seeds: Sequence[bool] | None = None,
+    labels: Sequence[str] | None = None,
 ) -> list[Comparison]:
     """Compare each configuration's runs (one Records per seed) with the reference's runs.
 
-    Every configuration sees the same example resamples, so one report gives one set of
-    numbers. `paired_seeds[i]`: configuration i ran the reference's seeds in the same order, so
+    Every configuration sees the same example resamples, and draws its seeds from a generator
+    of its own (named by `labels`), so a configuration's numbers do not change when others are
+    added. `paired_seeds[i]`: configuration i ran the reference's seeds in the same order, so
     a resample draws seeds for both sides together. The p-values come Holm-adjusted over the
     configurations given.
     """
@@ -119,6 +127,7 @@ def compare(
     if resamples < 1:
         raise RecordsError(f"resamples={resamples} must be >= 1")
     paired = list(paired_seeds) if paired_seeds is not None else [False] * len(configs)
+    names = list(labels) if labels is not None else [f"configuration {k}" for k in range(len(configs))]
     ids = reference[0].ids
     for runs in (*configs, reference):
         for r in runs:
@@ -127,20 +136,22 @@ def compare(
     for runs, same in zip(configs, paired, strict=True):
         if same and len(runs) != len(reference):
             raise RecordsError("paired seeds need as many runs on both sides")
-    n, rng = len(ids), np.random.default_rng(seed)
+    n = len(ids)
+    examples, reference_seeds = _stream(seed, "examples"), _stream(seed, "reference seeds")
+    seed_streams = [_stream(seed, name) for name in names]
     diffs = np.empty((len(configs), resamples))
     chunk = max(1, _CHUNK_CELLS // n)
     for begin in range(0, resamples, chunk):
         b = min(chunk, resamples - begin)
-        draws = rng.integers(0, n, size=(b, n))
+        draws = examples.integers(0, n, size=(b, n))
         weights = np.bincount((np.arange(b)[:, None] * n + draws).ravel(), minlength=b * n).reshape(b, n)
         weights = weights.astype(np.float64)
         rows = np.arange(b)[:, None]
         on_reference = _metrics_on_resamples(reference, weights)
-        pick_r = rng.integers(0, len(reference), size=(b, len(reference)))
+        pick_r = reference_seeds.integers(0, len(reference), size=(b, len(reference)))
         for k, (runs, same) in enumerate(zip(configs, paired, strict=True)):
             on_config = _metrics_on_resamples(runs, weights)
-            pick_c = pick_r if same else rng.integers(0, len(runs), size=(b, len(runs)))
+            pick_c = pick_r if same else seed_streams[k].integers(0, len(runs), size=(b, len(runs)))
             diffs[k, begin : begin + b] = (
                 on_config[rows, pick_c].mean(axis=1) - on_reference[rows, pick_r].mean(axis=1)
             )

@@ -8,6 +8,7 @@ distillers. Per-kind code is limited to data preparation, head, logits view and 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
@@ -100,6 +101,14 @@ class TaskData:
 
 
 # ----------------------------------------------------------------------------- sources
+
+
+def example_id(row: Example) -> str:
+    """The row's own id, else a hash of its content: two runs' predictions then pair up only
+    when they were made on the same examples (another split seed or test slice does not)."""
+    if row.get("id"):
+        return str(row["id"])
+    return hashlib.sha1(json.dumps(row, sort_keys=True, ensure_ascii=False, default=str).encode("utf-8")).hexdigest()[:16]
 
 
 def package_file(package: str, relative: str, distribution: str | None = None) -> Path:

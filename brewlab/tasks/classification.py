@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from brewlab.errors import BrewlabError
-from brewlab.tasks import KINDS, SOURCES, Example, package_file
+from brewlab.tasks import KINDS, SOURCES, Example, example_id, package_file
 
 
 def _unique_labelled(pairs: Iterable[tuple[str, int]]) -> list[Example]:
@@ -152,10 +152,10 @@ class Classification:
     ) -> list[dict[str, Any]]:
         """Accuracy is a mean: each example adds 1 or 0 over 1."""
         out = []
-        for i, (row_logits, feature, row) in enumerate(zip(logits, features, rows, strict=True)):
+        for row_logits, feature, row in zip(logits, features, rows, strict=True):
             pred, gold = int(np.asarray(row_logits).argmax(-1)), int(feature["labels"])
             out.append(
-                {"id": row.get("id", i), "prediction": label_names[pred], "gold": label_names[gold], "num": int(pred == gold), "den": 1}
+                {"id": example_id(row), "prediction": label_names[pred], "gold": label_names[gold], "num": int(pred == gold), "den": 1}
             )
         return out
 

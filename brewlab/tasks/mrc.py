@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from brewlab.errors import BrewlabError
-from brewlab.tasks import KINDS, SOURCES, SPLITS, Example, _read_local, package_file, write_text_atomic
+from brewlab.tasks import KINDS, SOURCES, SPLITS, Example, _read_local, example_id, package_file, write_text_atomic
 from brewlab.tasks.mrc_metrics import answer_metrics
 from brewlab.tasks.pd98 import SOURCE_FILE, parse_tagged_line
 
@@ -279,11 +279,11 @@ class SpanExtraction:
         over questions, so each adds its F1 over 1)."""
         predictions, language = _predictions(logits, features, rows)
         out = []
-        for i, (prediction, row) in enumerate(zip(predictions, rows, strict=True)):
+        for prediction, row in zip(predictions, rows, strict=True):
             golds = list(row["answers"]["text"])
             scores = answer_metrics([prediction], [golds], language)
             out.append(
-                {"id": row.get("id", i), "prediction": prediction, "gold": golds, "em": scores["em"], "num": scores["f1"], "den": 1}
+                {"id": example_id(row), "prediction": prediction, "gold": golds, "em": scores["em"], "num": scores["f1"], "den": 1}
             )
         return out
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from brewlab.errors import BrewlabError
-from brewlab.tasks import KINDS, SOURCES, Example, package_file
+from brewlab.tasks import KINDS, SOURCES, Example, example_id, package_file
 from brewlab.tasks.classification import Classification
 from brewlab.tasks.pd98 import SOURCE_FILE, parse_tagged_line
 
@@ -246,10 +246,10 @@ class TokenClassification:
         from seqeval.metrics.sequence_labeling import get_entities
 
         out = []
-        for i, (gold, pred, row) in enumerate(zip(*_tag_sequences(logits, features, rows, label_names), rows, strict=True)):
+        for gold, pred, row in zip(*_tag_sequences(logits, features, rows, label_names), rows, strict=True):
             g, p = set(get_entities(gold)), set(get_entities(pred))
             out.append(
-                {"id": row.get("id", i), "prediction": pred, "gold": gold, "num": 2 * len(g & p), "den": len(g) + len(p)}
+                {"id": example_id(row), "prediction": pred, "gold": gold, "num": 2 * len(g & p), "den": len(g) + len(p)}
             )
         return out
 
