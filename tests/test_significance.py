@@ -180,3 +180,37 @@ def test_unknown_reference_is_one_line(tmp_path, capsys):
         "brewlab: error: --reference 'loss=nst' is not a configuration of this sweep; choose one of: loss=hard, loss=kd"
     )
     assert Path(tmp_path / "report.md").exists() is False
+
+
+def test_a_configuration_keeps_its_numbers_when_others_are_added():
+    rng = np.random.default_rng(5)
+    reference = [_records(rng.random(853) < 0.7) for _ in range(3)]
+    a = [_records(rng.random(853) < 0.72) for _ in range(2)]  # other seeds than the reference: unpaired
+    b = [_records(rng.random(853) < 0.75) for _ in range(3)]
+    (alone,) = compare([a], reference, resamples=10_000, labels=["a"])
+    with_b, _ = compare([a, b], reference, resamples=10_000, labels=["a", "b"])
+    assert (alone.difference, alone.low, alone.high, alone.p) == (with_b.difference, with_b.low, with_b.high, with_b.p)
+
+
+def _job(root: Path, config: str, seed: int, num: list[int], predictions: bool = True) -> None:
+    run = root / config / f"seed={seed}"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "overrides.yaml").write_text(f"- {config}\n- seed={seed}\n", encoding="utf-8")
+    metrics = {"task": {"main_metric": "accuracy"}, "loss": [config[5:]], "seed": seed,
+               "student": {"test": {"accuracy": sum(num) / len(num)}}}
+    (run / "metrics.json").write_text(json.dumps(metrics), encoding="utf-8")
+    if predictions:
+        lines = "".join(json.dumps({"id": f"x{i}", "num": v, "den": 1}) + "\n" for i, v in enumerate(num))
+        (run / "predictions" / "student").mkdir(parents=True)
+        (run / "predictions" / "student" / "test.jsonl").write_text(lines, encoding="utf-8")
+
+
+def test_seeds_without_predictions_are_named_and_the_rest_compared(tmp_path):
+    for seed in (1, 2):
+        _job(tmp_path, "loss=hard", seed, [1, 0] * 50)
+    _job(tmp_path, "loss=kd", 1, [1] * 100)
+    _job(tmp_path, "loss=kd", 2, [1] * 100, predictions=False)
+    assert report.main([str(tmp_path), "--resamples", "500"]) == 0
+    md = (tmp_path / "report.md").read_text(encoding="utf-8")
+    assert "| loss=kd | +50.00 |" in md  # compared over seed 1 only: 100% against 50%
+    assert "`loss=kd`: seed=2: no predictions/student/test.jsonl (a run from before predictions were kept) (compared over the other seeds)" in md
