@@ -263,18 +263,13 @@ def _run_case(kind, case):
     )
 
 
-@pytest.mark.parametrize("name", list(FLSW_CASES))
-def test_flsw_reference_cases(name):
-    case = FLSW_CASES[name]
-    tau = _run_case("flsw", case)
-    assert tau.shape == (len(case["tau"]),)
-    assert tau.tolist() == pytest.approx(case["tau"], rel=1e-5, abs=1e-5)
+REFERENCE_CASES = [("flsw", name) for name in FLSW_CASES] + [("cwsm", name) for name in CWSM_CASES]
 
 
-@pytest.mark.parametrize("name", list(CWSM_CASES))
-def test_cwsm_reference_cases(name):
-    case = CWSM_CASES[name]
-    tau = _run_case("cwsm", case)
+@pytest.mark.parametrize("kind, name", REFERENCE_CASES, ids=[f"{k}-{n}" for k, n in REFERENCE_CASES])
+def test_dynamic_temperature_reference_cases(kind, name):
+    case = (FLSW_CASES if kind == "flsw" else CWSM_CASES)[name]
+    tau = _run_case(kind, case)
     assert tau.shape == (len(case["tau"]),)
     assert tau.tolist() == pytest.approx(case["tau"], rel=1e-5, abs=1e-5)
 
