@@ -117,3 +117,25 @@ def test_m3e_small_preset_checks_its_files_and_carries_its_licence_notice():
     assert path.endswith("embedding/m3e-small")
     shape = teacher_shape(teacher)
     assert (shape.num_layers, shape.hidden_size, shape.num_heads) == (4, 512, 8)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "overrides, vocab",
+    [
+        (("teacher=m3e_small", "task=reviews_zh"), 21128),  # the Chinese BERT vocabulary
+        (("teacher=minilm", "task=imdb_en"), 30522),
+    ],
+)
+def test_packaged_presets_run_offline_in_smoke_size(cli, overrides, vocab):
+    import importlib.util
+    import json
+
+    if "teacher=m3e_small" in overrides and importlib.util.find_spec("embedding") is None:
+        pytest.skip("the optional extra: pip install -e '.[m3e]'")
+    proc, run_dir = cli(*overrides, "debug=smoke", "task.max_seq_length=32", "logger=none")
+    student = json.loads((run_dir / "student" / "config.json").read_text(encoding="utf-8"))
+    assert student["vocab_size"] == vocab
+    if "teacher=m3e_small" in overrides:
+        log = (run_dir / "run.log").read_text(encoding="utf-8")
+        assert log.count("non-commercial research use only") == 1
