@@ -295,6 +295,21 @@ def _check_teachers(d_cfg: Mapping[str, Any], teacher: Mapping[str, Any]) -> Non
             )
 
 
+def _check_mlm_language(cfg: Mapping[str, Any], name: str, op: Mapping[str, Any]) -> None:
+    """The offline masked LM is pretrained on one language's corpus; on another language's text
+    it would only propose [UNK]s, after a long pretraining."""
+    aug_language = (cfg.get("augmentation") or {}).get("language", "auto")
+    language = cfg["task"].get("language") if aug_language == "auto" else aug_language
+    corpus = ((op.get("masked_lm") or {}).get("pretrain") or {}).get("task") or {}
+    if language and corpus.get("language") and language != corpus["language"]:
+        raise BrewlabError(
+            f"augmentation.ops.{name}.model_name_or_path is not set, and the offline masked LM is pretrained on "
+            f"{corpus['language']} text ({corpus.get('name')}) but task {cfg['task']['name']} is {language}; "
+            f"neither packaged teacher has a masked-LM head: name a {language} masked LM (hub id or local "
+            f"directory, e.g. bert-base-uncased) or use augmentation=char, word or typo"
+        )
+
+
 def _check_augmentation(cfg: Mapping[str, Any], kind: Any, distiller: Any, objective: Any) -> None:
     """Augmented text has no gold label, so it needs a teacher and a task kind that can rebuild
     its examples from augmented text."""
@@ -326,6 +341,8 @@ def _check_augmentation(cfg: Mapping[str, Any], kind: Any, distiller: Any, objec
             )
         if op["kind"] == "mlm" and op.get("model_name_or_path"):
             check_model_dir(str(op["model_name_or_path"]), f"augmentation.ops.{name}.model_name_or_path")
+        elif op["kind"] == "mlm":
+            _check_mlm_language(cfg, name, op)
     if not hasattr(kind, "augment_texts"):
         from brewlab.tasks import KINDS
 

@@ -94,6 +94,11 @@ CASES = [
     (["trainer.length_pool=0"], 2, ["trainer.length_pool=0 must be an integer >= 1 (batches per length-sorted pool"]),
     (["teacher.train.length_pool=two"], 2, ["teacher.train.length_pool='two' must be an integer >= 1"]),
     (["trainer.heap_trim_every_s=0"], 2, ["trainer.heap_trim_every_s=0 must be a number > 0"]),
+    (
+        ["task=mr_en", "teacher=minilm", "distiller=basic", "augmentation=mlm"],
+        2,
+        ["augmentation.ops.mlm.model_name_or_path is not set", "pretrained on zh text (mlm_zh)", "task mr_en is en"],
+    ),
     (["hydra.run.dir=/dev/null/run"], 2, ["hydra.run.dir='/dev/null/run' is not a writable directory (Not a directory)"]),
 ]
 
