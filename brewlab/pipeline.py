@@ -832,7 +832,7 @@ def run(cfg: Mapping[str, Any], run_dir: Path, tracker: Any) -> dict[str, Any]:
 
     hf_logging.disable_progress_bar()  # our own bar shows the training loss; no per-file bars
     if cfg["teacher"].get("notice"):  # e.g. a licence restriction: once in every run's log
-        log.warning("teacher %s: %s", cfg["teacher"].get("name", "?"), cfg["teacher"]["notice"])
+        log.warning("teacher %s: %s", cfg["teacher"].get("name_or_path") or cfg["teacher"].get("kind"), cfg["teacher"]["notice"])
     name = cfg["distiller"]["name"]
     if DISTILLERS.get(name).many_tasks:
         return run_multi_task(cfg, run_dir, tracker)
