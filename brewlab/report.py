@@ -26,7 +26,7 @@ import re
 import statistics
 import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ from brewlab.significance import (
     Records,
     RecordsError,
     compare,
+    holm,
     read_records,
 )
 
@@ -50,6 +51,7 @@ CORE_KEYS = frozenset({"task", "distiller", "loss", "seed"})
 SKIP_DIRS = frozenset({"wandb", "student", "__pycache__"})
 SEED_DIR = re.compile(r"^seed=(-?\d+)$")
 STUDENT_TEST = Path("predictions") / "student" / "test.jsonl"
+LABELS_ONLY_TEST = Path("predictions") / "labels_only" / "test.jsonl"
 
 
 class ReportError(Exception):
@@ -416,6 +418,60 @@ def significance(
     return out
 
 
+def against_labels_only(
+    jobs: Sequence[Job], rows: Sequence[Row], resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED
+) -> dict[str, Comparison]:
+    """Each configuration whose every run also trained the labels-only student
+    (`baselines.labels_only`): its student against that one, paired run by run, so a sweep of
+    one configuration still gets a pooled answer. Holm-adjusted over the configurations."""
+    found: dict[str, Comparison] = {}
+    for r in rows:
+        members = [j for j in jobs if j.status == "finished" and j.config == r.config]
+        pairs = [(j.path / STUDENT_TEST, j.path / LABELS_ONLY_TEST) for j in members]
+        if not pairs or not all(a.is_file() and b.is_file() for a, b in pairs):
+            continue
+        ours, theirs = [read_records(a) for a, _ in pairs], [read_records(b) for _, b in pairs]
+        if any(x.ids != y.ids for x, y in zip(ours, theirs, strict=True)):
+            raise RecordsError(f"{r.config}: the student and the labels-only student were scored on other test examples")
+        (found[r.config],) = compare([ours], theirs, resamples, seed, [True], [r.config])
+    adjusted = holm([c.p for c in found.values()])
+    return {name: replace(c, p_holm=p) for (name, c), p in zip(found.items(), adjusted, strict=True)}
+
+
+def _comparison_rows(found: Mapping[str, Comparison], scale: float) -> list[list[str]]:
+    return [
+        [
+            config,
+            f"{scale * c.difference:+.2f}",
+            f"[{scale * c.low:+.2f}, {scale * c.high:+.2f}]",
+            f"{c.p:.4f}",
+            f"{c.p_holm:.4f}",
+            "**yes** ✱" if c.significant else "no",
+        ]
+        for config, c in found.items()
+    ]
+
+
+def labels_only_md(found: Mapping[str, Comparison], metric: str, pct: bool, resamples: int, seed: int) -> str:
+    """The in-run comparison table (empty when no run trained the labels-only student)."""
+    if not found:
+        return ""
+    scale, unit = (100.0, " (points)") if pct else (1.0, "")
+    head = ["configuration", f"test {metric} − labels only{unit}", "95% interval", "p", "p (Holm)", "differs"]
+    return "\n".join(
+        [
+            "## Against the same runs' labels-only student",
+            "",
+            f"Each run also trained its student on labels only (`baselines.labels_only`). Paired bootstrap over test "
+            f"examples and the runs' seeds ({resamples:,} resamples, generator seed {seed}); ✱ marks a Holm-adjusted "
+            "p below 0.05.",
+            "",
+            _md_table(head, _comparison_rows(found, scale)),
+            "",
+        ]
+    )
+
+
 def significance_md(sig: Significance, pct: bool) -> str:
     """The comparison table: difference in the test metric, 95% interval, p and Holm's p."""
     scale, unit = (100.0, " (points)") if pct else (1.0, "")
@@ -427,18 +483,7 @@ def significance_md(sig: Significance, pct: bool) -> str:
         "p (Holm)",
         "differs",
     ]
-    body = []
-    for config, c in sig.results.items():
-        body.append(
-            [
-                config,
-                f"{scale * c.difference:+.2f}",
-                f"[{scale * c.low:+.2f}, {scale * c.high:+.2f}]",
-                f"{c.p:.4f}",
-                f"{c.p_holm:.4f}",
-                "**yes** ✱" if c.significant else "no",
-            ]
-        )
+    body = _comparison_rows(sig.results, scale)
     text = [
         f"## Against the reference `{sig.reference}`",
         "",
@@ -584,6 +629,7 @@ def render_markdown(
     rows: Sequence[Row],
     shared: Sequence[str] = (),
     sig: Significance | None = None,
+    in_run: str = "",
 ) -> str:
     """The whole report.md: summary line, table, failures, running jobs."""
     failed = [j for j in jobs if j.status == "failed"]
@@ -601,6 +647,8 @@ def render_markdown(
     parts += [main_table(rows) if rows else "_No finished jobs yet._", ""]
     if sig is not None:
         parts += [significance_md(sig, metric_percent(rows))]
+    if in_run:
+        parts += [in_run]
     extra = _extra_md(rows)
     if extra:
         parts += [extra]
@@ -844,18 +892,24 @@ def build_report(
         rows_compared = rows
     try:
         sig = significance(jobs, rows_compared, reference, resamples) if rows_compared else None
+        metric_name = "/".join(sorted(mains))
+        in_run = labels_only_md(
+            against_labels_only(jobs, rows_compared, resamples), metric_name, metric_percent(rows), resamples, DEFAULT_SEED
+        )
     except RecordsError as exc:
         raise ReportError(str(exc)) from None
     out = out or sweep
     out.mkdir(parents=True, exist_ok=True)
     name = title or experiment_name(jobs, sweep)
-    (out / "report.md").write_text(render_markdown(name, sweep, jobs, rows, shared, sig), encoding="utf-8")
+    (out / "report.md").write_text(render_markdown(name, sweep, jobs, rows, shared, sig, in_run), encoding="utf-8")
     write_csv(out / "report.csv", jobs, rows, sig)
     if rows:
         plot(out / "report.png", rows, f"{name}\n(all jobs: {', '.join(shared)})" if shared else name, sig)
     table = main_table(rows) if rows else "no finished jobs yet"
     if sig is not None:
         table += "\n\n" + significance_md(sig, metric_percent(rows))
+    if in_run:
+        table += "\n\n" + in_run
     return table, jobs
 
 

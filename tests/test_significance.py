@@ -214,3 +214,35 @@ def test_seeds_without_predictions_are_named_and_the_rest_compared(tmp_path):
     md = (tmp_path / "report.md").read_text(encoding="utf-8")
     assert "| loss=kd | +50.00 |" in md  # compared over seed 1 only: 100% against 50%
     assert "`loss=kd`: seed=2: no predictions/student/test.jsonl (a run from before predictions were kept) (compared over the other seeds)" in md
+
+
+def _labels_only_predictions(root: Path, config: str, seed: int, num: list[int], ids: str = "x") -> None:
+    lines = "".join(json.dumps({"id": f"{ids}{i}", "num": v, "den": 1}) + "\n" for i, v in enumerate(num))
+    (root / config / f"seed={seed}" / "predictions" / "labels_only").mkdir(parents=True)
+    (root / config / f"seed={seed}" / "predictions" / "labels_only" / "test.jsonl").write_text(lines, encoding="utf-8")
+
+
+def test_runs_with_their_own_labels_only_student_are_compared_with_it(tmp_path):
+    """A one-configuration sweep (no reference to compare with) still answers whether KD beat the
+    labels-only student each run trained beside it; a configuration without one is left out."""
+    for seed in (1, 2):
+        _job(tmp_path, "loss=kd", seed, [1] * 100)
+        _labels_only_predictions(tmp_path, "loss=kd", seed, [1, 0] * 50)
+    assert report.main([str(tmp_path), "--resamples", "500"]) == 0
+    md = (tmp_path / "report.md").read_text(encoding="utf-8")
+    assert "## Against the same runs' labels-only student" in md
+    assert "| loss=kd | +50.00 |" in md  # 100% against 50% in both runs
+    assert "**yes** ✱" in md
+    _job(tmp_path, "loss=hard", 1, [1, 0] * 50)  # no labels-only student beside it
+    assert report.main([str(tmp_path), "--resamples", "500"]) == 0
+    md = (tmp_path / "report.md").read_text(encoding="utf-8")
+    section = md.split("## Against the same runs' labels-only student")[1]
+    assert "| loss=hard |" not in section.split("##")[0]
+
+
+def test_labels_only_student_on_other_examples_is_one_line(tmp_path, capsys):
+    _job(tmp_path, "loss=kd", 1, [1] * 10)
+    _labels_only_predictions(tmp_path, "loss=kd", 1, [1] * 10, ids="y")
+    assert report.main([str(tmp_path), "--resamples", "100"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["brewlab: error: loss=kd: the student and the labels-only student were scored on other test examples"]
