@@ -368,6 +368,14 @@ def _runs_of(jobs: Sequence[Job]) -> tuple[list[tuple[int | None, Records]], str
     return runs, "; ".join(problems)
 
 
+def _members(jobs: Sequence[Job], rows: Sequence[Row]) -> dict[str, list[Job]]:
+    """Each configuration's finished jobs, in seed order."""
+    return {
+        r.config: sorted((j for j in jobs if j.status == "finished" and j.config == r.config), key=lambda j: (j.seed is None, j.seed or 0))
+        for r in rows
+    }
+
+
 def significance(
     jobs: Sequence[Job],
     rows: Sequence[Row],
@@ -377,7 +385,7 @@ def significance(
 ) -> Significance | None:
     """Paired-bootstrap comparison of every configuration with the reference (None: fewer than 2 rows)."""
     finished = [j for j in jobs if j.status == "finished"]
-    members = {r.config: sorted((j for j in finished if j.config == r.config), key=lambda j: (j.seed is None, j.seed or 0)) for r in rows}
+    members = _members(jobs, rows)
     if reference is not None:
         chosen = [r.config for r in rows if _same_config(r.config, reference)]
         if not chosen:
@@ -425,15 +433,14 @@ def against_labels_only(
     (`baselines.labels_only`): its student against that one, paired run by run, so a sweep of
     one configuration still gets a pooled answer. Holm-adjusted over the configurations."""
     found: dict[str, Comparison] = {}
-    for r in rows:
-        members = [j for j in jobs if j.status == "finished" and j.config == r.config]
+    for config, members in _members(jobs, rows).items():
         pairs = [(j.path / STUDENT_TEST, j.path / LABELS_ONLY_TEST) for j in members]
         if not pairs or not all(a.is_file() and b.is_file() for a, b in pairs):
             continue
         ours, theirs = [read_records(a) for a, _ in pairs], [read_records(b) for _, b in pairs]
         if any(x.ids != y.ids for x, y in zip(ours, theirs, strict=True)):
-            raise RecordsError(f"{r.config}: the student and the labels-only student were scored on other test examples")
-        (found[r.config],) = compare([ours], theirs, resamples, seed, [True], [r.config])
+            raise RecordsError(f"{config}: the student and the labels-only student were scored on other test examples")
+        (found[config],) = compare([ours], theirs, resamples, seed, [True], [config])
     adjusted = holm([c.p for c in found.values()])
     return {name: replace(c, p_holm=p) for (name, c), p in zip(found.items(), adjusted, strict=True)}
 
