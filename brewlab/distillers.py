@@ -28,8 +28,6 @@ from brewlab.schedulers import Schedules
 DISTILLERS: Registry = Registry("distiller.name")
 log = logging.getLogger("brewlab")
 
-PAIR_LOSSES = {"gram", "fsp", "mmd", "nst"}  # compare two layers on each side
-SAME_DIM_LOSSES = {"hidden_mse", "cos", "pkd", "gram", "fsp"}  # need equal feature sizes
 PROJECTIONS = {"linear": None, "relu": nn.ReLU, "tanh": nn.Tanh}
 FEATURES = ("hidden", "attention")
 
@@ -124,30 +122,28 @@ def parse_objective(loss_cfg: Mapping[str, Any], teacher: Any | None, student: A
 def _parse_match(name: str, term: Mapping[str, Any], weight: float, teacher: Any, student: Any) -> MatchTerm:
     key = f"loss.{name}"
     fn_name = term.get("fn")
-    MATCH_LOSSES.get(fn_name, f"{key}.fn")
-    feature = term.get("feature", "hidden")
+    props = MATCH_LOSSES.props(fn_name, f"{key}.fn")
+    feature = term.get("feature", props.feature)
     if feature not in FEATURES:
         raise BrewlabError(f"{key}.feature={feature!r} is not valid; choose one of: {', '.join(FEATURES)}")
-    if feature == "attention" and fn_name in SAME_DIM_LOSSES | PAIR_LOSSES:
-        raise BrewlabError(f"{key}.fn={fn_name!r} works on hidden states, not {key}.feature=attention")
+    if feature != props.feature:
+        raise BrewlabError(f"{key}.fn={fn_name!r} works on {props.feature} features: set {key}.feature={props.feature}")
     if feature == "attention" and min(teacher.num_heads, student.num_heads) == 0:
         side = "student" if student.num_heads == 0 else "teacher"
         raise BrewlabError(f"{key}.feature=attention: the {side} has no attention maps (a BiGRU); match hidden states")
-    if feature == "hidden" and fn_name.startswith("attention"):
-        raise BrewlabError(f"{key}.fn={fn_name!r} needs {key}.feature=attention")
     layers = term.get("layers", "uniform")
     if layers == "uniform":
         base = uniform_pairs(teacher.num_layers, student.num_layers, feature)
-        if fn_name in {"gram", "fsp"}:  # flow between consecutive mapped layers
+        if props.layers == "consecutive":
             pairs: list[tuple[Layer, Layer]] = [
                 ((t0, t1), (s0, s1)) for (t0, s0), (t1, s1) in zip(base, base[1:], strict=False)
             ]
-        elif fn_name in PAIR_LOSSES:  # token-similarity within each mapped layer
+        elif props.layers == "within":
             pairs = [((t, t), (s, s)) for t, s in base]
         else:
             pairs = list(base)
     else:
-        pairs = [_explicit_pair(key, entry, fn_name in PAIR_LOSSES) for entry in layers]
+        pairs = [_explicit_pair(key, entry, props.paired) for entry in layers]
     top = {"hidden": 0, "attention": 1}[feature]
     for t_layer, s_layer in pairs:
         for side, adaptor, entry in (("teacher", teacher, t_layer), ("student", student, s_layer)):
@@ -160,18 +156,22 @@ def _parse_match(name: str, term: Mapping[str, Any], weight: float, teacher: Any
     proj = term.get("proj")
     if proj is not None and proj not in PROJECTIONS:
         raise BrewlabError(f"{key}.proj={proj!r} is not valid; choose one of: {', '.join(PROJECTIONS)}, null")
-    if fn_name in SAME_DIM_LOSSES and teacher.hidden_size != student.hidden_size and proj is None:
+    needs_proj = props.same_size and teacher.hidden_size != student.hidden_size
+    if needs_proj and proj is None:
         raise BrewlabError(
             f"{key}.proj=null but {fn_name} needs equal sizes (teacher {teacher.hidden_size}, "
             f"student {student.hidden_size}); set {key}.proj=linear"
         )
-    if fn_name in {"attention_mse", "attention_ce"} and teacher.num_heads != student.num_heads:
+    if props.same_heads and teacher.num_heads != student.num_heads:
         raise BrewlabError(
             f"{key}.fn={fn_name} needs equal head counts (teacher {teacher.num_heads}, student "
-            f"{student.num_heads}); use attention_mse_sum or attention_ce_mean"
+            f"{student.num_heads}); use a head-averaged attention loss ({', '.join(_head_free())})"
         )
-    needs_proj = fn_name in SAME_DIM_LOSSES and teacher.hidden_size != student.hidden_size
     return MatchTerm(name, fn_name, feature, pairs, weight, proj if needs_proj else None)
+
+
+def _head_free() -> list[str]:
+    return [n for n in MATCH_LOSSES if MATCH_LOSSES.props(n).feature == "attention" and not MATCH_LOSSES.props(n).same_heads]
 
 
 def _explicit_pair(key: str, entry: Any, paired: bool) -> tuple[Layer, Layer]:

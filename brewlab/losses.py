@@ -16,6 +16,7 @@ shared by every function here:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -30,11 +31,41 @@ Feature = Tensor | Sequence[Tensor]
 LogitLoss = Callable[..., Tensor]
 MatchLoss = Callable[..., Tensor]
 
+
+
+@dataclass(frozen=True)
+class MatchProps:
+    """What a feature-match loss needs, declared where it is registered, so that the layer
+    mapping and the startup checks follow from the loss and never from a list of names.
+
+    feature: the feature it reads, "hidden" (B, L, D) or "attention" (B, H, L, L).
+    layers: "single" (one layer per side), "within" (a pair of layers per side, by default one
+      layer twice: similarity inside a layer) or "consecutive" (a pair per side: each mapped
+      layer with the next one, as flow between layers).
+    same_size: teacher and student feature sizes must be equal (a projection bridges them).
+    same_heads: the attention maps are compared head by head, so the head counts must agree.
+    """
+
+    feature: str = "hidden"
+    layers: str = "single"
+    same_size: bool = False
+    same_heads: bool = False
+
+    @property
+    def paired(self) -> bool:
+        return self.layers != "single"
+
+
 LOGIT_LOSSES: Registry[LogitLoss] = Registry("loss.kd.fn")
-MATCH_LOSSES: Registry[MatchLoss] = Registry("loss.<term>.fn")
+MATCH_LOSSES: Registry[MatchLoss] = Registry("loss.<term>.fn", default_props=MatchProps())
 TEACHER_COMBINERS: Registry[Callable[[Sequence[Tensor], Tensor], Tensor]] = Registry("distiller.combine")
 
-__all__ = ["LOGIT_LOSSES", "MATCH_LOSSES", "TEACHER_COMBINERS", "probability_shift"]
+ATTENTION = MatchProps(feature="attention")
+ATTENTION_PER_HEAD = MatchProps(feature="attention", same_heads=True)
+FLOW = MatchProps(layers="consecutive", same_size=True)
+WITHIN = MatchProps(layers="within")
+
+__all__ = ["LOGIT_LOSSES", "MATCH_LOSSES", "TEACHER_COMBINERS", "MatchProps", "probability_shift"]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -228,7 +259,7 @@ def _hidden_pair(feat_s: Tensor, feat_t: Tensor, mask: Tensor | None, what: str)
     return feat_s, feat_t.detach(), valid
 
 
-@MATCH_LOSSES.register("hidden_mse")
+@MATCH_LOSSES.register("hidden_mse", MatchProps(same_size=True))
 def hidden_mse(feat_s: Tensor, feat_t: Tensor, mask: Tensor | None = None) -> Tensor:
     """sum over valid tokens of ||s_i - t_i||^2 / (n_valid_tokens * D), for (B, L, D) inputs.
 
@@ -242,7 +273,7 @@ def hidden_mse(feat_s: Tensor, feat_t: Tensor, mask: Tensor | None = None) -> Te
     return squares / (valid.sum().clamp(min=1) * s.shape[-1]).to(s.dtype)
 
 
-@MATCH_LOSSES.register("cos")
+@MATCH_LOSSES.register("cos", MatchProps(same_size=True))
 def cos(feat_s: Tensor, feat_t: Tensor, mask: Tensor | None = None) -> Tensor:
     """Mean over valid tokens of 1 - cos(s_i, t_i), for (B, L, D) inputs.
 
@@ -254,7 +285,7 @@ def cos(feat_s: Tensor, feat_t: Tensor, mask: Tensor | None = None) -> Tensor:
     return _masked_mean(1.0 - sim, valid)
 
 
-@MATCH_LOSSES.register("pkd")
+@MATCH_LOSSES.register("pkd", MatchProps(same_size=True))
 def pkd(feat_s: Tensor, feat_t: Tensor, mask: Tensor | None = None) -> Tensor:
     """Patient-KD: mean over batch of sum_d (s0/||s0|| - t0/||t0||)_d^2 at position 0 ([CLS]).
 
@@ -317,7 +348,7 @@ def _masked_attention_ce(s: Tensor, t: Tensor, valid: Valid) -> Tensor:
     return _masked_mean(rows, _expand(valid, 1))
 
 
-@MATCH_LOSSES.register("attention_mse")
+@MATCH_LOSSES.register("attention_mse", ATTENTION_PER_HEAD)
 def attention_mse(feat_s: Tensor, feat_t: Tensor, mask: Tensor | None = None) -> Tensor:
     """Mean of (A_s - A_t)^2 over heads and valid (query, key) pairs; maps (B, H, L, L).
 
@@ -329,7 +360,7 @@ def attention_mse(feat_s: Tensor, feat_t: Tensor, mask: Tensor | None = None) ->
     return _masked_pair_mse(s, t, valid)
 
 
-@MATCH_LOSSES.register("attention_mse_sum")
+@MATCH_LOSSES.register("attention_mse_sum", ATTENTION)
 def attention_mse_sum(feat_s: Tensor, feat_t: Tensor, mask: Tensor | None = None) -> Tensor:
     """Masked MSE (as attention_mse) between sum_h A_s and sum_h A_t.
 
@@ -339,7 +370,7 @@ def attention_mse_sum(feat_s: Tensor, feat_t: Tensor, mask: Tensor | None = None
     return _masked_pair_mse(s.sum(1, keepdim=True), t.sum(1, keepdim=True), valid)
 
 
-@MATCH_LOSSES.register("attention_ce")
+@MATCH_LOSSES.register("attention_ce", ATTENTION_PER_HEAD)
 def attention_ce(feat_s: Tensor, feat_t: Tensor, mask: Tensor | None = None) -> Tensor:
     """Per head and valid query row i: -sum_{valid j} p_t(i,j) log max(p_s(i,j), 1e-12).
 
@@ -352,7 +383,7 @@ def attention_ce(feat_s: Tensor, feat_t: Tensor, mask: Tensor | None = None) -> 
     return _masked_attention_ce(s, t, valid)
 
 
-@MATCH_LOSSES.register("attention_ce_mean")
+@MATCH_LOSSES.register("attention_ce_mean", ATTENTION)
 def attention_ce_mean(feat_s: Tensor, feat_t: Tensor, mask: Tensor | None = None) -> Tensor:
     """attention_ce between the head-averaged maps mean_h A_s and mean_h A_t.
 
@@ -386,8 +417,8 @@ def _gram(a: Tensor, b: Tensor, valid: Valid) -> Tensor:
     return _zero_invalid(a, v).transpose(1, 2) @ _zero_invalid(b, v) / n
 
 
-@MATCH_LOSSES.register("gram")
-@MATCH_LOSSES.register("fsp")
+@MATCH_LOSSES.register("gram", FLOW)
+@MATCH_LOSSES.register("fsp", FLOW)
 def gram(feat_s: Feature, feat_t: Feature, mask: Tensor | None = None) -> Tensor:
     """FSP / Gram matching: G = a^T b / n_valid (B, D, D); loss = mean_{B,D,D} (G_s - G_t)^2.
 
@@ -419,8 +450,8 @@ def _token_similarity(a: Tensor, b: Tensor, side: str) -> Tensor:
     return a @ b.transpose(1, 2) / a.shape[-1]
 
 
-@MATCH_LOSSES.register("mmd")
-@MATCH_LOSSES.register("nst")
+@MATCH_LOSSES.register("mmd", WITHIN)
+@MATCH_LOSSES.register("nst", WITHIN)
 def mmd(feat_s: Feature, feat_t: Feature, mask: Tensor | None = None) -> Tensor:
     """Token-similarity matching: M = a b^T / D (B, L, L); mean of (M_s-M_t)^2 over valid (i,j).
 

@@ -1056,6 +1056,21 @@ def summary_table(metrics: Mapping[str, Any]) -> str:
 # ----------------------------------------------------------------------------- job entry
 
 
+def import_plugins(modules: Any) -> None:
+    """Import the user's `plugins` modules, whose registrations then exist for the whole run."""
+    import importlib
+
+    if modules is None:
+        return
+    if not isinstance(modules, list) or not all(isinstance(m, str) and m for m in modules):
+        raise BrewlabError(f"plugins={modules!r} must be a list of module names, e.g. plugins=[my_losses]")
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # any failure inside the user's module is reported as the user's
+            raise BrewlabError(f"plugins: cannot import {name!r} ({type(exc).__name__}: {exc})") from None
+
+
 def run_job(cfg: Any) -> float:
     """Hydra job: validate, track, run; user errors become one line and exit code 2.
 
@@ -1077,6 +1092,7 @@ def run_job(cfg: Any) -> float:
     tracker = None
     try:
         plain = to_plain(cfg)
+        import_plugins(plain.get("plugins"))
         validate(plain)
         from brewlab.models import device_of
         from brewlab.parallel import init, world

@@ -4,7 +4,7 @@ is looked up by the name a config gives, so adding one never edits the code that
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from brewlab.errors import bad_choice
 
@@ -12,20 +12,32 @@ T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    """A named table of functions or classes, filled by the `register` decorator."""
+    """A named table of functions or classes, filled by the `register` decorator.
 
-    def __init__(self, kind: str) -> None:
+    An entry may carry properties declared with it (`register(name, props)`), so code that uses
+    the entry asks the registry what it needs instead of keeping its own list of names.
+    """
+
+    def __init__(self, kind: str, default_props: Any = None) -> None:
         self.kind = kind
         self._items: dict[str, T] = {}
+        self._props: dict[str, Any] = {}
+        self._default_props = default_props
 
-    def register(self, name: str) -> Callable[[T], T]:
+    def register(self, name: str, props: Any = None) -> Callable[[T], T]:
         def add(obj: T) -> T:
             if name in self._items and self._items[name] is not obj:
                 raise KeyError(f"{self.kind} {name!r} is registered twice")
             self._items[name] = obj
+            self._props[name] = self._default_props if props is None else props
             return obj
 
         return add
+
+    def props(self, name: str, key: str | None = None) -> Any:
+        """The properties `name` was registered with (the registry's default if none)."""
+        self.get(name, key)
+        return self._props[name]
 
     def get(self, name: str, key: str | None = None) -> T:
         """Look `name` up; `key` is the config key shown in the error if it is unknown."""

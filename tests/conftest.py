@@ -20,9 +20,15 @@ def cache_dir(tmp_path_factory) -> Path:
 
 
 def run_cli(
-    *overrides: str, run_dir: Path, cache: Path, env: dict | None = None, multirun: bool = False
+    *overrides: str,
+    run_dir: Path,
+    cache: Path,
+    env: dict | None = None,
+    multirun: bool = False,
+    flags: tuple[str, ...] = (),
 ) -> subprocess.CompletedProcess:
-    args = [sys.executable, str(ROOT / "run.py")]
+    """`flags` (e.g. --config-dir) go before the overrides, where Hydra's parser wants them."""
+    args = [sys.executable, str(ROOT / "run.py"), *flags]
     if multirun:
         args += ["-m", f"hydra.sweep.dir={run_dir}"]
     else:

@@ -58,6 +58,8 @@ CASES = [
     ),
     (["teacher=minilm", "teacher.checksums={vocab.txt:'0000'}"], 2, ["vocab.txt has SHA-256 07eced375cec144d..., not the recorded 0000..."]),
     (["loss.kd.weight=-1"], 2, ["loss.kd.weight=-1 must be a number >= 0"]),
+    (["plugins=[no_such_plugin_module]"], 2, ["plugins: cannot import 'no_such_plugin_module' (ModuleNotFoundError"]),
+    (["plugins=my_losses"], 2, ["plugins='my_losses' must be a list of module names, e.g. plugins=[my_losses]"]),
     (
         ["task.data.train_file=/nonexistent/train.jsonl"],
         2,

@@ -92,9 +92,16 @@ def test_objective_parsing_pairs_and_projections():
         ),
         (
             {"kind": "match", "fn": "attention_mse", "feature": "attention", "layers": "uniform"},
-            "needs equal head counts",
+            r"needs equal head counts \(teacher 4, student 2\); use a head-averaged attention loss \(attention_ce_mean, attention_mse_sum\)",
         ),
-        ({"kind": "match", "fn": "mmd", "feature": "attention", "layers": "uniform"}, "works on hidden states"),
+        (
+            {"kind": "match", "fn": "mmd", "feature": "attention", "layers": "uniform"},
+            "loss.x.fn='mmd' works on hidden features: set loss.x.feature=hidden",
+        ),
+        (
+            {"kind": "match", "fn": "attention_mse_sum", "feature": "hidden"},
+            "loss.x.fn='attention_mse_sum' works on attention features: set loss.x.feature=attention",
+        ),
         ({"kind": "match", "fn": "cos", "feature": "hidden", "proj": "gelu"}, "loss.x.proj='gelu' is not valid"),
         ({"kind": "match", "fn": "cosine", "feature": "hidden"}, "loss.x.fn='cosine' is not valid"),
         ({"kind": "sideways"}, "loss.x.kind='sideways' is not valid"),

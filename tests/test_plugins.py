@@ -1,0 +1,71 @@
+"""Extending brewlab without editing it: a user's module registers a loss, a YAML file in the
+user's own config directory presets it, and `run.py` runs it."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+from conftest import read_metrics
+
+from brewlab.config import Shape
+from brewlab.distillers import parse_objective
+from brewlab.losses import MATCH_LOSSES
+
+PAIR_LOSS = '''
+import json, os
+
+from brewlab.losses import MATCH_LOSSES, MatchProps
+
+
+@MATCH_LOSSES.register("toy_pair", MatchProps(layers="consecutive"))
+def toy_pair(feat_s, feat_t, mask=None):
+    """How far each side moves between its two layers, matched as one number per side."""
+    (s_a, s_b), (t_a, t_b) = feat_s, feat_t
+    with open(os.environ["TOY_LOG"], "a", encoding="utf-8") as f:
+        f.write(json.dumps([list(s_a.shape), list(s_b.shape), list(t_a.shape), list(t_b.shape)]) + "\\n")
+    return ((s_b - s_a).pow(2).mean() - (t_b - t_a).pow(2).mean().detach()).pow(2)
+'''
+
+PAIR_PRESET = """
+defaults:
+  - kd
+  - _self_
+toy_pair: {kind: match, fn: toy_pair, weight: 1.0, layers: uniform}
+"""
+
+
+def test_a_pair_loss_is_one_function_and_one_yaml_file(cli, tmp_path):
+    (tmp_path / "toy_pair_loss.py").write_text(PAIR_LOSS, encoding="utf-8")
+    (tmp_path / "conf" / "loss").mkdir(parents=True)
+    (tmp_path / "conf" / "loss" / "toy_pair.yaml").write_text(textwrap.dedent(PAIR_PRESET), encoding="utf-8")
+    calls = tmp_path / "calls.jsonl"
+    _, run_dir = cli(
+        "plugins=[toy_pair_loss]",
+        "loss=toy_pair",
+        "debug=smoke",
+        "logger=none",
+        flags=("--config-dir", str(tmp_path / "conf")),
+        env={"PYTHONPATH": str(tmp_path), "TOY_LOG": str(calls)},
+    )
+    metrics = read_metrics(run_dir)
+    assert metrics["loss"] == ["kd", "toy_pair"]
+    assert "toy_pair" in metrics["student"]["final_losses"]
+    shapes = [json.loads(line) for line in calls.read_text(encoding="utf-8").splitlines()]
+    # the default student has 2 layers, so its hidden states 0..2 give 2 consecutive pairs per step
+    assert len(shapes) == 2 * metrics["student"]["steps"]
+    for s_a, s_b, t_a, t_b in shapes:
+        assert s_a == s_b and t_a == t_b and s_a[:2] == t_a[:2]
+
+
+def test_registered_properties_choose_the_layer_mapping():
+    teacher, student = Shape(4, 32, 4), Shape(2, 16, 2)
+    # uniform hidden mapping for depths 4 -> 2: teacher 0, 2, 4 to student 0, 1, 2
+    flow = parse_objective({"f": {"kind": "match", "fn": "fsp", "proj": "linear"}}, teacher, student).matches[0]
+    assert flow.pairs == [((0, 2), (0, 1)), ((2, 4), (1, 2))]
+    within = parse_objective({"n": {"kind": "match", "fn": "nst"}}, teacher, student).matches[0]
+    assert within.pairs == [((0, 0), (0, 0)), ((2, 2), (1, 1)), ((4, 4), (2, 2))]
+    assert within.proj is None  # nst normalises each side by its own size: no projection
+    attention = parse_objective({"a": {"kind": "match", "fn": "attention_mse_sum"}}, teacher, student).matches[0]
+    assert attention.feature == "attention" and attention.pairs == [(1, 0), (3, 1)]
+    assert MATCH_LOSSES.props("hidden_mse").same_size and not MATCH_LOSSES.props("nst").same_size
