@@ -18,7 +18,6 @@ from brewlab.errors import BrewlabError, bad_choice
 
 TEACHER_KINDS = ("scratch", "pretrained_scratch", "hf")
 RESUME = ("auto", True, False)
-NONFINITE = ("stop", "skip")
 
 
 @dataclass(frozen=True)
@@ -102,6 +101,9 @@ def validate(cfg: Mapping[str, Any]) -> None:
         path = data.get(f"{split}_file")
         if path and not Path(path).is_file():
             raise BrewlabError(f"task.data.{split}_file={path!r}: file not found")
+        if path:
+            _check_utf8(Path(path), f"task.data.{split}_file")
+    _check_writable(cfg["cache_dir"], "cache_dir")
     _check_number("task.max_seq_length", task["max_seq_length"], 8)
     fraction = task.get("train_fraction", 1.0)
     if not isinstance(fraction, (int, float)) or isinstance(fraction, bool) or not 0 < fraction <= 1:
@@ -112,12 +114,7 @@ def validate(cfg: Mapping[str, Any]) -> None:
     TRACKERS.get(cfg["logger"]["name"], "logger")
     if teacher["kind"] not in TEACHER_KINDS:
         raise bad_choice("teacher.kind", teacher["kind"], TEACHER_KINDS)
-    for key in ("epochs", "batch_size"):
-        _check_number(f"trainer.{key}", cfg["trainer"][key], 1)
-    _check_trainer(cfg["trainer"])
-    for key, train in (("teacher.train", teacher.get("train")), ("teacher.pretrain.train", (teacher.get("pretrain") or {}).get("train"))):
-        if train is not None:
-            _check_pool(key, train)
+    _check_loops(cfg)
     _check_number("optim.lr", cfg["optim"]["lr"], 0, inclusive=False)
     tasks = {task.get("name", "?"): task}
     if distiller.many_tasks:  # the run's own `task` is not trained then
@@ -127,6 +124,10 @@ def validate(cfg: Mapping[str, Any]) -> None:
             classes = KINDS.get(task_cfg["kind"]).logit_classes(task_cfg)
             build_schedules(cfg["scheduler"], classes, f"task {name}")
 
+    for side in ("teacher", "student"):
+        arch = cfg[side].get("arch")
+        if cfg[side].get("kind", "bert") in ("scratch", "pretrained_scratch", "bert") and arch:
+            _check_heads(side, arch)
     t_shape = teacher_shape(teacher)
     _check_student_kind(student, KINDS.get(task["kind"]))
     s_shape = _shape(student["arch"])
@@ -180,34 +181,76 @@ def _check_student_kind(student: Mapping[str, Any], kind: Any) -> None:
             raise BrewlabError(f"student.arch.hidden_size={student['arch']['hidden_size']} must be even for a BiGRU")
 
 
-def _check_trainer(trainer: Mapping[str, Any]) -> None:
-    from brewlab.distillers import PRECISIONS
+def _check_loops(cfg: Mapping[str, Any]) -> None:
+    """Every training loop's settings (the student's and the teacher's stages) and the logger,
+    by the ranges and choices of brewlab/schema.py."""
+    from brewlab import schema
 
-    accum = trainer.get("grad_accum", 1)
-    if not isinstance(accum, int) or isinstance(accum, bool) or accum < 1:
-        raise BrewlabError(f"trainer.grad_accum={accum!r} must be an integer >= 1")
-    precision = trainer.get("precision", "fp32")
-    if precision not in PRECISIONS:
-        raise bad_choice("trainer.precision", precision, PRECISIONS)
-    if not isinstance(trainer.get("compile", False), bool):
-        raise BrewlabError(f"trainer.compile={trainer['compile']!r} must be true or false")
-    clip = trainer.get("grad_clip")
-    if clip is not None:
-        _check_number("trainer.grad_clip", clip, 0, inclusive=False)
-    if trainer.get("nonfinite", "stop") not in NONFINITE:
-        raise bad_choice("trainer.nonfinite", trainer["nonfinite"], NONFINITE)
-    if trainer.get("checkpoint_every") is not None:
-        _check_number("trainer.checkpoint_every", trainer["checkpoint_every"], 1)
-    _check_number("trainer.checkpoints_kept", trainer.get("checkpoints_kept", 2), 1)
-    _check_pool("trainer", trainer)
-    if trainer.get("heap_trim_every_s") is not None:
-        _check_number("trainer.heap_trim_every_s", trainer["heap_trim_every_s"], 0, inclusive=False)
+    schema.check("trainer", cfg["trainer"], schema.Trainer)
+    teacher = cfg["teacher"]
+    for key, train in (("teacher.train", teacher.get("train")), ("teacher.pretrain.train", (teacher.get("pretrain") or {}).get("train"))):
+        if train is not None:
+            schema.check(key, train, schema.StageTrain)
+    schema.check("logger", cfg["logger"], schema.Logger)
+    schema.check("", cfg, schema.TopLevel)
+    _check_device(str(cfg["trainer"]["device"]))
 
 
-def _check_pool(key: str, train: Mapping[str, Any]) -> None:
-    pool = train.get("length_pool")
-    if not isinstance(pool, int) or isinstance(pool, bool) or pool < 1:
-        raise BrewlabError(f"{key}.length_pool={pool!r} must be an integer >= 1 (batches per length-sorted pool; 1 = no grouping)")
+def _check_heads(side: str, arch: Mapping[str, Any]) -> None:
+    size, heads = arch.get("hidden_size"), arch.get("num_attention_heads")
+    if isinstance(size, int) and isinstance(heads, int) and heads > 0 and size % heads:
+        raise BrewlabError(
+            f"{side}.arch.hidden_size={size} is not a multiple of {side}.arch.num_attention_heads={heads}; "
+            f"e.g. {side}.arch.hidden_size={size - size % heads or heads}"
+        )
+
+
+def _check_utf8(path: Path, key: str) -> None:
+    """Data files are read as UTF-8; any other encoding is named before the run starts."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 20):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as exc:
+                raise BrewlabError(
+                    f"{key}={str(path)!r} is not UTF-8 text (byte 0x{chunk[exc.start]:02x} at offset {offset + exc.start}); "
+                    "convert it, e.g. iconv -f gb18030 -t utf-8"
+                ) from None
+            offset += len(chunk)
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        raise BrewlabError(f"{key}={str(path)!r} is not UTF-8 text (it ends inside a character)") from None
+
+
+def _check_writable(path: str, key: str) -> None:
+    import tempfile
+
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=path).close()
+    except OSError as exc:
+        raise BrewlabError(f"{key}={path!r} is not a writable directory ({exc.strerror or exc})") from None
+
+
+def _check_device(device: str) -> None:
+    """The device must exist here, so that a run never fails on it after loading its data."""
+    import torch
+
+    if device in ("auto", "cpu"):
+        return
+    if device == "cuda" or device.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise BrewlabError(f"trainer.device={device} but this machine has no CUDA device; use trainer.device=cpu or auto")
+        index = device.partition(":")[2]
+        if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
+            raise BrewlabError(f"trainer.device={device}: this machine has CUDA devices 0..{torch.cuda.device_count() - 1}")
+        return
+    raise BrewlabError(f"trainer.device={device!r} is not valid; choose one of: auto, cpu, cuda, cuda:<index>")
 
 
 def _check_baselines(cfg: Mapping[str, Any], distiller: Any) -> None:

@@ -331,11 +331,12 @@ class Distiller:
         self.optimizer = make_optimizer(self.params)
         self.log = log or (lambda metrics, step: None)
         use_cache = (
-            bool(trainer_cfg.get("cache_teacher_outputs", True))
+            self.teacher is not None
+            and bool(trainer_cfg["cache_teacher_outputs"])
             and not objective.matches
             and getattr(kind, "cache_teacher_logits", True)  # a kind may have logits too large to keep
         )
-        self.cache = TeacherCache(kind.seq_axis, kind.logit_pad) if (self.teacher is not None and use_cache) else None
+        self.cache = TeacherCache(kind.seq_axis, kind.logit_pad) if use_cache else None
 
     # -- objective -----------------------------------------------------------------------
 
@@ -439,21 +440,21 @@ class Distiller:
         from brewlab.checkpoint import rng_state, set_rng_state
         from brewlab.data import set_epoch
 
-        epochs = int(self.cfg.get("epochs", 1))
-        max_steps = self.cfg.get("max_steps")
-        accum = max(1, int(self.cfg.get("grad_accum", 1)))
+        epochs = int(self.cfg["epochs"])
+        max_steps = self.cfg["max_steps"]
+        accum = int(self.cfg["grad_accum"])
         per_epoch = math.ceil(len(train_loader) / accum)
         total = epochs * per_epoch
         if max_steps:
             total = min(total, int(max_steps))
         scheduler = self.schedules.lr_scheduler(self.optimizer, max(total, 1))
-        eval_every = self.cfg.get("eval_every")
-        log_every = max(1, int(self.cfg.get("log_every", 20)))
-        ckpt_every = int(self.cfg.get("checkpoint_every") or 0)
-        skip_nonfinite = self.cfg.get("nonfinite", "stop") == "skip"
-        clip = self.cfg.get("grad_clip")
+        eval_every = self.cfg["eval_every"]
+        log_every = int(self.cfg["log_every"])
+        ckpt_every = int(self.cfg["checkpoint_every"] or 0) if checkpoints is not None else 0  # teacher stages: none yet
+        skip_nonfinite = self.cfg["nonfinite"] == "skip"
+        clip = self.cfg["grad_clip"]
         device = next(iter(self.params)).device if self.params else torch.device("cpu")
-        autocast, scaler = _precision(str(self.cfg.get("precision", "fp32")), device)
+        autocast, scaler = _precision(str(self.cfg["precision"]), device)
         parallel = bool(self.cfg.get("data_parallel"))  # set by the pipeline under torchrun
         if self.teacher is not None:
             self.teacher.model.eval()

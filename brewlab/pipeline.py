@@ -347,7 +347,7 @@ def train_loop(
     loader = batches
     if loader is None:
         loader = train_loader(prep.features["train"], trainer_cfg, prep.tokenizer.pad_token_id, seed)
-    eval_bs = int(trainer_cfg.get("eval_batch_size", 128))
+    eval_bs = int(trainer_cfg["eval_batch_size"])
     return distiller.fit(
         DeviceLoader(loader, device),
         evaluate=lambda: evaluate(distiller.student, prep, "validation", eval_bs, device),
@@ -483,10 +483,15 @@ def teacher_base(cfg: Mapping[str, Any], cache_dir: Path, device: torch.device, 
     stage = {**cfg, "task": p_cfg["task"]}
     prep = prepare_task(stage, cache_dir)
     log.info("pretraining a masked LM on %s %s (cache key %s)", p_cfg["task"]["name"], prep.sizes, key)
-    torch.manual_seed(int(p_cfg["train"].get("seed", 0)))
+    torch.manual_seed(stage_seed(p_cfg["train"], t_cfg))
     model = build_scratch(t_cfg["arch"], prep.tokenizer, prep.kind, prep.kind.num_labels(prep.label_names)).to(device)
     _train_and_cache(stage, model, prep, p_cfg["train"], directory, key, device, _Prefixed(tracker, "pretrain/"))
     return str(directory)
+
+
+def stage_seed(train_cfg: Mapping[str, Any], t_cfg: Mapping[str, Any]) -> int:
+    """A teacher stage's seed: its own `train.seed`, else the teacher's."""
+    return int(t_cfg["seed"] if train_cfg["seed"] is None else train_cfg["seed"])
 
 
 def teacher_configs(cfg: Mapping[str, Any]) -> list[dict[str, Any]] | None:
@@ -582,13 +587,13 @@ def get_teacher(
             log.info("teacher: reused cache %s", directory)
             return model.to(device).eval(), "cache", directory
     log.info("teacher: training %s (cache key %s)", f"from {base}" if base else "from scratch", key)
-    torch.manual_seed(int(t_cfg.get("seed", 0)))
+    torch.manual_seed(int(t_cfg["seed"]))
     if base is None:
         model = build_scratch(t_cfg["arch"], prep.tokenizer, prep.kind, num_labels)
     else:
         model = load_pretrained(base, prep.kind, num_labels, key="teacher base", new_head=True)
     model = model.to(device)
-    train_cfg = {"seed": t_cfg.get("seed", 0), **t_cfg["train"]}
+    train_cfg = {**t_cfg["train"], "seed": stage_seed(t_cfg["train"], t_cfg)}
     _train_and_cache(cfg, model, prep, train_cfg, directory, key, device, _Prefixed(tracker, prefix))
     set_attention(model, attn)
     return model.eval(), "trained", directory
@@ -645,10 +650,10 @@ def _train_and_cache(
     written aside and renamed into place so an interrupted run never leaves a half cache."""
     from brewlab.models import save_model
 
-    stage_cfg = {**cfg, "optim": {**cfg["optim"], "lr": train_cfg.get("lr", cfg["optim"]["lr"])}}
+    lr = cfg["optim"]["lr"] if train_cfg["lr"] is None else train_cfg["lr"]
+    stage_cfg = {**cfg, "optim": {**cfg["optim"], "lr": lr}}
     distiller = build_distiller("trainer", stage_cfg, model, None, prep, HARD_ONLY, train_cfg, tracker)
-    seed = int(train_cfg.get("seed", 0))
-    result = train_loop(distiller, prep, train_cfg, seed, device, cfg["trainer"].get("progress", True))
+    result = train_loop(distiller, prep, train_cfg, int(train_cfg["seed"]), device, cfg["trainer"]["progress"])
     directory.parent.mkdir(parents=True, exist_ok=True)
     build = Path(tempfile.mkdtemp(dir=directory.parent, prefix=".build-"))
     save_model(model, prep.tokenizer, build)
@@ -739,7 +744,7 @@ def checkpoint_store(cfg: Mapping[str, Any], run_dir: Path, preps: Sequence[Prep
     if cfg["trainer"].get("data_parallel"):
         return None
     fingerprint = stable_hash([run_fingerprint(cfg), *(p.data_id for p in preps)])
-    store = CheckpointStore(run_dir / "checkpoints", fingerprint, keep=int(cfg["trainer"].get("checkpoints_kept", 2)))
+    store = CheckpointStore(run_dir / "checkpoints", fingerprint, keep=int(cfg["trainer"]["checkpoints_kept"]))
     if cfg.get("resume", "auto") is False:
         store.clear()  # resume=false: this directory starts over
     return store
@@ -838,9 +843,9 @@ def run(cfg: Mapping[str, Any], run_dir: Path, tracker: Any) -> dict[str, Any]:
         return run_multi_task(cfg, run_dir, tracker)
     cache_dir = Path(cfg["cache_dir"]).expanduser()
     cache_dir.mkdir(parents=True, exist_ok=True)
-    device = device_of(cfg["trainer"].get("device", "auto"))
+    device = device_of(cfg["trainer"]["device"])
     seed = int(cfg["seed"])
-    progress = bool(cfg["trainer"].get("progress", True)) and is_main()
+    progress = bool(cfg["trainer"]["progress"]) and is_main()
     with main_first():  # under torchrun, rank 0 fills the caches the other ranks then read
         base = teacher_base(cfg, cache_dir, device, tracker)
         prep = prepare_task(cfg, cache_dir, tokenizer_from=base)
@@ -868,7 +873,7 @@ def run(cfg: Mapping[str, Any], run_dir: Path, tracker: Any) -> dict[str, Any]:
         return {}
     _sdpa_again(attn, [*teacher_models, student])
 
-    eval_bs = int(cfg["trainer"].get("eval_batch_size", 128))
+    eval_bs = int(cfg["trainer"]["eval_batch_size"])
     metrics: dict[str, Any] = {
         "task": {"name": cfg["task"]["name"], "main_metric": prep.kind.main_metric, "sizes": prep.sizes},
         "distiller": name,
@@ -926,7 +931,7 @@ def run_multi_task(cfg: Mapping[str, Any], run_dir: Path, tracker: Any) -> dict[
     d_cfg = cfg["distiller"]
     cache_dir = Path(cfg["cache_dir"]).expanduser()
     cache_dir.mkdir(parents=True, exist_ok=True)
-    device = device_of(cfg["trainer"].get("device", "auto"))
+    device = device_of(cfg["trainer"]["device"])
     seed = int(cfg["seed"])
     attn = _attention(cfg)
     # tasks with a pooled (sentence) head first: their encoder carries the pooler the others ignore
@@ -955,7 +960,7 @@ def run_multi_task(cfg: Mapping[str, Any], run_dir: Path, tracker: Any) -> dict[
     distiller = DISTILLERS.get(d_cfg["name"])(parts, trainer_cfg, instantiate(cfg["optim"], _partial_=True), tracker.log)
     loaders = {n: train_loader(preps[n].features["train"], trainer_cfg, preps[n].tokenizer.pad_token_id, seed) for n in names}
     sizes = {n: len(preps[n].features["train"]) for n in names}
-    eval_bs = int(trainer_cfg.get("eval_batch_size", 128))
+    eval_bs = int(trainer_cfg["eval_batch_size"])
 
     def dev_scores() -> dict[str, float]:
         out = {}
@@ -969,7 +974,7 @@ def run_multi_task(cfg: Mapping[str, Any], run_dir: Path, tracker: Any) -> dict[
         DeviceLoader(TaskMixture(loaders, sizes, float(d_cfg["tau"]), seed), device),
         evaluate=dev_scores,
         main_metric="score",
-        progress=bool(trainer_cfg.get("progress", True)) and is_main(),
+        progress=bool(trainer_cfg["progress"]) and is_main(),
         checkpoints=checkpoint_store(cfg, run_dir, list(preps.values())),
     )
     if not is_main():
@@ -1097,7 +1102,7 @@ def run_job(cfg: Any) -> float:
         from brewlab.models import device_of
         from brewlab.parallel import init, world
 
-        init(device_of(plain["trainer"].get("device", "auto")))
+        init(device_of(plain["trainer"]["device"]))
         plain["trainer"]["data_parallel"] = world()[1] > 1
         if not is_main():  # one W&B run and one set of outputs, from rank 0
             plain["logger"] = {"name": "none"}
@@ -1119,7 +1124,7 @@ def run_job(cfg: Any) -> float:
             group=group,
             resume=plain.get("resume", "auto") is not False and any((run_dir / "checkpoints").glob("step-*.pt")),
         )
-        keep_heap_compact(plain["trainer"].get("heap_trim_every_s"))
+        keep_heap_compact(plain["trainer"]["heap_trim_every_s"])
         seed_everything(int(plain["seed"]))
         metrics = run(plain, run_dir, tracker)
         if not is_main():

@@ -98,6 +98,7 @@ def bert(arch: dict[str, int], vocab: int, seed: int) -> Any:
 def brewlab_contender(teacher: Any, student: Any) -> Any:
     """brewlab's `general` distiller, built as the pipeline builds it."""
     from brewlab.pipeline import build_distiller
+    from brewlab.schema import trainer_settings
     from brewlab.tasks import KINDS
 
     cfg = {
@@ -106,7 +107,7 @@ def brewlab_contender(teacher: Any, student: Any) -> Any:
         "optim": LR,
     }
     loss = overhead_loss(teacher.config.num_hidden_layers, student.config.num_hidden_layers)
-    trainer = {"epochs": 1, "log_every": 50, "grad_clip": 1.0}
+    trainer = trainer_settings(epochs=1, log_every=50, grad_clip=1.0)
     # what build_distiller reads of a prepared task: its kind, its labels and its vocabulary size
     prep = SimpleNamespace(
         kind=KINDS.get("classification"), label_names=["negative", "positive"], tokenizer=range(student.config.vocab_size)
@@ -329,7 +330,7 @@ def realdata_child(contender: str, overrides: list[str]) -> dict[str, Any]:
 
     if contender == "brewlab":
         trainer = cfg["trainer"]
-        keep_heap_compact(trainer.get("heap_trim_every_s"))  # what run.py does at startup
+        keep_heap_compact(trainer["heap_trim_every_s"])  # what run.py does at startup
         distiller = build_distiller(cfg["distiller"]["name"], cfg, student, [teacher], prep, cfg["loss"], trainer, tracker)
         loader = train_loader(prep.features["train"], trainer, prep.tokenizer.pad_token_id, int(cfg["seed"]))
         epoch_ends: list[float] = []

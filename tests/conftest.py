@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+import brewlab.schema  # noqa: F401  (the typed config groups, for in-process composition)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

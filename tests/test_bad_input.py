@@ -83,7 +83,7 @@ CASES = [
     (["student.vocab_size=123"], 2, ["student.vocab_size=123 does not match the task's tokenizer"]),
     (["optim.lr=abc"], 2, ["optim.lr='abc' must be a number > 0"]),
     (["optim.lr=-0.001"], 2, ["optim.lr=-0.001 must be a number > 0"]),
-    (["trainer.lr=abc"], 1, ["Could not override 'trainer.lr'", "Key 'lr' is not in struct"]),
+    (["trainer.lr=abc"], 1, ["Could not override 'trainer.lr'", "Key 'lr' not in 'Trainer'", "full_key: trainer.lr"]),
     (["task.train_fraction=0"], 2, ["task.train_fraction=0 must be a fraction in (0, 1]"]),
     (
         ["task=cmrc_pd98", "task.doc_stride=300"],
@@ -93,8 +93,26 @@ CASES = [
     (["resume=maybe"], 2, ["resume='maybe' is not valid; choose one of: auto, false, true"]),
     (["trainer.nonfinite=ignore"], 2, ["trainer.nonfinite='ignore' is not valid; choose one of: skip, stop"]),
     (["trainer.checkpoint_every=0"], 2, ["trainer.checkpoint_every=0 must be a number >= 1"]),
-    (["trainer.length_pool=0"], 2, ["trainer.length_pool=0 must be an integer >= 1 (batches per length-sorted pool"]),
-    (["teacher.train.length_pool=two"], 2, ["teacher.train.length_pool='two' must be an integer >= 1"]),
+    (["trainer.length_pool=0"], 2, ["trainer.length_pool=0 must be a number >= 1"]),
+    (
+        ["teacher.train.length_pool=two"],
+        1,
+        ["Value 'two' of type 'str' could not be converted to Integer", "full_key: teacher.train.length_pool"],
+    ),
+    (["teacher.train.length_pool=0"], 2, ["teacher.train.length_pool=0 must be a number >= 1"]),
+    (["seed=abc"], 2, ["seed='abc' must be an integer"]),
+    (["trainer.eval_every=-5"], 2, ["trainer.eval_every=-5 must be a number >= 1"]),
+    (["logger.mode=onlin"], 2, ["logger.mode='onlin' is not valid; choose one of: disabled, offline, online"]),
+    (["trainer.device=cuda"], 2, ["trainer.device=cuda but this machine has no CUDA device; use trainer.device=cpu or auto"]),
+    (["trainer.device=tpu"], 2, ["trainer.device='tpu' is not valid; choose one of: auto, cpu, cuda, cuda:<index>"]),
+    (
+        ["student.arch.hidden_size=100", "student.arch.num_attention_heads=3"],
+        2,
+        ["student.arch.hidden_size=100 is not a multiple of student.arch.num_attention_heads=3; e.g. student.arch.hidden_size=99"],
+    ),
+    (["cache_dir=/proc/brewlab-cache"], 2, ["cache_dir='/proc/brewlab-cache' is not a writable directory"]),
+    (["trainer.compile=maybe"], 1, ["Value 'maybe' is not a valid bool", "full_key: trainer.compile"]),
+    (["trainer.unknown_key=1"], 1, ["Key 'unknown_key' not in 'Trainer'"]),
     (["trainer.heap_trim_every_s=0"], 2, ["trainer.heap_trim_every_s=0 must be a number > 0"]),
     (
         ["task=mr_en", "teacher=minilm", "distiller=basic", "augmentation=mlm"],
@@ -146,6 +164,13 @@ def train_file(d: Path, lines: list[str]) -> list[str]:
     return [f"task.data.train_file={_write(d / 'train.jsonl', ''.join(line + chr(10) for line in lines))}"]
 
 
+def gbk_train_file(d: Path) -> list[str]:
+    """The GOOD rows saved in GBK, as Chinese data often arrives: 好 is 0xba 0xc3 there."""
+    path = d / "train.jsonl"
+    path.write_bytes("".join(line + "\n" for line in GOOD).encode("gbk"))
+    return [f"task.data.train_file={path}"]
+
+
 # (id, overrides made from a scratch directory, fragments the one-line error must contain)
 DATA_CASES = [
     (
@@ -154,6 +179,7 @@ DATA_CASES = [
         ["train.jsonl' line 3: not valid JSON"],
     ),
     ("empty data file", lambda d: train_file(d, []), ["train.jsonl': the file holds no examples"]),
+    ("data file not UTF-8", lambda d: gbk_train_file(d), ["train.jsonl' is not UTF-8 text (byte 0xba at offset 10)"]),
     (
         "label outside the label set",
         lambda d: train_file(d, [*GOOD, '{"text": "差", "label": 7}']),
@@ -191,8 +217,8 @@ def test_bad_data_and_model_message(cli, tmp_path, make, fragments):
     assert not (run_dir / "metrics.json").exists()
 
 
-def test_the_table_covers_at_least_25_malformed_inputs():
-    assert len(CASES) + len(DATA_CASES) >= 25
+def test_the_table_covers_at_least_45_malformed_inputs():
+    assert len(CASES) + len(DATA_CASES) >= 45
 
 
 def test_failed_run_keeps_earlier_outputs_and_teacher_cache(cli, tmp_path):

@@ -13,6 +13,7 @@ from brewlab.distillers import DISTILLERS, TeacherCache, build_projections, pars
 from brewlab.errors import BrewlabError
 from brewlab.models import count_parameters, init_from_teacher_layers
 from brewlab.schedulers import build_schedules
+from brewlab.schema import trainer_settings
 from brewlab.tasks.classification import Classification
 
 
@@ -139,7 +140,7 @@ def make(name: str, loss: dict, cache: bool = True, seed: int = 0):
         student=s_ad,
         objective=obj,
         schedules=build_schedules({"temperature": {"kind": "constant", "base": 2.0}}),
-        trainer_cfg={"epochs": 2, "cache_teacher_outputs": cache, "log_every": 1},
+        trainer_cfg=trainer_settings(epochs=2, cache_teacher_outputs=cache, log_every=1, grad_clip=None),
         make_optimizer=lambda params: torch.optim.SGD(params, lr=0.1),
         kind=Classification,
         teacher=t_ad,

@@ -16,6 +16,7 @@ from brewlab.distillers import DISTILLERS, parse_objective
 from brewlab.errors import BrewlabError
 from brewlab.losses import mean_logits, mean_probs
 from brewlab.schedulers import build_schedules
+from brewlab.schema import trainer_settings
 from brewlab.tasks.classification import Classification
 
 
@@ -70,7 +71,7 @@ def test_ensemble_adaptor_combines_members_and_distils_like_one_teacher():
         student=student,
         objective=parse_objective(KD_HARD, ensemble, student),
         schedules=build_schedules({"temperature": {"kind": "constant", "base": 2.0}}),
-        trainer_cfg={"epochs": 1, "cache_teacher_outputs": False},
+        trainer_cfg=trainer_settings(epochs=1, cache_teacher_outputs=False, grad_clip=None),
         make_optimizer=lambda params: torch.optim.SGD(params, lr=0.1),
         kind=Classification,
         teacher=ensemble,

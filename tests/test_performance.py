@@ -22,6 +22,7 @@ from brewlab.data import make_loader
 from brewlab.distillers import DISTILLERS, parse_objective
 from brewlab.pipeline import prepare_task
 from brewlab.schedulers import build_schedules
+from brewlab.schema import trainer_settings
 from brewlab.tasks import KINDS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,7 +73,7 @@ def test_cached_teacher_logits_give_the_losses_of_fresh_teacher_forwards(kind_na
             student=s_view,
             objective=parse_objective(KD_HARD, t_view, s_view),
             schedules=build_schedules({"temperature": {"kind": "constant", "base": 2.0}}),
-            trainer_cfg={"epochs": 3, "cache_teacher_outputs": cache, "log_every": 1, "grad_clip": 1.0},
+            trainer_cfg=trainer_settings(epochs=3, cache_teacher_outputs=cache, log_every=1, grad_clip=1.0),
             make_optimizer=lambda params: torch.optim.SGD(params, lr=0.1),
             kind=kind,
             teacher=t_view,

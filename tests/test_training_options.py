@@ -11,6 +11,7 @@ from test_distillers import KD_HARD, batch, tiny
 from brewlab.adaptors import HFAdaptor
 from brewlab.distillers import DISTILLERS, parse_objective
 from brewlab.schedulers import build_schedules
+from brewlab.schema import trainer_settings
 from brewlab.tasks.classification import Classification
 
 
@@ -29,7 +30,7 @@ def distiller(trainer_cfg: dict, compile_student: bool = False):
         student=student,
         objective=parse_objective(KD_HARD, teacher, student),
         schedules=build_schedules({"temperature": {"kind": "constant", "base": 2.0}}),
-        trainer_cfg={"epochs": 1, "cache_teacher_outputs": False, "log_every": 1, "grad_clip": None, **trainer_cfg},
+        trainer_cfg=trainer_settings(**{"epochs": 1, "cache_teacher_outputs": False, "log_every": 1, "grad_clip": None, **trainer_cfg}),
         make_optimizer=lambda params: torch.optim.SGD(params, lr=0.5),
         kind=Classification,
         teacher=teacher,

@@ -1,0 +1,150 @@
+"""The typed schema of the config groups whose keys do not vary by preset: the training loop
+(`trainer`, and `teacher.train` / `teacher.pretrain.train` for the teacher's own stages), the
+logger and the top-level keys.
+
+Each field carries its default and its help, like `transformers.TrainingArguments`, and is the
+only place that default is written: the group's YAML starts from the schema (`defaults: [schema]`)
+and code reads keys without fallbacks. Hydra checks types when it composes (a bad type is named
+with its key before anything runs); `check` adds ranges and choices from each field's metadata.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from brewlab.errors import BrewlabError, bad_choice
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+NONFINITE = ("stop", "skip")
+LOGGER_MODES = ("offline", "online", "disabled")
+
+
+def _f(default: Any, help: str, **rules: Any) -> Any:
+    """A schema field: default, help and the rules `check` applies (ge, gt, choices, integer)."""
+    return field(default=default, metadata={"help": help, **rules})
+
+
+@dataclass
+class Loop:
+    """What one training loop reads, in the student's stage (`trainer`) and the teacher's."""
+
+    epochs: int = _f(3, "passes over the training data", ge=1)
+    batch_size: int = _f(32, "training examples per batch", ge=1)
+    length_pool: int = _f(
+        8,
+        "training batches are cut from shuffled pools of this many length-sorted batches: bigger pools pad "
+        "less but make batches of alike examples (1 = no grouping)",
+        ge=1,
+    )
+    eval_batch_size: int = _f(32, "dev and test batch size", ge=1)
+    max_steps: int | None = _f(None, "stop after this many optimizer steps (null: run all epochs)", ge=1)
+    eval_every: int | None = _f(None, "evaluate on validation every N steps (null: each epoch); the best is kept", ge=1)
+    log_every: int = _f(50, "steps between logged losses (the only host sync in the loop)", ge=1)
+    grad_clip: float | None = _f(1.0, "max gradient norm over the trained parameters (null: no clipping)", gt=0)
+    grad_accum: int = _f(1, "batches per optimizer step (effective batch = batch_size x grad_accum)", ge=1)
+    precision: str = _f(
+        "fp32", "autocast for teacher and student forwards (fp16 adds a gradient scaler)", choices=PRECISIONS
+    )
+    nonfinite: str = _f(
+        "stop",
+        "stop: a NaN/inf loss ends the run, checkpoints untouched; skip: drop that batch and go on",
+        choices=NONFINITE,
+    )
+
+
+@dataclass
+class StageTrain(Loop):
+    """A teacher stage (`teacher.train`, `teacher.pretrain.train`): its own rate and seed."""
+
+    lr: float | None = _f(None, "this stage's learning rate (null: optim.lr)", gt=0)
+    seed: int | None = _f(None, "this stage's seed (null: teacher.seed)")
+
+
+@dataclass
+class Trainer(Loop):
+    """The student's loop, plus what only the run as a whole decides."""
+
+    compile: bool = _f(False, "torch.compile the student (needs a C++ compiler on the CPU; pays off on long runs)")
+    checkpoint_every: int | None = _f(
+        200, "optimizer steps between checkpoints (also after every evaluation); null: evaluations only", ge=1
+    )
+    checkpoints_kept: int = _f(2, "newest checkpoints kept in <run dir>/checkpoints (removed once the run finishes)", ge=1)
+    cache_teacher_outputs: bool = _f(True, "reuse teacher logits across epochs when inputs repeat")
+    heap_trim_every_s: float | None = _f(
+        5.0,
+        "seconds between handing freed heap pages back to the OS (glibc malloc_trim; keeps peak RSS down with "
+        "dynamic padding); null: never",
+        gt=0,
+    )
+    device: str = _f("auto", "auto (cuda when available, else cpu), cpu, cuda or cuda:<index>")
+    progress: bool = _f(True, "show progress bars")
+
+
+@dataclass
+class Logger:
+    """Experiment tracking; `name` picks the tracker (see brewlab/tracking.py)."""
+
+    name: str = _f("none", "tracker: wandb or none")
+    mode: str = _f("offline", "W&B mode (the WANDB_MODE variable wins); online needs credentials", choices=LOGGER_MODES)
+    project: str = _f("brewlab", "W&B project")
+    entity: str | None = _f(None, "W&B entity (team or user); null: the account's default")
+    init_timeout: float = _f(60.0, "seconds to reach W&B online before falling back to offline", gt=0)
+
+
+@dataclass
+class TopLevel:
+    """Keys at the top of the composed config (not structured, so `check` tests their types;
+    their defaults are in conf/config.yaml)."""
+
+    seed: int = _f(dataclasses.MISSING, "the student's seed: initialisation, data order, dropout", integer=True)
+
+
+def trainer_settings(**overrides: Any) -> dict[str, Any]:
+    """The `trainer` section with its defaults and `overrides`, for code that builds a
+    distiller by hand (benchmarks, tests) instead of composing a whole run."""
+    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(Trainer)})
+    if unknown:
+        raise BrewlabError(f"trainer has no keys {unknown}")
+    return {**dataclasses.asdict(Trainer()), **overrides}
+
+
+def register() -> None:
+    """Make the schemas available to Hydra as `trainer/schema` and `logger/schema`."""
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    store.store(group="trainer", name="schema", node=Trainer)
+    store.store(group="logger", name="schema", node=Logger)
+    store.store(group="schema", name="stage_train", node=StageTrain)
+
+
+def check(key: str, values: Mapping[str, Any], schema: type) -> None:
+    """Ranges and choices of `values` (one composed section) by `schema`'s field rules."""
+    for spec in dataclasses.fields(schema):
+        if spec.name not in values:
+            continue
+        value, rules, name = values[spec.name], spec.metadata, f"{key}.{spec.name}" if key else spec.name
+        if value is None:
+            continue
+        if "choices" in rules and value not in rules["choices"]:
+            raise bad_choice(name, value, rules["choices"])
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if rules.get("integer") and not (isinstance(value, int) and not isinstance(value, bool)):
+            raise BrewlabError(f"{name}={value!r} must be an integer")
+        for rule, ok, text in (("ge", lambda v, m: v >= m, ">="), ("gt", lambda v, m: v > m, ">")):
+            if rule in rules and (not number or math.isnan(value) or not ok(value, rules[rule])):
+                raise BrewlabError(f"{name}={_shown(value)} must be a number {text} {rules[rule]}")
+
+
+def _shown(value: Any) -> str:
+    """The value as the user wrote it (Hydra turns a float field's 0 into 0.0)."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return repr(value)
+
+
+register()
