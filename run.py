@@ -11,7 +11,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-import brewlab.schema  # noqa: F401  (registers the typed config groups before Hydra composes)
+import brewlab  # noqa: F401  (registers the typed config groups before Hydra composes)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")

@@ -7,7 +7,6 @@ config.json), so a wrong layer index fails in a second, not after teacher traini
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -36,12 +35,6 @@ def to_plain(cfg: Any) -> Any:
     if isinstance(cfg, (DictConfig, ListConfig)):
         return OmegaConf.to_container(cfg, resolve=True)
     return cfg
-
-
-def stable_hash(data: Any, length: int = 12) -> str:
-    """Content hash of plain data, used as a cache key (order-independent for dicts)."""
-    text = json.dumps(data, sort_keys=True, ensure_ascii=False, default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:length]
 
 
 def _shape(arch: Mapping[str, Any]) -> Shape:

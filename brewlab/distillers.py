@@ -21,7 +21,7 @@ from torch import nn
 from brewlab.adaptors import ModelView
 from brewlab.errors import BrewlabError
 from brewlab.losses import LOGIT_LOSSES, MATCH_LOSSES, probability_shift
-from brewlab.parallel import average_gradients, mean_across_ranks
+from brewlab.parallel import average_gradients, is_main, mean_across_ranks
 from brewlab.registry import Registry
 from brewlab.schedulers import Schedules
 
@@ -319,6 +319,7 @@ class Distiller:
         teacher: Any | None = None,
         projections: nn.ModuleDict | None = None,
         log: Callable[[dict[str, float], int], None] | None = None,
+        inputs_repeat: bool = True,
     ) -> None:
         self.student = student  # adaptor
         self.teacher = teacher if self.uses_teacher else None  # adaptor or None
@@ -333,6 +334,7 @@ class Distiller:
         use_cache = (
             self.teacher is not None
             and bool(trainer_cfg["cache_teacher_outputs"])
+            and inputs_repeat  # online augmentation: new inputs every epoch
             and not objective.matches
             and getattr(kind, "cache_teacher_logits", True)  # a kind may have logits too large to keep
         )
@@ -427,6 +429,7 @@ class Distiller:
         main_metric: str,
         progress: bool = True,
         checkpoints: Any | None = None,
+        parallel: bool = False,
     ) -> FitResult:
         """Train for `epochs` (or `max_steps` optimizer steps), evaluating every `eval_every` steps
         and at each epoch end; the best student (by `main_metric`) is restored at the end.
@@ -436,7 +439,8 @@ class Distiller:
         `CheckpointStore`), the full training state is saved every `checkpoint_every` steps and
         after each evaluation, and a run finding one continues from it exactly. A non-finite loss
         stops the run before anything is saved (`nonfinite: stop`) or its batch is skipped
-        (`nonfinite: skip`, one host sync per step)."""
+        (`nonfinite: skip`, one host sync per step). `parallel`: `train_loader` is this rank's
+        share of each global batch (torchrun); gradients and logged losses are averaged over ranks."""
         from brewlab.checkpoint import rng_state, set_rng_state
         from brewlab.data import set_epoch
 
@@ -455,7 +459,6 @@ class Distiller:
         clip = self.cfg["grad_clip"]
         device = next(iter(self.params)).device if self.params else torch.device("cpu")
         autocast, scaler = _precision(str(self.cfg["precision"]), device)
-        parallel = bool(self.cfg.get("data_parallel"))  # set by the pipeline under torchrun
         if self.teacher is not None:
             self.teacher.model.eval()
         best: tuple[float, int, Any] = (-math.inf, 0, None)
@@ -510,6 +513,8 @@ class Distiller:
             metrics["step"] = step
             history.append(metrics)
             self.log({f"dev/{k}": v for k, v in metrics.items() if k != "step"}, step)
+            if is_main():
+                log.info("step %d/%d dev %s", step, total, _shown({k: v for k, v in metrics.items() if k != "step"}))
             if metrics[main_metric] > best[0]:
                 best = (metrics[main_metric], step, [copy.deepcopy(m.state_dict()) for m in self.modules()])
             for module in self.modules():
@@ -564,9 +569,10 @@ class Distiller:
                     running = {}
                     bad.check(step)
                     bar.set_postfix(loss=f"{values['loss']:.4f}")
-                    self.log(
-                        {f"train/{k}": v for k, v in values.items()} | {"train/lr": scheduler.get_last_lr()[0]}, step
-                    )
+                    lr = scheduler.get_last_lr()[0]
+                    self.log({f"train/{k}": v for k, v in values.items()} | {"train/lr": lr}, step)
+                    if is_main():  # run.log keeps every interval, for reading a run after the fact
+                        log.info("step %d/%d lr %.3g %s", step, total, lr, _shown(values))
                 bar.update(1)
                 last = i + 1 == batches or step >= total  # the epoch-end evaluation and save follow
                 if eval_every and step % int(eval_every) == 0 and not last:
@@ -591,6 +597,10 @@ class Distiller:
         for module in self.modules():
             module.eval()
         return FitResult(best[0], best[1], step, seconds, history, values)
+
+
+def _shown(values: Mapping[str, float]) -> str:
+    return " ".join(f"{k}={v:.4g}" for k, v in sorted(values.items()))
 
 
 def _padding_mask(mask: torch.Tensor) -> torch.Tensor | None:

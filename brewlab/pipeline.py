@@ -23,10 +23,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from brewlab.config import stable_hash, teacher_source
+from brewlab.cache import Cache, stable_hash
+from brewlab.config import teacher_source
 from brewlab.errors import BrewlabError
-from brewlab.files import atomic_open
-from brewlab.parallel import is_main, main_first
+from brewlab.files import atomic_open, publish_dir, write_json_atomic, write_jsonl
+from brewlab.parallel import main_first
+from brewlab.runtime import Runtime
 
 log = logging.getLogger("brewlab")
 
@@ -77,52 +79,6 @@ def keep_heap_compact(every_s: float | None) -> bool:
     return True
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write to a temporary file then rename, so a kill never leaves a truncated file."""
-    with atomic_open(path, "w") as fh:
-        json.dump(data, fh, indent=2, ensure_ascii=False)
-
-
-def publish_dir(build: Path, final: Path) -> None:
-    """Move a fully written directory into place; an older copy is replaced only now."""
-    if final.exists():
-        old = final.with_name(final.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-        os.replace(build, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.replace(build, final)
-        except OSError:
-            if not final.is_dir():
-                raise
-            # a parallel job (joblib launcher, empty cache) published the same entry first;
-            # entries are keyed by content, so its copy serves and ours is dropped
-            shutil.rmtree(build, ignore_errors=True)
-
-
-def cache_key(data: Any, cache_dir: str | Path) -> str:
-    """Content hash of a cache entry's config. Paths inside the cache (e.g. a generated data set)
-    are hashed relative to it, so a config keeps its key wherever the cache lives (cwd,
-    BREWLAB_CACHE) and a moved cache is still found."""
-    roots = {str(cache_dir).rstrip("/"), str(Path(cache_dir).expanduser())}  # as written and as used
-
-    def relative(value: Any) -> Any:
-        if isinstance(value, Mapping):
-            return {k: relative(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [relative(v) for v in value]
-        if isinstance(value, str):
-            for root in roots:
-                if value == root or value.startswith(root + "/"):
-                    return "<cache>" + value[len(root) :]
-        return value
-
-    return stable_hash(relative(data))
-
-
 @dataclass
 class Prepared:
     """A task ready for models: tokenizer and encoded splits."""
@@ -142,7 +98,7 @@ class Prepared:
 
 def prepare_task(
     cfg: Mapping[str, Any],
-    cache_dir: Path,
+    cache: Cache,
     tokenizer_from: str | None = None,
     vocab_tasks: Sequence[Mapping[str, Any]] | None = None,
 ) -> Prepared:
@@ -171,21 +127,21 @@ def prepare_task(
             rows = data.splits["train"] if name == task_cfg["name"] else load_task_data(others[name]).splits["train"]
             texts += [t for row in rows for t in t_kind.texts(row)]
         key = stable_hash({"texts": stable_hash(texts, 24), "tok": tok_cfg})
-        tok_dir = cache_dir / "tokenizers" / f"{'+'.join(sorted(others))}-{key}"
+        tok_dir = cache.entry("tokenizers", "+".join(sorted(others)), key)
         if (tok_dir / "tokenizer.json").is_file():
             tokenizer = load_tokenizer(str(tok_dir), "tokenizer cache")
         else:
             tokenizer = build_char_tokenizer(texts, int(tok_cfg.get("min_freq", 1)), tok_cfg.get("max_size"))
-            build = Path(tempfile.mkdtemp(dir=cache_dir))
+            build = cache.build_dir(tok_dir)
             tokenizer.save_pretrained(str(build))
             publish_dir(build, tok_dir)
     tokenizer_id = stable_hash(tokenizer.get_vocab())
-    features, data_id = encode_cached(kind, data.splits, tokenizer, task_cfg, cache_dir)
+    features, data_id = encode_cached(kind, data.splits, tokenizer, task_cfg, cache)
     return Prepared(kind, data.label_names, tokenizer, features, data.splits, data.sizes(), tokenizer_id, data_id)
 
 
 def encode_cached(
-    kind: Any, splits: Mapping[str, list[dict[str, Any]]], tokenizer: Any, task_cfg: Mapping[str, Any], cache_dir: Path
+    kind: Any, splits: Mapping[str, list[dict[str, Any]]], tokenizer: Any, task_cfg: Mapping[str, Any], cache: Cache
 ) -> tuple[dict[str, list[dict[str, Any]]], str]:
     """Encoded splits and their key, read from the cache when this data set was tokenised before.
 
@@ -209,7 +165,7 @@ def encode_cached(
             "code": hashlib.sha256(source).hexdigest(),
         }
     )
-    path = cache_dir / "features" / f"{task_cfg['name']}-{key}.pkl"
+    path = cache.entry("features", task_cfg["name"], key, ".pkl")
     if path.is_file():
         try:
             with path.open("rb") as fh:
@@ -253,7 +209,6 @@ def evaluate(
     adaptor: Any, prep: Prepared, split: str, batch_size: int, device: torch.device, records_to: Path | None = None
 ) -> dict[str, float]:
     """The split's scores; with `records_to`, its per-example predictions go there as JSON lines."""
-    from brewlab.tasks import write_jsonl
 
     feats = prep.features[split]
     logits, seconds = predict(adaptor, feats, batch_size, prep.tokenizer.pad_token_id, device)
@@ -276,9 +231,11 @@ def build_distiller(
     loss_cfg: Mapping[str, Any],
     trainer_cfg: Mapping[str, Any],
     tracker: Any,
+    inputs_repeat: bool = True,
 ):
     """The named distiller over adaptors of the models; a many-teacher distiller gets its
-    teachers as one `TeacherEnsemble` (combined as `distiller.combine`/`weights` say)."""
+    teachers as one `TeacherEnsemble` (combined as `distiller.combine`/`weights` say).
+    `inputs_repeat=False` (online augmentation: new inputs every epoch) keeps no teacher logits."""
     from hydra.utils import instantiate
 
     from brewlab.adaptors import ADAPTORS, TeacherEnsemble
@@ -310,6 +267,7 @@ def build_distiller(
         teacher=teacher,
         projections=projections,
         log=tracker.log,
+        inputs_repeat=inputs_repeat,
     )
 
 
@@ -338,39 +296,37 @@ def train_loop(
     prep: Prepared,
     trainer_cfg: Mapping[str, Any],
     seed: int,
-    device: torch.device,
-    progress: bool,
+    rt: Runtime,
     batches: Any | None = None,
     checkpoints: Any | None = None,
+    parallel: bool = False,
 ):
-    """Fit on `batches` (CPU batches with a length), by default the task's training split."""
+    """Fit on `batches` (CPU batches with a length), by default the task's training split
+    (split across ranks when `parallel`: the student's stage under torchrun)."""
     loader = batches
     if loader is None:
-        loader = train_loader(prep.features["train"], trainer_cfg, prep.tokenizer.pad_token_id, seed)
+        shard = rt.shard if parallel else (0, 1)
+        loader = train_loader(prep.features["train"], trainer_cfg, prep.tokenizer.pad_token_id, seed, shard)
     eval_bs = int(trainer_cfg["eval_batch_size"])
     return distiller.fit(
-        DeviceLoader(loader, device),
-        evaluate=lambda: evaluate(distiller.student, prep, "validation", eval_bs, device),
+        DeviceLoader(loader, rt.device),
+        evaluate=lambda: evaluate(distiller.student, prep, "validation", eval_bs, rt.device),
         main_metric=prep.kind.main_metric,
-        progress=progress,
+        progress=rt.progress,
         checkpoints=checkpoints,
+        parallel=parallel,
     )
 
 
-def train_loader(features: Any, trainer_cfg: Mapping[str, Any], pad_token_id: int, seed: int) -> Any:
-    """Length-grouped training batches (`length_pool` batches per sorted pool), sharded under data
-    parallelism; the same for the student and for fine-tuning or pretraining a teacher."""
+def train_loader(
+    features: Any, trainer_cfg: Mapping[str, Any], pad_token_id: int, seed: int, shard: tuple[int, int] = (0, 1)
+) -> Any:
+    """Length-grouped training batches (`length_pool` batches per sorted pool), this rank's share
+    of each (`shard`: rank, world size); the same for the student and for a teacher's stages."""
     from brewlab.data import make_loader
 
     bs, pool = int(trainer_cfg["batch_size"]), int(trainer_cfg["length_pool"])
-    return make_loader(features, bs, pad_token_id, seed, True, shard=_shard(trainer_cfg), pool=pool)
-
-
-def _shard(trainer_cfg: Mapping[str, Any]) -> tuple[int, int]:
-    """(rank, world size) for the student's training data under torchrun, else (0, 1)."""
-    from brewlab.parallel import world
-
-    return world() if trainer_cfg.get("data_parallel") else (0, 1)
+    return make_loader(features, bs, pad_token_id, seed, True, shard=shard, pool=pool)
 
 
 def _unlabelled(feature: dict[str, Any]) -> dict[str, Any]:
@@ -379,16 +335,13 @@ def _unlabelled(feature: dict[str, Any]) -> dict[str, Any]:
     return {**feature, "labels": [-100] * len(labels) if isinstance(labels, (list, tuple)) else -100}
 
 
-def augmented_training(
-    cfg: Mapping[str, Any], prep: Prepared, cache_dir: Path, device: torch.device, tracker: Any
-) -> tuple[Any, dict[str, Any]] | None:
+def augmented_training(cfg: Mapping[str, Any], prep: Prepared, rt: Runtime) -> tuple[Any, dict[str, Any]] | None:
     """The student's training batches: the task's examples plus `augmentation.copies` augmented
     copies of each (labelled by the teacher through the KD losses), and a description for
     metrics.json; None without augmentation. Offline copies are made once and cached on disk,
     keyed by the training rows and the augmentation config; online ones are remade each epoch."""
     from brewlab import augment
     from brewlab.data import FreshEachEpoch
-    from brewlab.tasks import write_jsonl
 
     aug_cfg = cfg["augmentation"]
     ops = augment.ops_of(aug_cfg)
@@ -400,7 +353,7 @@ def augmented_training(
     language = augment.detect_language(texts) if language == "auto" else language
     augment.check_language(aug_cfg, language)  # before any masked LM is loaded or pretrained
     models = {
-        name: op.get("model_name_or_path") or teacher_base({**cfg, "teacher": op["masked_lm"]}, cache_dir, device, tracker)
+        name: op.get("model_name_or_path") or teacher_base({**cfg, "teacher": op["masked_lm"]}, rt)
         for name, op in ops.items()
         if op["kind"] == "mlm"
     }
@@ -433,8 +386,8 @@ def augmented_training(
             "language": language,
             "code": [augment.VERSION, version("nlpaug"), version("jieba")],
         }
-        key = cache_key(stamp, cfg["cache_dir"])
-        path = cache_dir / "augmented" / f"{task_cfg['name']}-{key}.jsonl"
+        key = rt.cache.key(stamp)
+        path = rt.cache.entry("augmented", task_cfg["name"], key, ".jsonl")
         if path.is_file():
             with open(path, encoding="utf-8") as fh:  # iterate on "\n" only: texts may hold U+2028 and kin
                 augmented = [json.loads(line) for line in fh]
@@ -444,7 +397,7 @@ def augmented_training(
             write_jsonl(augmented, path)
             log.info("augmentation: %d examples written to %s", len(augmented), path)
         features = mixed(augmented)
-        batches = train_loader(features, cfg["trainer"], pad, int(cfg["seed"]))
+        batches = train_loader(features, cfg["trainer"], pad, int(cfg["seed"]), rt.shard)
         info.update(features=len(features), cache=str(path))
     info.update(original_examples=len(rows), augmented_examples=copies * len(rows))
     info["seconds"] = time.perf_counter() - started
@@ -463,7 +416,7 @@ def _weights_stamp(path: str) -> list[Any]:
     return [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files if f.is_file()]
 
 
-def teacher_base(cfg: Mapping[str, Any], cache_dir: Path, device: torch.device, tracker: Any) -> str | None:
+def teacher_base(cfg: Mapping[str, Any], rt: Runtime) -> str | None:
     """The model a teacher starts from (and whose tokenizer the run uses): a hub id or directory
     for `hf`, the cached masked LM for `pretrained_scratch` (pretrained first if missing), or
     None for `scratch`."""
@@ -475,17 +428,17 @@ def teacher_base(cfg: Mapping[str, Any], cache_dir: Path, device: torch.device, 
     from brewlab.models import build_scratch
 
     p_cfg = t_cfg["pretrain"]
-    key = cache_key({"arch": t_cfg["arch"], "pretrain": p_cfg}, cfg["cache_dir"])
-    directory = cache_dir / "pretrained" / f"{p_cfg['task']['name']}-{key}"
+    key = rt.cache.key({"arch": t_cfg["arch"], "pretrain": p_cfg})
+    directory = rt.cache.entry("pretrained", p_cfg["task"]["name"], key)
     if (directory / TEACHER_META).is_file():
         log.info("pretrained masked LM: reused cache %s", directory)
         return str(directory)
     stage = {**cfg, "task": p_cfg["task"]}
-    prep = prepare_task(stage, cache_dir)
+    prep = prepare_task(stage, rt.cache)
     log.info("pretraining a masked LM on %s %s (cache key %s)", p_cfg["task"]["name"], prep.sizes, key)
     torch.manual_seed(stage_seed(p_cfg["train"], t_cfg))
-    model = build_scratch(t_cfg["arch"], prep.tokenizer, prep.kind, prep.kind.num_labels(prep.label_names)).to(device)
-    _train_and_cache(stage, model, prep, p_cfg["train"], directory, key, device, _Prefixed(tracker, "pretrain/"))
+    model = build_scratch(t_cfg["arch"], prep.tokenizer, prep.kind, prep.kind.num_labels(prep.label_names)).to(rt.device)
+    _train_and_cache(stage, model, prep, p_cfg["train"], directory, key, rt.with_tracker(_Prefixed(rt.tracker, "pretrain/")))
     return str(directory)
 
 
@@ -518,7 +471,7 @@ def _merged(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def get_teachers(
-    cfg: Mapping[str, Any], prep: Prepared, base: str | None, cache_dir: Path, attn: str, device: torch.device, tracker: Any
+    cfg: Mapping[str, Any], prep: Prepared, base: str | None, attn: str, rt: Runtime
 ) -> list[tuple[Any, str, Path | None, dict[str, Any]]]:
     """(model, source, cache entry, config) of the run's teacher, or of each `distiller.teachers`
     entry; every teacher must read the run's tokenizer."""
@@ -526,18 +479,18 @@ def get_teachers(
 
     configs = teacher_configs(cfg)
     if configs is None:
-        return [(*get_teacher(cfg, prep, base, cache_dir, attn, device, tracker), cfg["teacher"])]
+        return [(*get_teacher(cfg, prep, base, attn, rt), cfg["teacher"])]
     out = []
     for i, t_cfg in enumerate(configs):
         stage = {**cfg, "teacher": t_cfg}
-        t_base = teacher_base(stage, cache_dir, device, tracker)
+        t_base = teacher_base(stage, rt)
         key = f"distiller.teachers[{i}]"
         if t_base not in (None, base) and stable_hash(load_tokenizer(t_base, key).get_vocab()) != prep.tokenizer_id:
             raise BrewlabError(
                 f"{key}={t_base!r} uses another vocabulary than the run's tokenizer (from teacher={cfg['teacher']['name']}); "
                 "every teacher must share it"
             )
-        out.append((*get_teacher(stage, prep, t_base, cache_dir, attn, device, tracker, f"teacher{i}/"), t_cfg))
+        out.append((*get_teacher(stage, prep, t_base, attn, rt, f"teacher{i}/"), t_cfg))
     return out
 
 
@@ -545,10 +498,8 @@ def get_teacher(
     cfg: Mapping[str, Any],
     prep: Prepared,
     base: str | None,
-    cache_dir: Path,
     attn: str,
-    device: torch.device,
-    tracker: Any,
+    rt: Runtime,
     prefix: str = "teacher/",
 ) -> tuple[Any, str, Path | None]:
     """The teacher model, where it came from ('loaded', 'cache', 'trained') and its cache entry.
@@ -567,17 +518,16 @@ def get_teacher(
                 f"teacher.name_or_path={base!r}: vocabulary {model.config.vocab_size} "
                 f"is smaller than its tokenizer ({len(prep.tokenizer)})"
             )
-        return model.to(device).eval(), "loaded", None
-    key = cache_key(
+        return model.to(rt.device).eval(), "loaded", None
+    key = rt.cache.key(
         {
             "teacher": teacher_identity(t_cfg),
             "task": cfg["task"],  # everything that shapes the data
             "tokenizer": prep.tokenizer_id,
             "init": "teacher-seed",  # weights are initialised from teacher.seed, not the run's seed
-        },
-        cfg["cache_dir"],
+        }
     )
-    directory = cache_dir / "teachers" / f"{cfg['task']['name']}-{key}"
+    directory = rt.cache.entry("teachers", cfg["task"]["name"], key)
     if (directory / TEACHER_META).is_file():
         try:
             model = load_pretrained(str(directory), prep.kind, num_labels, attn, key="teacher cache")
@@ -585,16 +535,16 @@ def get_teacher(
             log.warning("teacher cache %s is unreadable (%s): training it again", directory, str(exc).splitlines()[0])
         else:
             log.info("teacher: reused cache %s", directory)
-            return model.to(device).eval(), "cache", directory
+            return model.to(rt.device).eval(), "cache", directory
     log.info("teacher: training %s (cache key %s)", f"from {base}" if base else "from scratch", key)
     torch.manual_seed(int(t_cfg["seed"]))
     if base is None:
         model = build_scratch(t_cfg["arch"], prep.tokenizer, prep.kind, num_labels)
     else:
         model = load_pretrained(base, prep.kind, num_labels, key="teacher base", new_head=True)
-    model = model.to(device)
+    model = model.to(rt.device)
     train_cfg = {**t_cfg["train"], "seed": stage_seed(t_cfg["train"], t_cfg)}
-    _train_and_cache(cfg, model, prep, train_cfg, directory, key, device, _Prefixed(tracker, prefix))
+    _train_and_cache(cfg, model, prep, train_cfg, directory, key, rt.with_tracker(_Prefixed(rt.tracker, prefix)))
     set_attention(model, attn)
     return model.eval(), "trained", directory
 
@@ -615,16 +565,16 @@ def labels_only_student(
     attn: str,
     trainer_cfg: Mapping[str, Any],
     seed: int,
-    device: torch.device,
-    progress: bool,
-    tracker: Any,
+    rt: Runtime,
+    inputs_repeat: bool = True,
 ) -> tuple[Any, Any]:
     """The same student (architecture, seed, data order, trainer settings) trained on labels
     only: the row that distillation has to beat, made in the same run (`baselines.labels_only`)."""
+    log.info("labels_only: training the same student on labels only")
     seed_everything(seed)
-    model = build_student(cfg, prep, teacher, attn, device)
-    distiller = build_distiller("trainer", cfg, model, None, prep, HARD_ONLY, trainer_cfg, _Prefixed(tracker, "labels_only/"))
-    return model, train_loop(distiller, prep, trainer_cfg, seed, device, progress)
+    model = build_student(cfg, prep, teacher, attn, rt.device)
+    distiller = build_distiller("trainer", cfg, model, None, prep, HARD_ONLY, trainer_cfg, _Prefixed(rt.tracker, "labels_only/"))
+    return model, train_loop(distiller, prep, trainer_cfg, seed, rt, parallel=True)
 
 
 def teacher_identity(t_cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -643,8 +593,7 @@ def _train_and_cache(
     train_cfg: Mapping[str, Any],
     directory: Path,
     key: str,
-    device: torch.device,
-    tracker: Any,
+    rt: Runtime,
 ) -> None:
     """Train `model` on the task's labels and publish it (with its tokenizer) to `directory`,
     written aside and renamed into place so an interrupted run never leaves a half cache."""
@@ -652,10 +601,9 @@ def _train_and_cache(
 
     lr = cfg["optim"]["lr"] if train_cfg["lr"] is None else train_cfg["lr"]
     stage_cfg = {**cfg, "optim": {**cfg["optim"], "lr": lr}}
-    distiller = build_distiller("trainer", stage_cfg, model, None, prep, HARD_ONLY, train_cfg, tracker)
-    result = train_loop(distiller, prep, train_cfg, int(train_cfg["seed"]), device, cfg["trainer"]["progress"])
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    build = Path(tempfile.mkdtemp(dir=directory.parent, prefix=".build-"))
+    distiller = build_distiller("trainer", stage_cfg, model, None, prep, HARD_ONLY, train_cfg, rt.tracker)
+    result = train_loop(distiller, prep, train_cfg, int(train_cfg["seed"]), rt)
+    build = rt.cache.build_dir(directory)
     save_model(model, prep.tokenizer, build)
     write_json_atomic(
         build / TEACHER_META,
@@ -669,6 +617,7 @@ def _train_and_cache(
         },
     )
     publish_dir(build, directory)
+    log.info("cached %s (best dev %s=%.4g, %d steps)", directory, prep.kind.main_metric, result.best_metric, result.steps)
 
 
 class _Prefixed:
@@ -723,7 +672,7 @@ def check_student_init(cfg: Mapping[str, Any], prep: Prepared) -> None:
 
 # config keys that do not change what a run computes (a resume may change them)
 NOT_TRAINING = ("logger", "resume", "study", "cache_dir")
-NOT_TRAINING_TRAINER = ("progress", "data_parallel", "checkpoint_every", "checkpoints_kept", "log_every", "nonfinite", "heap_trim_every_s")
+NOT_TRAINING_TRAINER = ("progress", "checkpoint_every", "checkpoints_kept", "log_every", "nonfinite", "heap_trim_every_s")
 
 
 def run_fingerprint(cfg: Mapping[str, Any]) -> str:
@@ -736,12 +685,12 @@ def run_fingerprint(cfg: Mapping[str, Any]) -> str:
     return stable_hash(kept)
 
 
-def checkpoint_store(cfg: Mapping[str, Any], run_dir: Path, preps: Sequence[Prepared]) -> Any | None:
+def checkpoint_store(cfg: Mapping[str, Any], run_dir: Path, preps: Sequence[Prepared], rt: Runtime) -> Any | None:
     """The run directory's checkpoints (none under torchrun, whose ranks share no directory),
     tied to the config and to the encoded data (`preps`), whose cached teacher logits they hold."""
     from brewlab.checkpoint import CheckpointStore
 
-    if cfg["trainer"].get("data_parallel"):
+    if rt.data_parallel:
         return None
     fingerprint = stable_hash([run_fingerprint(cfg), *(p.data_id for p in preps)])
     store = CheckpointStore(run_dir / "checkpoints", fingerprint, keep=int(cfg["trainer"]["checkpoints_kept"]))
@@ -827,51 +776,48 @@ def _attention(cfg: Mapping[str, Any]) -> str:
     return "eager" if any(t.get("feature") == "attention" for t in cfg["loss"].values()) else "sdpa"
 
 
-def run(cfg: Mapping[str, Any], run_dir: Path, tracker: Any) -> dict[str, Any]:
+def run(cfg: Mapping[str, Any], run_dir: Path, rt: Runtime) -> dict[str, Any]:
     """Execute one composed run; returns the metrics written to metrics.json."""
     from transformers.utils import logging as hf_logging
 
     from brewlab.adaptors import ADAPTORS
     from brewlab.distillers import DISTILLERS
-    from brewlab.models import device_of, save_model
+    from brewlab.models import save_model
 
     hf_logging.disable_progress_bar()  # our own bar shows the training loss; no per-file bars
     if cfg["teacher"].get("notice"):  # e.g. a licence restriction: once in every run's log
         log.warning("teacher %s: %s", cfg["teacher"].get("name_or_path") or cfg["teacher"].get("kind"), cfg["teacher"]["notice"])
     name = cfg["distiller"]["name"]
     if DISTILLERS.get(name).many_tasks:
-        return run_multi_task(cfg, run_dir, tracker)
-    cache_dir = Path(cfg["cache_dir"]).expanduser()
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    device = device_of(cfg["trainer"]["device"])
-    seed = int(cfg["seed"])
-    progress = bool(cfg["trainer"]["progress"]) and is_main()
+        return run_multi_task(cfg, run_dir, rt)
+    device, seed = rt.device, int(cfg["seed"])
     with main_first():  # under torchrun, rank 0 fills the caches the other ranks then read
-        base = teacher_base(cfg, cache_dir, device, tracker)
-        prep = prepare_task(cfg, cache_dir, tokenizer_from=base)
+        base = teacher_base(cfg, rt)
+        prep = prepare_task(cfg, rt.cache, tokenizer_from=base)
         check_student_init(cfg, prep)
         attn = _attention(cfg)
-        augmented = augmented_training(cfg, prep, cache_dir, device, tracker)  # its errors come before teacher work
-        teachers = get_teachers(cfg, prep, base, cache_dir, attn, device, tracker)
+        augmented = augmented_training(cfg, prep, rt)  # its errors come before teacher work
+        teachers = get_teachers(cfg, prep, base, attn, rt)
     teacher_models = [t[0] for t in teachers]
 
-    trainer_cfg = dict(cfg["trainer"])
-    if augmented is not None and augmented[1]["mode"] == "online":
-        trainer_cfg["cache_teacher_outputs"] = False  # the augmented inputs change every epoch
+    trainer_cfg = cfg["trainer"]
+    repeat = augmented is None or augmented[1]["mode"] != "online"  # online: new inputs every epoch
     seed_everything(seed)
     student = build_student(cfg, prep, teacher_models[0], attn, device)
     # a compiled student trains faster; it shares its parameters with `student`, which is saved
-    trained = torch.compile(student) if trainer_cfg.get("compile") else student
-    distiller = build_distiller(name, cfg, trained, teacher_models, prep, cfg["loss"], trainer_cfg, tracker)
-    checkpoints = checkpoint_store(cfg, run_dir, [prep])
-    result = train_loop(distiller, prep, trainer_cfg, seed, device, progress, augmented and augmented[0], checkpoints)
-    wanted = cfg.get("baselines") or {}
+    trained = torch.compile(student) if trainer_cfg["compile"] else student
+    distiller = build_distiller(name, cfg, trained, teacher_models, prep, cfg["loss"], trainer_cfg, rt.tracker, repeat)
+    checkpoints = checkpoint_store(cfg, run_dir, [prep], rt)
+    log.info("student: training with distiller=%s loss=%s", name, "+".join(sorted(cfg["loss"])))
+    result = train_loop(distiller, prep, trainer_cfg, seed, rt, augmented and augmented[0], checkpoints, parallel=True)
+    wanted = cfg["baselines"]
     plain = None
-    if wanted.get("labels_only"):  # every rank trains it, as it trains the student
-        plain = labels_only_student(cfg, prep, teacher_models[0], attn, trainer_cfg, seed, device, progress, tracker)
-    if not is_main():  # the other data-parallel ranks hold the same student: rank 0 measures and saves
+    if wanted["labels_only"]:  # every rank trains it, as it trains the student
+        plain = labels_only_student(cfg, prep, teacher_models[0], attn, trainer_cfg, seed, rt)
+    if rt.rank != 0:  # the other data-parallel ranks hold the same student: rank 0 measures and saves
         return {}
     _sdpa_again(attn, [*teacher_models, student])
+    log.info("evaluating the teacher and the student on validation and test")
 
     eval_bs = int(cfg["trainer"]["eval_batch_size"])
     metrics: dict[str, Any] = {
@@ -905,7 +851,7 @@ def run(cfg: Mapping[str, Any], run_dir: Path, tracker: Any) -> dict[str, Any]:
             note="the same student, seed and training settings, on labels only",
             student_minus_labels_only=paired_difference(predictions / "student", predictions / "labels_only"),
         )
-    if wanted.get("linear"):
+    if wanted["linear"]:
         from brewlab.baselines import linear_baseline
 
         metrics["linear_baseline"] = linear_baseline(cfg["task"], prep.rows, prep.label_names)
@@ -917,7 +863,7 @@ def run(cfg: Mapping[str, Any], run_dir: Path, tracker: Any) -> dict[str, Any]:
     return metrics
 
 
-def run_multi_task(cfg: Mapping[str, Any], run_dir: Path, tracker: Any) -> dict[str, Any]:
+def run_multi_task(cfg: Mapping[str, Any], run_dir: Path, rt: Runtime) -> dict[str, Any]:
     """`distiller=multi_task`: each task of `distiller.tasks` gets its teacher(s) and a student
     head; the students share one encoder (and one vocabulary) and train together, drawing each
     batch's task by size^tau. Writes student/<task>/ per task and metrics for every task."""
@@ -926,27 +872,24 @@ def run_multi_task(cfg: Mapping[str, Any], run_dir: Path, tracker: Any) -> dict[
     from brewlab.adaptors import ADAPTORS
     from brewlab.data import TaskMixture
     from brewlab.distillers import DISTILLERS
-    from brewlab.models import count_parameters, device_of, save_model
+    from brewlab.models import count_parameters, save_model
 
     d_cfg = cfg["distiller"]
-    cache_dir = Path(cfg["cache_dir"]).expanduser()
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    device = device_of(cfg["trainer"]["device"])
-    seed = int(cfg["seed"])
+    device, seed = rt.device, int(cfg["seed"])
     attn = _attention(cfg)
     # tasks with a pooled (sentence) head first: their encoder carries the pooler the others ignore
     names = sorted(d_cfg["tasks"], key=lambda n: d_cfg["tasks"][n]["kind"] != "classification")
     stages = {n: {**cfg, "task": d_cfg["tasks"][n]} for n in names}
     vocab = [d_cfg["tasks"][n] for n in names]
     with main_first():
-        base = teacher_base(cfg, cache_dir, device, tracker)
-        preps = {n: prepare_task(stages[n], cache_dir, tokenizer_from=base, vocab_tasks=vocab) for n in names}
+        base = teacher_base(cfg, rt)
+        preps = {n: prepare_task(stages[n], rt.cache, tokenizer_from=base, vocab_tasks=vocab) for n in names}
         for n in names:
             check_student_init(stages[n], preps[n])
-        teachers = {n: get_teachers(stages[n], preps[n], base, cache_dir, attn, device, tracker) for n in names}
+        teachers = {n: get_teachers(stages[n], preps[n], base, attn, rt) for n in names}
     seed_everything(seed)
     single = "multi_teacher" if d_cfg.get("teachers") else "general"
-    trainer_cfg = dict(cfg["trainer"])
+    trainer_cfg = cfg["trainer"]
     students: dict[str, Any] = {}
     parts = {}
     for n in names:
@@ -956,9 +899,11 @@ def run_multi_task(cfg: Mapping[str, Any], run_dir: Path, tracker: Any) -> dict[
             setattr(model, model.base_model_prefix, getattr(first, first.base_model_prefix))
         students[n] = model
         models = [t[0] for t in teachers[n]]
-        parts[n] = build_distiller(single, stages[n], model, models, preps[n], cfg["loss"], trainer_cfg, tracker)
-    distiller = DISTILLERS.get(d_cfg["name"])(parts, trainer_cfg, instantiate(cfg["optim"], _partial_=True), tracker.log)
-    loaders = {n: train_loader(preps[n].features["train"], trainer_cfg, preps[n].tokenizer.pad_token_id, seed) for n in names}
+        parts[n] = build_distiller(single, stages[n], model, models, preps[n], cfg["loss"], trainer_cfg, rt.tracker)
+    distiller = DISTILLERS.get(d_cfg["name"])(parts, trainer_cfg, instantiate(cfg["optim"], _partial_=True), rt.tracker.log)
+    loaders = {
+        n: train_loader(preps[n].features["train"], trainer_cfg, preps[n].tokenizer.pad_token_id, seed, rt.shard) for n in names
+    }
     sizes = {n: len(preps[n].features["train"]) for n in names}
     eval_bs = int(trainer_cfg["eval_batch_size"])
 
@@ -974,10 +919,11 @@ def run_multi_task(cfg: Mapping[str, Any], run_dir: Path, tracker: Any) -> dict[
         DeviceLoader(TaskMixture(loaders, sizes, float(d_cfg["tau"]), seed), device),
         evaluate=dev_scores,
         main_metric="score",
-        progress=bool(trainer_cfg["progress"]) and is_main(),
-        checkpoints=checkpoint_store(cfg, run_dir, list(preps.values())),
+        progress=rt.progress,
+        checkpoints=checkpoint_store(cfg, run_dir, list(preps.values()), rt),
+        parallel=True,
     )
-    if not is_main():
+    if rt.rank != 0:
         return {}
     _sdpa_again(attn, [*(t[0] for n in names for t in teachers[n]), *students.values()])
 
@@ -1100,13 +1046,10 @@ def run_job(cfg: Any) -> float:
         import_plugins(plain.get("plugins"))
         validate(plain)
         from brewlab.models import device_of
-        from brewlab.parallel import init, world
+        from brewlab.parallel import init, is_main, world
 
         init(device_of(plain["trainer"]["device"]))
-        plain["trainer"]["data_parallel"] = world()[1] > 1
-        if not is_main():  # one W&B run and one set of outputs, from rank 0
-            plain["logger"] = {"name": "none"}
-        done = finished_run(plain, run_dir) if not plain["trainer"]["data_parallel"] else None
+        done = finished_run(plain, run_dir) if world()[1] == 1 else None
         if done is not None:
             print(summary_table(done))
             print(f"outputs: {run_dir} (this run had already finished here; resume=false runs it again)")
@@ -1116,7 +1059,7 @@ def run_job(cfg: Any) -> float:
         # repetitions of a configuration sit together and two sweeps of one study stay apart
         group = "/".join(Path(hc.sweep.dir).parts[-2:]) if multirun else study
         tracker = make_tracker(
-            plain["logger"],
+            plain["logger"] if is_main() else {"name": "none"},  # one W&B run and one set of outputs, from rank 0
             run_dir,
             plain,
             name=f"{hc.job.override_dirname or 'default'},seed={plain['seed']}",
@@ -1126,8 +1069,9 @@ def run_job(cfg: Any) -> float:
         )
         keep_heap_compact(plain["trainer"]["heap_trim_every_s"])
         seed_everything(int(plain["seed"]))
-        metrics = run(plain, run_dir, tracker)
-        if not is_main():
+        rt = Runtime.of(plain, tracker)
+        metrics = run(plain, run_dir, rt)
+        if rt.rank != 0:
             tracker.finish(0)
             return float("nan")
         tracker.summary(metrics)
@@ -1137,7 +1081,7 @@ def run_job(cfg: Any) -> float:
         print(summary_table(metrics))
         print(f"outputs: {run_dir}")
         return float(metrics["student"]["validation"][metrics["task"]["main_metric"]])
-    except (BrewlabError, Exception) as exc:
+    except Exception as exc:  # a BrewlabError is the user's: one line; any other keeps its traceback
         if tracker is not None:
             tracker.finish(1)
         user_error = isinstance(exc, BrewlabError)

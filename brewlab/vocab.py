@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
-from pathlib import Path
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
@@ -39,7 +38,3 @@ def build_char_tokenizer(texts: Iterable[str], min_freq: int = 1, max_size: int 
         ranked = ranked[: max(0, max_size - len(SPECIAL_TOKENS))]
     vocab = SPECIAL_TOKENS + sorted(ranked)
     return BertTokenizer(vocab={tok: i for i, tok in enumerate(vocab)}, do_lower_case=True)
-
-
-def save_tokenizer(tokenizer, directory: str | Path) -> None:
-    tokenizer.save_pretrained(str(directory))

@@ -292,6 +292,7 @@ def realdata_child(contender: str, overrides: list[str]) -> dict[str, Any]:
         teacher_base,
         train_loader,
     )
+    from brewlab.runtime import Runtime
 
     cfg = compose_run(overrides)
     sched, trainer = cfg["scheduler"], cfg["trainer"]
@@ -309,12 +310,11 @@ def realdata_child(contender: str, overrides: list[str]) -> dict[str, Any]:
             "bench: the real-data baseline implements the default objective only (loss=kd+hard with fn ce, "
             "constant temperature and weights, no probability shift, grad_accum 1, fp32)"
         )
-    cache_dir, device = Path(cfg["cache_dir"]).expanduser(), torch.device("cpu")
-    tracker = SimpleNamespace(log=lambda metrics, step: None)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    base = teacher_base(cfg, cache_dir, device, tracker)
-    prep = prepare_task(cfg, cache_dir, tokenizer_from=base)
-    teacher = get_teacher(cfg, prep, base, cache_dir, "sdpa", device, tracker)[0]
+    rt = Runtime.of({**cfg, "trainer": {**cfg["trainer"], "device": "cpu"}}, SimpleNamespace(log=lambda metrics, step: None))
+    device = rt.device
+    base = teacher_base(cfg, rt)
+    prep = prepare_task(cfg, rt.cache, tokenizer_from=base)
+    teacher = get_teacher(cfg, prep, base, "sdpa", rt)[0]
     if contender == "prepare":
         return {}
     seed_everything(int(cfg["seed"]))
@@ -331,7 +331,7 @@ def realdata_child(contender: str, overrides: list[str]) -> dict[str, Any]:
     if contender == "brewlab":
         trainer = cfg["trainer"]
         keep_heap_compact(trainer["heap_trim_every_s"])  # what run.py does at startup
-        distiller = build_distiller(cfg["distiller"]["name"], cfg, student, [teacher], prep, cfg["loss"], trainer, tracker)
+        distiller = build_distiller(cfg["distiller"]["name"], cfg, student, [teacher], prep, cfg["loss"], trainer, rt.tracker)
         loader = train_loader(prep.features["train"], trainer, prep.tokenizer.pad_token_id, int(cfg["seed"]))
         epoch_ends: list[float] = []
         start = time.perf_counter()

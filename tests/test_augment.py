@@ -311,15 +311,13 @@ def test_offline_cache_is_reused(cli):
 
 
 def _smoke_setup(tmp_path, *overrides):
-    from hydra import compose, initialize_config_dir
+    from conftest import compose_run
 
-    from brewlab.config import to_plain
+    from brewlab.cache import Cache
     from brewlab.pipeline import prepare_task
 
-    conf = Path(__file__).resolve().parents[1] / "conf"
-    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        cfg = to_plain(compose("config", overrides=["debug=smoke", f"cache_dir={tmp_path}", *overrides]))
-    return cfg, prepare_task(cfg, tmp_path)
+    cfg = compose_run("debug=smoke", f"cache_dir={tmp_path}", *overrides)
+    return cfg, prepare_task(cfg, Cache(tmp_path))
 
 
 class _NoTracker:
@@ -327,11 +325,18 @@ class _NoTracker:
         pass
 
 
+def _runtime(cache_dir):
+    from brewlab.cache import Cache
+    from brewlab.runtime import Runtime
+
+    return Runtime(torch.device("cpu"), Cache(cache_dir), _NoTracker(), progress=False)
+
+
 def test_augmented_features_carry_no_gold_label(tmp_path):
     from brewlab.pipeline import augmented_training
 
     cfg, prep = _smoke_setup(tmp_path, "augmentation=char")
-    loader, info = augmented_training(cfg, prep, tmp_path, torch.device("cpu"), _NoTracker())
+    loader, info = augmented_training(cfg, prep, _runtime(tmp_path))
     features = loader.dataset
     n = len(prep.features["train"])
     assert len(features) == 2 * n and [f["idx"] for f in features] == list(range(2 * n))
@@ -344,7 +349,7 @@ def test_online_mode_remakes_the_copies_every_epoch(tmp_path):
     from brewlab.pipeline import augmented_training
 
     cfg, prep = _smoke_setup(tmp_path, "augmentation=char", "augmentation.mode=online")
-    batches, info = augmented_training(cfg, prep, tmp_path, torch.device("cpu"), _NoTracker())
+    batches, info = augmented_training(cfg, prep, _runtime(tmp_path))
     assert info["mode"] == "online" and "cache" not in info
 
     def epoch_inputs():

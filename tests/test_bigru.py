@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import read_metrics
+from conftest import compose_run, read_metrics
 
 from brewlab.bigru import BiGRUConfig
 from brewlab.config import validate
@@ -84,17 +84,6 @@ def test_no_head_for_masked_lm():
         bigru_head(KINDS.get("masked_lm"))
 
 
-def compose(*overrides: str) -> dict:
-    from conftest import ROOT
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from omegaconf import OmegaConf
-
-    with initialize_config_dir(str(ROOT / "conf"), version_base=None):
-        cfg = hydra_compose("config", overrides=list(overrides))
-    return OmegaConf.to_container(cfg, resolve=True)
-
-
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
@@ -106,7 +95,7 @@ def compose(*overrides: str) -> dict:
 )
 def test_bigru_config_errors(overrides, message):
     with pytest.raises(BrewlabError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
-        validate(compose("student=bigru", "logger=none", *overrides))
+        validate(compose_run("student=bigru", "logger=none", *overrides))
 
 
 @pytest.mark.parametrize(

@@ -7,20 +7,15 @@ import itertools
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
+from conftest import compose_run
 
-from brewlab.config import to_plain, validate
+from brewlab.config import validate
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir())
 OPTIONS = [(g, f.stem) for g in GROUPS for f in sorted((CONF / g).glob("*.yaml"))]  # incl. experiment/
 ATOMIC_LOSSES = sorted(f.stem for f in (CONF / "loss").glob("*.yaml"))
 NEEDS_VALUE = {("teacher", "hf")}  # name_or_path is mandatory
-
-
-def compose_cfg(*overrides: str):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("config", overrides=list(overrides), return_hydra_config=False)
 
 
 def test_groups_present():
@@ -49,19 +44,19 @@ def test_every_option_composes_and_validates(group, option):
         pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="optional extra hydra-optuna-sweeper")
     if group == "loss" and option not in ("kd", "hard"):
         overrides.append("distiller=general")
-    cfg = to_plain(compose_cfg(*overrides))
+    cfg = compose_run(*overrides)
     validate(cfg)
 
 
 @pytest.mark.parametrize("pair", list(itertools.combinations(ATOMIC_LOSSES, 2)), ids="+".join)
 def test_every_loss_pair_composes(pair):
-    cfg = to_plain(compose_cfg(f"loss={'+'.join(pair)}", "distiller=general", "debug=smoke"))
+    cfg = compose_run(f"loss={'+'.join(pair)}", "distiller=general", "debug=smoke")
     assert set(pair) <= set(cfg["loss"])
     validate(cfg)
 
 
 def test_intermediate_presets_bring_kd_and_per_term_overrides_apply():
-    cfg = to_plain(compose_cfg("loss=nst+hidden", "loss.hidden.weight=2", "loss.kd.fn=kl"))
+    cfg = compose_run("loss=nst+hidden", "loss.hidden.weight=2", "loss.kd.fn=kl")
     assert set(cfg["loss"]) == {"kd", "nst", "hidden"}
     assert cfg["loss"]["hidden"]["weight"] == 2
     assert cfg["loss"]["kd"]["fn"] == "kl"
@@ -69,7 +64,7 @@ def test_intermediate_presets_bring_kd_and_per_term_overrides_apply():
 
 
 def test_scheduler_partials_combine():
-    cfg = to_plain(compose_cfg("scheduler=flsw+pshift"))["scheduler"]
+    cfg = compose_run("scheduler=flsw+pshift")["scheduler"]
     assert cfg["temperature"]["kind"] == "flsw"
     assert cfg["probability_shift"] is True
     assert cfg["lr"]["kind"] == "linear"
@@ -89,7 +84,7 @@ def test_every_job_of_every_study_composes_and_validates(study):
     combos = list(itertools.product(*grid.values())) if grid else [()]
     for combo in combos:
         overrides = [f"{key}={value}" for key, value in zip(grid, combo, strict=True)]
-        cfg = to_plain(compose_cfg(f"+experiment={study}", "debug=smoke", *overrides))
+        cfg = compose_run(f"+experiment={study}", "debug=smoke", *overrides)
         validate(cfg)
         for key, value in zip(grid, combo, strict=True):
             if key == "loss":
@@ -99,13 +94,13 @@ def test_every_job_of_every_study_composes_and_validates(study):
 def test_cache_keys_do_not_depend_on_where_the_cache_lives():
     """cmrc_pd98 (held out of the pretraining corpus) names a path inside the cache; the
     pretrained masked LM must keep its key when the cache moves (BREWLAB_CACHE, another cwd)."""
-    from brewlab.pipeline import cache_key
+    from brewlab.cache import Cache
 
     keys = set()
     for where in (".cache/brewlab", "/elsewhere/cache"):
-        cfg = to_plain(compose_cfg("teacher=pretrained_scratch", f"cache_dir={where}"))
+        cfg = compose_run("teacher=pretrained_scratch", f"cache_dir={where}")
         pretrain = cfg["teacher"]["pretrain"]
         assert pretrain["task"]["corpus"]["held_out"]["cmrc_pd98"]["data_dir"] == f"{where}/data"
-        keys.add(cache_key({"arch": cfg["teacher"]["arch"], "pretrain": pretrain}, cfg["cache_dir"]))
+        keys.add(Cache(cfg["cache_dir"]).key({"arch": cfg["teacher"]["arch"], "pretrain": pretrain}))
     assert len(keys) == 1
-    assert cache_key({"d": "/a/cache/x"}, "/a/cache") != cache_key({"d": "/a/cache/y"}, "/a/cache")
+    assert Cache("/a/cache").key({"d": "/a/cache/x"}) != Cache("/a/cache").key({"d": "/a/cache/y"})

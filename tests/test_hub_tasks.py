@@ -96,7 +96,8 @@ HUB_ROWS = {  # one row per hub data set, in its own column names
 def test_classification_hub_formats_read_from_local_files(task, tmp_path):
     from omegaconf import OmegaConf
 
-    from brewlab.tasks import load_task_data, write_jsonl
+    from brewlab.files import write_jsonl
+    from brewlab.tasks import load_task_data
 
     row = HUB_ROWS[task]
     files = {}

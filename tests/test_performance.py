@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from conftest import compose_run
 from transformers import BertConfig, BertForSequenceClassification, BertForTokenClassification
 
 from brewlab.adaptors import HFAdaptor
-from brewlab.config import to_plain
+from brewlab.cache import Cache
 from brewlab.data import make_loader
 from brewlab.distillers import DISTILLERS, parse_objective
 from brewlab.pipeline import prepare_task
@@ -89,23 +89,22 @@ def test_cached_teacher_logits_give_the_losses_of_fresh_teacher_forwards(kind_na
 
 
 def smoke_cfg(cache: Path) -> dict:
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return to_plain(compose("config", overrides=["debug=smoke", f"cache_dir={cache}"]))
+    return compose_run("debug=smoke", f"cache_dir={cache}")
 
 
 def test_tokenised_splits_are_cached_and_a_broken_entry_is_rebuilt(tmp_path, caplog):
     cfg = smoke_cfg(tmp_path)
-    first = prepare_task(cfg, tmp_path)
+    first = prepare_task(cfg, Cache(tmp_path))
     [entry] = (tmp_path / "features").glob("reviews_zh-*.pkl")
     stamp = entry.stat().st_mtime_ns
-    again = prepare_task(cfg, tmp_path)
+    again = prepare_task(cfg, Cache(tmp_path))
     assert again.features == first.features and entry.stat().st_mtime_ns == stamp  # read, not rewritten
     entry.write_bytes(entry.read_bytes()[:100])  # a kill while writing, a full disk
-    rebuilt = prepare_task(cfg, tmp_path)
+    rebuilt = prepare_task(cfg, Cache(tmp_path))
     assert rebuilt.features == first.features
     assert "is unreadable" in caplog.text and entry.name in caplog.text
     cfg["task"]["max_seq_length"] = 16  # other settings: another entry
-    shorter = prepare_task(cfg, tmp_path)
+    shorter = prepare_task(cfg, Cache(tmp_path))
     assert len(list((tmp_path / "features").glob("reviews_zh-*.pkl"))) == 2
     assert max(len(f["input_ids"]) for f in shorter.features["train"]) == 16
 

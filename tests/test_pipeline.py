@@ -87,6 +87,7 @@ def test_teacher_cache_reused_and_hf_teacher_from_directory(cli, tmp_path):
     cache = tmp_path / "fresh-cache"
     _, first = cli("debug=smoke", "logger=none", name="first", cache=cache)
     assert read_metrics(first)["teacher"]["source"] == "trained"
+    _check_run_log((first / "run.log").read_text(encoding="utf-8"))
     (teacher_dir,) = (cache / "teachers").iterdir()
     stamp = (teacher_dir / "model.safetensors").stat().st_mtime_ns
     _, second = cli("debug=smoke", "logger=none", name="second", cache=cache)
@@ -101,6 +102,21 @@ def test_teacher_cache_reused_and_hf_teacher_from_directory(cli, tmp_path):
     m3 = read_metrics(third)
     assert m3["teacher"]["source"] == "loaded"
     assert m3["teacher"]["test"]["accuracy"] == read_metrics(first)["teacher"]["test"]["accuracy"]
+
+
+def _check_run_log(text: str) -> None:
+    """run.log tells the run after the fact: each stage's start, every logged interval (loss
+    terms and learning rate) and every evaluation. Smoke: 6 steps, a log every 2, one dev pass."""
+    import re
+
+    teacher, student = text.split("student: training with distiller=general loss=hard+kd")
+    for stage, terms in ((teacher, {"hard", "loss"}), (student, {"hard", "kd", "loss"})):
+        intervals = re.findall(r"step (\d+)/6 lr \S+ (.*)", stage)
+        assert [int(step) for step, _ in intervals] == [2, 4, 6]
+        for _, shown in intervals:
+            assert {kv.split("=")[0] for kv in shown.split()} == terms
+        assert len(re.findall(r"step 6/6 dev accuracy=0\.\d+ examples_per_second=\S+ macro_f1=0\.\d+\n", stage)) == 1
+    assert "teacher: training from scratch" in teacher and "cached " in teacher
 
 
 def test_wandb_offline_files_in_run_dir(cli):

@@ -114,14 +114,12 @@ def test_chunk_text_cuts_at_sentence_ends():
 
 
 def test_corpus_holds_out_every_evaluation_text(tmp_path):
-    from hydra import compose, initialize_config_dir
+    from conftest import compose_run
 
-    from brewlab.config import to_plain
     from brewlab.tasks import load_task_data
     from brewlab.tasks.mlm import corpus_paragraphs
 
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = to_plain(compose("config", overrides=["teacher=pretrained_scratch", f"cache_dir={tmp_path}"]))
+    cfg = compose_run("teacher=pretrained_scratch", f"cache_dir={tmp_path}")
     mlm = cfg["teacher"]["pretrain"]["task"]
     paragraphs = set(corpus_paragraphs(mlm))
     held = {s: load_task_data(mlm["corpus"]["held_out"][s]) for s in ("pd98_ner", "cmrc_pd98")}

@@ -67,7 +67,7 @@ def fit(store: CheckpointStore | None, crash_at: int | None = None, loss: dict |
         student=s_view,
         objective=parse_objective(loss or KD_HARD, t_view, s_view),
         schedules=build_schedules({"temperature": {"kind": "constant", "base": 2.0}}),
-        trainer_cfg=trainer_settings(epochs=3, log_every=1, checkpoint_every=2, eval_every=5, grad_clip=1.0, **trainer),
+        trainer_cfg=trainer_settings(**{"epochs": 3, "log_every": 1, "checkpoint_every": 2, "eval_every": 5, "grad_clip": 1.0, **trainer}),
         make_optimizer=lambda params: torch.optim.AdamW(params, lr=0.01),
         kind=CLASSIFICATION,
         teacher=t_view,

@@ -9,7 +9,8 @@ import yaml
 
 from brewlab.data import LengthGroupedBatches, PadCollator
 from brewlab.errors import BrewlabError
-from brewlab.tasks import load_task_data, package_file, write_jsonl
+from brewlab.files import write_jsonl
+from brewlab.tasks import load_task_data, package_file
 from brewlab.vocab import SPECIAL_TOKENS, build_char_tokenizer
 
 CONF = Path(__file__).resolve().parents[1] / "conf"

@@ -13,7 +13,7 @@ import json
 import math
 import random
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -94,7 +94,6 @@ class TaskData:
 
     splits: dict[str, list[Example]]
     label_names: list[str]
-    info: dict[str, Any] = field(default_factory=dict)
 
     def sizes(self) -> dict[str, int]:
         return {name: len(rows) for name, rows in self.splits.items()}
@@ -280,20 +279,6 @@ def _carve_splits(raw: dict[str, list[Example]], split_cfg: Mapping) -> dict[str
         out[split], pool = pool[:n], pool[n:]
     out["train"] = pool
     return {s: out[s] for s in SPLITS}
-
-
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write to a temporary file beside `path`, then rename: a kill never leaves a truncated
-    file that a later run would read as complete."""
-    from brewlab.files import atomic_open
-
-    with atomic_open(path, "w") as fh:
-        fh.write(text)
-
-
-def write_jsonl(rows: Sequence[Example], path: str | Path) -> None:
-    """Write examples as JSON lines, atomically (exported splits, cached augmented data, fixtures)."""
-    write_text_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
 # kinds and sources register themselves on import

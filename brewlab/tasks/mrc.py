@@ -47,8 +47,10 @@ from typing import Any
 
 import numpy as np
 
+from brewlab.cache import stable_hash
 from brewlab.errors import BrewlabError
-from brewlab.tasks import KINDS, SOURCES, SPLITS, Example, _read_local, example_id, package_file, write_text_atomic
+from brewlab.files import write_text_atomic
+from brewlab.tasks import KINDS, SOURCES, SPLITS, Example, _read_local, example_id, package_file
 from brewlab.tasks.mrc_metrics import answer_metrics
 from brewlab.tasks.pd98 import SOURCE_FILE, parse_tagged_line
 
@@ -479,8 +481,6 @@ def generate_pd98(settings: Mapping) -> dict[str, list[dict[str, Any]]]:
 
 def pd98_files(cfg: Mapping) -> dict[str, Path]:
     """Generate the cmrc_pd98 files once (keyed by a hash of the generator settings)."""
-    from brewlab.config import stable_hash
-
     if not cfg.get("data_dir"):
         raise BrewlabError("task.data_dir is required by task.source=cmrc_pd98 (where the generated files go)")
     settings = dict(cfg["generator"])
