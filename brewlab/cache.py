@@ -21,6 +21,7 @@ LAYOUT = {
     "augmented": "offline augmented training rows (JSON lines)",
     "pretrained": "masked LMs pretrained for teacher=pretrained_scratch",
     "teachers": "teachers fine-tuned on a task",
+    "checkpoints": "training states of the stages above that have not finished (removed once published)",
 }  # generated data sets (cmrc_pd98) go to their task's `data_dir`, by default <cache>/data
 
 
@@ -61,6 +62,10 @@ class Cache:
         if kind not in LAYOUT:
             raise ValueError(f"cache kind {kind!r} is not one of {sorted(LAYOUT)}")
         return self.root / kind / f"{name}-{key}{suffix}"
+
+    def checkpoints_of(self, final: Path) -> Path:
+        """Where the stage that makes the entry `final` keeps its training checkpoints."""
+        return self.root / "checkpoints" / final.parent.name / final.name
 
     def build_dir(self, final: Path) -> Path:
         """An empty directory beside `final` to write the entry into, then `brewlab.files.publish_dir`."""

@@ -454,7 +454,7 @@ class Distiller:
         scheduler = self.schedules.lr_scheduler(self.optimizer, max(total, 1))
         eval_every = self.cfg["eval_every"]
         log_every = int(self.cfg["log_every"])
-        ckpt_every = int(self.cfg["checkpoint_every"] or 0) if checkpoints is not None else 0  # teacher stages: none yet
+        ckpt_every = int(self.cfg["checkpoint_every"] or 0) if checkpoints is not None else 0
         skip_nonfinite = self.cfg["nonfinite"] == "skip"
         clip = self.cfg["grad_clip"]
         device = next(iter(self.params)).device if self.params else torch.device("cpu")

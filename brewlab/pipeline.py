@@ -596,13 +596,24 @@ def _train_and_cache(
     rt: Runtime,
 ) -> None:
     """Train `model` on the task's labels and publish it (with its tokenizer) to `directory`,
-    written aside and renamed into place so an interrupted run never leaves a half cache."""
+    written aside and renamed into place so an interrupted run never leaves a half cache.
+
+    The stage checkpoints like the student's (every `trainer.checkpoint_every` steps and after
+    each evaluation) into the cache, keyed like the entry, so a killed run, or any later run
+    that needs the same entry, continues it instead of starting over."""
+    from brewlab.checkpoint import CheckpointStore
     from brewlab.models import save_model
 
     lr = cfg["optim"]["lr"] if train_cfg["lr"] is None else train_cfg["lr"]
     stage_cfg = {**cfg, "optim": {**cfg["optim"], "lr": lr}}
-    distiller = build_distiller("trainer", stage_cfg, model, None, prep, HARD_ONLY, train_cfg, rt.tracker)
-    result = train_loop(distiller, prep, train_cfg, int(train_cfg["seed"]), rt)
+    loop_cfg = {**train_cfg, "checkpoint_every": cfg["trainer"]["checkpoint_every"]}
+    distiller = build_distiller("trainer", stage_cfg, model, None, prep, HARD_ONLY, loop_cfg, rt.tracker)
+    store = CheckpointStore(
+        rt.cache.checkpoints_of(directory), stable_hash([key, prep.data_id]), keep=int(cfg["trainer"]["checkpoints_kept"])
+    )
+    if cfg["resume"] is False:
+        store.clear()
+    result = train_loop(distiller, prep, loop_cfg, int(train_cfg["seed"]), rt, checkpoints=store)
     build = rt.cache.build_dir(directory)
     save_model(model, prep.tokenizer, build)
     write_json_atomic(
@@ -617,6 +628,7 @@ def _train_and_cache(
         },
     )
     publish_dir(build, directory)
+    shutil.rmtree(store.directory, ignore_errors=True)
     log.info("cached %s (best dev %s=%.4g, %d steps)", directory, prep.kind.main_metric, result.best_metric, result.steps)
 
 

@@ -97,6 +97,56 @@ def test_a_crashed_fit_resumed_from_its_checkpoint_ends_exactly_as_an_uninterrup
     assert all(torch.equal(a, b) for a, b in zip(params, ref_params, strict=True))
 
 
+class _Crash(Exception):
+    pass
+
+
+class _Tracker:
+    """Records the teacher stage's logged losses; raises at `crash_at` like a kill would stop it."""
+
+    def __init__(self, crash_at: int | None = None) -> None:
+        self.crash_at, self.steps = crash_at, []
+
+    def log(self, metrics, step):
+        if "teacher/train/loss" in metrics:
+            self.steps.append(step)
+            if step == self.crash_at:
+                raise _Crash
+
+
+def _teacher(cache, tracker):
+    from conftest import compose_run
+
+    from brewlab.cache import Cache
+    from brewlab.pipeline import get_teacher, prepare_task
+    from brewlab.runtime import Runtime
+
+    cfg = compose_run("debug=smoke", "logger=none", f"cache_dir={cache}", "trainer.checkpoint_every=2")
+    rt = Runtime(torch.device("cpu"), Cache(cache), tracker, progress=False)
+    prep = prepare_task(cfg, rt.cache)
+    seed_everything(1)
+    return get_teacher(cfg, prep, None, "eager", rt)
+
+
+def test_a_killed_teacher_stage_continues_from_its_checkpoint_to_the_same_teacher(tmp_path, caplog):
+    caplog.set_level("INFO", logger="brewlab")
+    whole, source, entry = _teacher(tmp_path / "a", _Tracker())
+    assert source == "trained"
+    with pytest.raises(_Crash):  # stopped at step 4 of 6, after the checkpoint of step 2
+        _teacher(tmp_path / "b", _Tracker(crash_at=4))
+    (kept,) = (tmp_path / "b" / "checkpoints" / "teachers").glob("*/step-*.pt")
+    assert kept.name == "step-00000002.pt" and kept.parent.name == entry.name
+    assert not (tmp_path / "b" / "teachers").exists()  # nothing published by the killed stage
+    tracker = _Tracker()
+    resumed, source, entry_b = _teacher(tmp_path / "b", tracker)
+    assert source == "trained" and entry_b.name == entry.name
+    assert tracker.steps == [4, 6]  # it went on from step 2, it did not start over
+    assert "resuming from checkpoint" in caplog.text
+    a, b = whole.state_dict(), resumed.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not (tmp_path / "b" / "checkpoints" / "teachers" / entry.name).exists()  # removed once published
+
+
 def test_checkpoints_keep_the_newest_two_and_skip_an_unreadable_one(tmp_path, caplog):
     store = CheckpointStore(tmp_path, "cfg")
     for step in (2, 4, 6):
