@@ -694,7 +694,7 @@ def run_fingerprint(cfg: Mapping[str, Any]) -> str:
     kept["trainer"] = {k: v for k, v in cfg["trainer"].items() if k not in NOT_TRAINING_TRAINER}
     if not any((cfg.get("baselines") or {}).values()):  # runs without baselines keep their earlier fingerprint
         kept.pop("baselines", None)
-    return stable_hash(kept)
+    return Cache(cfg["cache_dir"]).key(kept)  # paths inside the cache count relative to it
 
 
 def checkpoint_store(cfg: Mapping[str, Any], run_dir: Path, preps: Sequence[Prepared], rt: Runtime) -> Any | None:
@@ -1034,6 +1034,13 @@ def import_plugins(modules: Any) -> None:
             raise BrewlabError(f"plugins: cannot import {name!r} ({type(exc).__name__}: {exc})") from None
 
 
+def _interrupted_here(run_dir: Path) -> bool:
+    """An earlier launch in this directory stopped before finishing (inside any stage, the
+    teacher's included): its W&B run is continued rather than a second one started."""
+    started = (run_dir / "wandb_run.json").is_file() and not (run_dir / "metrics.json").is_file()
+    return started or any((run_dir / "checkpoints").glob("step-*.pt"))
+
+
 def run_job(cfg: Any) -> float:
     """Hydra job: validate, track, run; user errors become one line and exit code 2.
 
@@ -1077,7 +1084,7 @@ def run_job(cfg: Any) -> float:
             name=f"{hc.job.override_dirname or 'default'},seed={plain['seed']}",
             tags=list(hc.overrides.task) + ([f"study={study}"] if study else []),
             group=group,
-            resume=plain.get("resume", "auto") is not False and any((run_dir / "checkpoints").glob("step-*.pt")),
+            resume=plain["resume"] is not False and _interrupted_here(run_dir),
         )
         keep_heap_compact(plain["trainer"]["heap_trim_every_s"])
         seed_everything(int(plain["seed"]))

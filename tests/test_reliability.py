@@ -205,14 +205,19 @@ def test_a_nan_loss_stops_naming_its_step_and_terms_and_keeps_the_checkpoints(tm
 def run(args: list[str], **kwargs) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("WANDB_MODE", "WANDB_API_KEY")}
     env.update({"HF_HUB_OFFLINE": "1", **kwargs.pop("env", {})})
-    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    kwargs.setdefault("timeout", 900)
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, **kwargs)
 
 
-def test_sigkilled_runs_resume_to_the_same_metrics_json():
-    proc = run([str(ROOT / "scripts" / "crash_resume.py"), "--kills", "1", "--seed", "3"])
+@pytest.mark.slow
+def test_sigkilled_runs_resume_to_the_same_metrics_json_in_every_stage():
+    proc = run([str(ROOT / "scripts" / "crash_resume.py"), "--kills", "1", "--seed", "3"], timeout=2400)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert proc.stdout.strip().splitlines()[-1] == "kills=1 resumed=1 identical=true"
-    assert "W&B runs across the launches: 1 (" in proc.stdout  # resumed, not duplicated
+    lines = proc.stdout.strip().splitlines()
+    assert lines[-1] == "stages=3 kills=3 resumed=3 identical=true"
+    for stage in ("student", "teacher", "pretrain"):
+        assert f"{stage}: kills=1 resumed=1 identical=true" in lines
+        assert f"{stage}: W&B runs across the launches: 1 (" in proc.stdout  # resumed, not duplicated
 
 
 def test_same_seed_same_metrics_and_a_finished_run_is_not_redone(cli):
