@@ -224,8 +224,8 @@ def _check_writable(path: str, key: str) -> None:
     import tempfile
 
     try:
-        Path(path).mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=path).close()
+        Path(path).expanduser().mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=Path(path).expanduser()).close()
     except OSError as exc:
         raise BrewlabError(f"{key}={path!r} is not a writable directory ({exc.strerror or exc})") from None
 

@@ -29,6 +29,7 @@ from brewlab.errors import BrewlabError
 from brewlab.files import atomic_open, publish_dir, write_json_atomic, write_jsonl
 from brewlab.parallel import main_first
 from brewlab.runtime import Runtime
+from brewlab.schema import keyed
 
 log = logging.getLogger("brewlab")
 
@@ -428,7 +429,7 @@ def teacher_base(cfg: Mapping[str, Any], rt: Runtime) -> str | None:
     from brewlab.models import build_scratch
 
     p_cfg = t_cfg["pretrain"]
-    key = rt.cache.key({"arch": t_cfg["arch"], "pretrain": p_cfg})
+    key = rt.cache.key(keyed({"arch": t_cfg["arch"], "pretrain": p_cfg}))
     directory = rt.cache.entry("pretrained", p_cfg["task"]["name"], key)
     if (directory / TEACHER_META).is_file():
         log.info("pretrained masked LM: reused cache %s", directory)
@@ -436,9 +437,10 @@ def teacher_base(cfg: Mapping[str, Any], rt: Runtime) -> str | None:
     stage = {**cfg, "task": p_cfg["task"]}
     prep = prepare_task(stage, rt.cache)
     log.info("pretraining a masked LM on %s %s (cache key %s)", p_cfg["task"]["name"], prep.sizes, key)
-    torch.manual_seed(stage_seed(p_cfg["train"], t_cfg))
+    train_cfg = {**p_cfg["train"], "seed": stage_seed(p_cfg["train"], t_cfg)}
+    torch.manual_seed(train_cfg["seed"])
     model = build_scratch(t_cfg["arch"], prep.tokenizer, prep.kind, prep.kind.num_labels(prep.label_names)).to(rt.device)
-    _train_and_cache(stage, model, prep, p_cfg["train"], directory, key, rt.with_tracker(_Prefixed(rt.tracker, "pretrain/")))
+    _train_and_cache(stage, model, prep, train_cfg, directory, key, rt.with_tracker(_Prefixed(rt.tracker, "pretrain/")))
     return str(directory)
 
 
@@ -566,7 +568,6 @@ def labels_only_student(
     trainer_cfg: Mapping[str, Any],
     seed: int,
     rt: Runtime,
-    inputs_repeat: bool = True,
 ) -> tuple[Any, Any]:
     """The same student (architecture, seed, data order, trainer settings) trained on labels
     only: the row that distillation has to beat, made in the same run (`baselines.labels_only`)."""
@@ -581,9 +582,9 @@ def teacher_identity(t_cfg: Mapping[str, Any]) -> dict[str, Any]:
     """The teacher settings its cache entry is keyed by: not its name or licence notice, and not
     the package keys that a preset leaves unset (so hub and local teachers keep their keys)."""
     unset_ok = ("package", "checksums")
-    return {
-        k: v for k, v in t_cfg.items() if k not in ("name", "notice") and not (k in unset_ok and v is None)
-    }
+    return keyed(
+        {k: v for k, v in t_cfg.items() if k not in ("name", "notice") and not (k in unset_ok and v is None)}
+    )
 
 
 def _train_and_cache(
@@ -694,7 +695,7 @@ def run_fingerprint(cfg: Mapping[str, Any]) -> str:
     kept["trainer"] = {k: v for k, v in cfg["trainer"].items() if k not in NOT_TRAINING_TRAINER}
     if not any((cfg.get("baselines") or {}).values()):  # runs without baselines keep their earlier fingerprint
         kept.pop("baselines", None)
-    return Cache(cfg["cache_dir"]).key(kept)  # paths inside the cache count relative to it
+    return Cache(cfg["cache_dir"]).key(keyed(kept))  # paths inside the cache count relative to it
 
 
 def checkpoint_store(cfg: Mapping[str, Any], run_dir: Path, preps: Sequence[Prepared], rt: Runtime) -> Any | None:

@@ -103,6 +103,25 @@ class TopLevel:
     seed: int = _f(dataclasses.MISSING, "the student's seed: initialisation, data order, dropout", integer=True)
 
 
+# loop keys that teacher stages did not write before this schema: a stage's cache key and a run's
+# fingerprint count them only when set away from the default, so entries made before stay valid
+UNKEYED_AT_DEFAULT = ("grad_accum", "precision", "nonfinite", "seed")
+
+
+def keyed(tree: Any) -> Any:
+    """`tree` (a config or part of one) as it is hashed: every stage section (`train: {...}`)
+    without the keys of UNKEYED_AT_DEFAULT left at their defaults."""
+    if not isinstance(tree, Mapping):
+        return tree
+    defaults = {f.name: f.default for f in dataclasses.fields(StageTrain)}
+    out = {}
+    for key, value in tree.items():
+        if key == "train" and isinstance(value, Mapping) and "lr" in value:
+            value = {k: v for k, v in value.items() if not (k in UNKEYED_AT_DEFAULT and v == defaults[k])}
+        out[key] = keyed(value)
+    return out
+
+
 def trainer_settings(**overrides: Any) -> dict[str, Any]:
     """The `trainer` section with its defaults and `overrides`, for code that builds a
     distiller by hand (benchmarks, tests) instead of composing a whole run."""

@@ -104,3 +104,23 @@ def test_cache_keys_do_not_depend_on_where_the_cache_lives():
         keys.add(Cache(cfg["cache_dir"]).key({"arch": cfg["teacher"]["arch"], "pretrain": pretrain}))
     assert len(keys) == 1
     assert Cache("/a/cache").key({"d": "/a/cache/x"}) != Cache("/a/cache").key({"d": "/a/cache/y"})
+
+
+def test_the_schema_keeps_the_cache_keys_and_fingerprints_made_before_it():
+    """Pinned from the code before brewlab/schema.py (commit e712acd): teachers, masked LMs and
+    finished runs made then are still found, because the loop keys the schema added to teacher
+    stages are hashed only when set away from their defaults."""
+    from brewlab.cache import Cache, stable_hash
+    from brewlab.pipeline import run_fingerprint, teacher_identity
+    from brewlab.schema import keyed
+
+    default = compose_run("cache_dir=/c")
+    assert stable_hash(teacher_identity(default["teacher"])) == "094b977bc0a0"
+    assert run_fingerprint(default) == "0e66f229a5e8"
+    assert run_fingerprint(compose_run("cache_dir=/c", "debug=smoke")) == "ee23fcc46bf0"
+    assert run_fingerprint(compose_run("cache_dir=/c", "teacher=minilm", "task=mr_en")) == "874211867bda"
+    t = compose_run("cache_dir=/c", "teacher=pretrained_scratch")["teacher"]
+    assert Cache("/c").key(keyed({"arch": t["arch"], "pretrain": t["pretrain"]})) == "3dc30aeeb063"
+    # set away from its default, a new key does count
+    changed = compose_run("cache_dir=/c", "teacher.train.precision=bf16")
+    assert stable_hash(teacher_identity(changed["teacher"])) != "094b977bc0a0"
