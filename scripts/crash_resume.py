@@ -98,7 +98,10 @@ def one_stage(stage: str, kills: int, rng: random.Random, overrides: list[str], 
         if k < kills:
             # a random moment inside the stage: once a checkpoint past a random step exists,
             # plus a random fraction of a step's time; the kills spread over what is left
-            target = rng.randint(done + 1, max(done + 1, done + (total - 1 - done) // (kills - k)))
+            # (never in the stage's last quarter: a short stage may finish and drop its
+            # checkpoints between two looks at them)
+            last = total * 3 // 4
+            target = min(last, rng.randint(done + 1, max(done + 1, done + (last - done) // (kills - k))))
             while proc.poll() is None and latest_step(checkpoints) < target:
                 time.sleep(0.005)
             time.sleep(rng.uniform(0.0, 0.05))
