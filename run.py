@@ -6,7 +6,6 @@ import os
 import shutil
 import sys
 import tempfile
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
@@ -24,15 +23,17 @@ def main(cfg: DictConfig) -> float:
 def check_output_dirs(argv: list[str]) -> None:
     """An output directory given on the command line must be writable: one line, exit 2, before
     Hydra would fail on it with a traceback."""
+    from brewlab.config import check_writable
+    from brewlab.errors import BrewlabError
+
     for arg in argv:
         key, _, path = arg.partition("=")
         if key not in ("hydra.run.dir", "hydra.sweep.dir") or "${" in path:
             continue
         try:
-            Path(path).mkdir(parents=True, exist_ok=True)
-            tempfile.TemporaryFile(dir=path).close()
-        except OSError as exc:
-            print(f"brewlab: error: {key}={path!r} is not a writable directory ({exc.strerror})", file=sys.stderr)
+            check_writable(path, key)
+        except BrewlabError as exc:
+            print(f"brewlab: error: {exc}", file=sys.stderr)
             sys.exit(2)
 
 

@@ -96,7 +96,7 @@ def validate(cfg: Mapping[str, Any]) -> None:
             raise BrewlabError(f"task.data.{split}_file={path!r}: file not found")
         if path:
             _check_utf8(Path(path), f"task.data.{split}_file")
-    _check_writable(cfg["cache_dir"], "cache_dir")
+    check_writable(cfg["cache_dir"], "cache_dir")
     _check_number("task.max_seq_length", task["max_seq_length"], 8)
     fraction = task.get("train_fraction", 1.0)
     if not isinstance(fraction, (int, float)) or isinstance(fraction, bool) or not 0 < fraction <= 1:
@@ -220,12 +220,14 @@ def _check_utf8(path: Path, key: str) -> None:
         raise BrewlabError(f"{key}={str(path)!r} is not UTF-8 text (it ends inside a character)") from None
 
 
-def _check_writable(path: str, key: str) -> None:
+def check_writable(path: str, key: str) -> None:
+    """`path` can hold files, so that a run never fails on its output directory after training."""
     import tempfile
 
+    where = Path(path).expanduser()
     try:
-        Path(path).expanduser().mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=Path(path).expanduser()).close()
+        where.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=where).close()
     except OSError as exc:
         raise BrewlabError(f"{key}={path!r} is not a writable directory ({exc.strerror or exc})") from None
 

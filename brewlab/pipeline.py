@@ -210,7 +210,6 @@ def evaluate(
     adaptor: Any, prep: Prepared, split: str, batch_size: int, device: torch.device, records_to: Path | None = None
 ) -> dict[str, float]:
     """The split's scores; with `records_to`, its per-example predictions go there as JSON lines."""
-
     feats = prep.features[split]
     logits, seconds = predict(adaptor, feats, batch_size, prep.tokenizer.pad_token_id, device)
     metrics = prep.kind.score(logits, feats, prep.rows[split], prep.label_names)
@@ -575,7 +574,7 @@ def labels_only_student(
     seed_everything(seed)
     model = build_student(cfg, prep, teacher, attn, rt.device)
     distiller = build_distiller("trainer", cfg, model, None, prep, HARD_ONLY, trainer_cfg, _Prefixed(rt.tracker, "labels_only/"))
-    return model, train_loop(distiller, prep, trainer_cfg, seed, rt, parallel=True)
+    return model, train_loop(distiller, prep, trainer_cfg, seed, rt, parallel=rt.data_parallel)
 
 
 def teacher_identity(t_cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -822,7 +821,7 @@ def run(cfg: Mapping[str, Any], run_dir: Path, rt: Runtime) -> dict[str, Any]:
     distiller = build_distiller(name, cfg, trained, teacher_models, prep, cfg["loss"], trainer_cfg, rt.tracker, repeat)
     checkpoints = checkpoint_store(cfg, run_dir, [prep], rt)
     log.info("student: training with distiller=%s loss=%s", name, "+".join(sorted(cfg["loss"])))
-    result = train_loop(distiller, prep, trainer_cfg, seed, rt, augmented and augmented[0], checkpoints, parallel=True)
+    result = train_loop(distiller, prep, trainer_cfg, seed, rt, augmented and augmented[0], checkpoints, parallel=rt.data_parallel)
     wanted = cfg["baselines"]
     plain = None
     if wanted["labels_only"]:  # every rank trains it, as it trains the student
@@ -934,7 +933,7 @@ def run_multi_task(cfg: Mapping[str, Any], run_dir: Path, rt: Runtime) -> dict[s
         main_metric="score",
         progress=rt.progress,
         checkpoints=checkpoint_store(cfg, run_dir, list(preps.values()), rt),
-        parallel=True,
+        parallel=rt.data_parallel,
     )
     if rt.rank != 0:
         return {}
@@ -1065,11 +1064,11 @@ def run_job(cfg: Any) -> float:
         plain = to_plain(cfg)
         import_plugins(plain.get("plugins"))
         validate(plain)
-        from brewlab.models import device_of
-        from brewlab.parallel import init, is_main, world
+        from brewlab.parallel import init
 
-        init(device_of(plain["trainer"]["device"]))
-        done = finished_run(plain, run_dir) if world()[1] == 1 else None
+        rt = Runtime.of(plain, None)
+        init(rt.device)
+        done = None if rt.data_parallel else finished_run(plain, run_dir)
         if done is not None:
             print(summary_table(done))
             print(f"outputs: {run_dir} (this run had already finished here; resume=false runs it again)")
@@ -1079,7 +1078,7 @@ def run_job(cfg: Any) -> float:
         # repetitions of a configuration sit together and two sweeps of one study stay apart
         group = "/".join(Path(hc.sweep.dir).parts[-2:]) if multirun else study
         tracker = make_tracker(
-            plain["logger"] if is_main() else {"name": "none"},  # one W&B run and one set of outputs, from rank 0
+            plain["logger"] if rt.rank == 0 else {"name": "none"},  # one W&B run and one set of outputs, from rank 0
             run_dir,
             plain,
             name=f"{hc.job.override_dirname or 'default'},seed={plain['seed']}",
@@ -1089,7 +1088,7 @@ def run_job(cfg: Any) -> float:
         )
         keep_heap_compact(plain["trainer"]["heap_trim_every_s"])
         seed_everything(int(plain["seed"]))
-        rt = Runtime.of(plain, tracker)
+        rt = rt.with_tracker(tracker)
         metrics = run(plain, run_dir, rt)
         if rt.rank != 0:
             tracker.finish(0)

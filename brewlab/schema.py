@@ -111,15 +111,19 @@ UNKEYED_AT_DEFAULT = ("grad_accum", "precision", "nonfinite", "seed")
 def keyed(tree: Any) -> Any:
     """`tree` (a config or part of one) as it is hashed: every stage section (`train: {...}`)
     without the keys of UNKEYED_AT_DEFAULT left at their defaults."""
-    if not isinstance(tree, Mapping):
-        return tree
     defaults = {f.name: f.default for f in dataclasses.fields(StageTrain)}
-    out = {}
-    for key, value in tree.items():
-        if key == "train" and isinstance(value, Mapping) and "lr" in value:
-            value = {k: v for k, v in value.items() if not (k in UNKEYED_AT_DEFAULT and v == defaults[k])}
-        out[key] = keyed(value)
-    return out
+
+    def walk(node: Any) -> Any:
+        if not isinstance(node, Mapping):
+            return node
+        out = {}
+        for key, value in node.items():
+            if key == "train" and isinstance(value, Mapping) and "lr" in value:
+                value = {k: v for k, v in value.items() if not (k in UNKEYED_AT_DEFAULT and v == defaults[k])}
+            out[key] = walk(value)
+        return out
+
+    return walk(tree)
 
 
 def trainer_settings(**overrides: Any) -> dict[str, Any]:
