@@ -23,6 +23,7 @@ LAYOUT = {
     "teachers": "teachers fine-tuned on a task",
     "checkpoints": "training states of the stages above that have not finished (removed once published)",
 }  # generated data sets (cmrc_pd98) go to their task's `data_dir`, by default <cache>/data
+TEACHER_META = "brewlab_teacher.json"  # in every published model entry: its key and how it was trained
 
 
 def stable_hash(data: Any, length: int = 12) -> str:

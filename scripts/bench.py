@@ -97,8 +97,8 @@ def bert(arch: dict[str, int], vocab: int, seed: int) -> Any:
 
 def brewlab_contender(teacher: Any, student: Any) -> Any:
     """brewlab's `general` distiller, built as the pipeline builds it."""
-    from brewlab.pipeline import build_distiller
     from brewlab.schema import trainer_settings
+    from brewlab.stages import build_distiller
     from brewlab.tasks import KINDS
 
     cfg = {
@@ -280,19 +280,12 @@ def realdata_child(contender: str, overrides: list[str]) -> dict[str, Any]:
     """One contender, alone in this process (so its peak RSS is its own)."""
     from brewlab.adaptors import ADAPTORS
     from brewlab.errors import BrewlabError
+    from brewlab.evaluation import evaluate
     from brewlab.models import set_attention
-    from brewlab.pipeline import (
-        build_distiller,
-        build_student,
-        evaluate,
-        get_teacher,
-        keep_heap_compact,
-        prepare_task,
-        seed_everything,
-        teacher_base,
-        train_loader,
-    )
-    from brewlab.runtime import Runtime
+    from brewlab.prepare import prepare_task, train_loader
+    from brewlab.runtime import Runtime, keep_heap_compact, seed_everything
+    from brewlab.stages import build_distiller, build_student
+    from brewlab.teachers import get_teacher, teacher_base
 
     cfg = compose_run(overrides)
     sched, trainer = cfg["scheduler"], cfg["trainer"]

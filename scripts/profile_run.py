@@ -23,10 +23,10 @@ Where = tuple[str, str]  # (file path suffix, function name)
 FIT: Where = ("brewlab/distillers.py", "fit")
 # stage -> where its time is the cumulative time (only through calls from `via`, when given)
 STAGES: dict[str, tuple[Where, Where | None]] = {
-    "prepare data (read, tokenise or load cached features)": (("brewlab/pipeline.py", "prepare_task"), None),
-    "teachers (from the cache)": (("brewlab/pipeline.py", "get_teachers"), None),
+    "prepare data (read, tokenise or load cached features)": (("brewlab/prepare.py", "prepare_task"), None),
+    "teachers (from the cache)": (("brewlab/teachers.py", "get_teachers"), None),
     "distillation loop": (FIT, None),
-    "final scores (teacher and student, dev and test)": (("brewlab/pipeline.py", "measure"), None),
+    "final scores (teacher and student, dev and test)": (("brewlab/evaluation.py", "measure"), None),
     "saving the student": (("brewlab/models.py", "save_model"), None),
 }
 LOOP: dict[str, list[tuple[Where, Where | None]]] = {
@@ -40,7 +40,7 @@ LOOP: dict[str, list[tuple[Where, Where | None]]] = {
         (("torch/nn/utils/clip_grad.py", "_no_grad_wrapper"), FIT),
         (("torch/optim/lr_scheduler.py", "step"), FIT),
     ],
-    "batching (padding, moving to device)": [(("brewlab/pipeline.py", "<genexpr>"), FIT)],
+    "batching (padding, moving to device)": [(("brewlab/prepare.py", "<genexpr>"), FIT)],
     "logging (W&B)": [(("brewlab/tracking.py", "log"), FIT)],
     "dev evaluation (and keeping the best)": [(("brewlab/distillers.py", "run_eval"), FIT)],
 }
@@ -73,7 +73,7 @@ def main() -> None:
         print(__doc__)
         return
     stats = profile(sys.argv[1:])
-    if cumulative(stats, ("brewlab/pipeline.py", "_train_and_cache")) > 0:
+    if cumulative(stats, ("brewlab/stages.py", "train_and_publish")) > 0:
         print("(a teacher was trained, not read from the cache: profiling again with it cached)", flush=True)
         stats = profile(sys.argv[1:])
     wall = stats.total_tt

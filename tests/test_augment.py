@@ -314,7 +314,7 @@ def _smoke_setup(tmp_path, *overrides):
     from conftest import compose_run
 
     from brewlab.cache import Cache
-    from brewlab.pipeline import prepare_task
+    from brewlab.prepare import prepare_task
 
     cfg = compose_run("debug=smoke", f"cache_dir={tmp_path}", *overrides)
     return cfg, prepare_task(cfg, Cache(tmp_path))
@@ -333,7 +333,7 @@ def _runtime(cache_dir):
 
 
 def test_augmented_features_carry_no_gold_label(tmp_path):
-    from brewlab.pipeline import augmented_training
+    from brewlab.augmented import augmented_training
 
     cfg, prep = _smoke_setup(tmp_path, "augmentation=char")
     loader, info = augmented_training(cfg, prep, _runtime(tmp_path))
@@ -346,7 +346,7 @@ def test_augmented_features_carry_no_gold_label(tmp_path):
 
 
 def test_online_mode_remakes_the_copies_every_epoch(tmp_path):
-    from brewlab.pipeline import augmented_training
+    from brewlab.augmented import augmented_training
 
     cfg, prep = _smoke_setup(tmp_path, "augmentation=char", "augmentation.mode=online")
     batches, info = augmented_training(cfg, prep, _runtime(tmp_path))

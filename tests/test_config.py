@@ -111,8 +111,9 @@ def test_the_schema_keeps_the_cache_keys_and_fingerprints_made_before_it():
     finished runs made then are still found, because the loop keys the schema added to teacher
     stages are hashed only when set away from their defaults."""
     from brewlab.cache import Cache, stable_hash
-    from brewlab.pipeline import run_fingerprint, teacher_identity
+    from brewlab.pipeline import run_fingerprint
     from brewlab.schema import keyed
+    from brewlab.teachers import teacher_identity
 
     default = compose_run("cache_dir=/c")
     assert stable_hash(teacher_identity(default["teacher"])) == "094b977bc0a0"

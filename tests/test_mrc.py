@@ -318,7 +318,8 @@ def test_kd_losses_schedules_shift_and_teacher_cache_on_position_logits(tmp_path
     from brewlab.cache import Cache
     from brewlab.data import make_loader
     from brewlab.models import build_scratch
-    from brewlab.pipeline import build_distiller, build_student, prepare_task
+    from brewlab.prepare import prepare_task
+    from brewlab.stages import build_distiller, build_student
 
     overrides = ["task=cmrc", f"task.data.train_file={FIXTURES / 'train.json'}", "debug=smoke", "logger=none"]
     cfg = compose_run(*overrides, f"cache_dir={tmp_path}")

@@ -20,7 +20,7 @@ from brewlab.adaptors import HFAdaptor
 from brewlab.cache import Cache
 from brewlab.data import make_loader
 from brewlab.distillers import DISTILLERS, parse_objective
-from brewlab.pipeline import prepare_task
+from brewlab.prepare import prepare_task
 from brewlab.schedulers import build_schedules
 from brewlab.schema import trainer_settings
 from brewlab.tasks import KINDS
@@ -145,7 +145,7 @@ def test_heap_trimmer_runs_once_per_process_and_releases_freed_memory():
     import platform
     import threading
 
-    from brewlab.pipeline import keep_heap_compact
+    from brewlab.runtime import keep_heap_compact
 
     assert keep_heap_compact(None) is False  # null: allocator untouched
     if platform.libc_ver()[0] != "glibc":

@@ -20,7 +20,7 @@ from brewlab.checkpoint import CheckpointStore
 from brewlab.data import make_loader
 from brewlab.distillers import DISTILLERS, parse_objective
 from brewlab.errors import BrewlabError
-from brewlab.pipeline import seed_everything
+from brewlab.runtime import seed_everything
 from brewlab.schedulers import build_schedules
 from brewlab.schema import trainer_settings
 from brewlab.tasks import KINDS
@@ -118,8 +118,9 @@ def _teacher(cache, tracker):
     from conftest import compose_run
 
     from brewlab.cache import Cache
-    from brewlab.pipeline import get_teacher, prepare_task
+    from brewlab.prepare import prepare_task
     from brewlab.runtime import Runtime
+    from brewlab.teachers import get_teacher
 
     cfg = compose_run("debug=smoke", "logger=none", f"cache_dir={cache}", "trainer.checkpoint_every=2")
     rt = Runtime(torch.device("cpu"), Cache(cache), tracker, progress=False)

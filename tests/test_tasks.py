@@ -92,7 +92,7 @@ def test_length_grouped_batches_cover_every_example_once():
 def test_trainer_length_pool_sets_how_alike_the_training_batches_are():
     import random
 
-    from brewlab.pipeline import train_loader
+    from brewlab.prepare import train_loader
 
     features = [{"input_ids": [2] * n, "labels": 0, "idx": i} for i, n in enumerate([3, 60, 9, 45, 17, 33, 5, 52] * 16)]
     trainer = {"batch_size": 4, "length_pool": 1}

@@ -1,0 +1,145 @@
+"""Scores of a trained model: per split, per example (for the paired tests), parameters and
+speed, and the one-table summary a run prints."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from brewlab.cache import TEACHER_META
+from brewlab.files import write_jsonl
+from brewlab.prepare import Prepared
+
+log = logging.getLogger("brewlab")
+
+
+def predict(
+    adaptor: Any, features: Sequence[dict[str, Any]], batch_size: int, pad_id: int, device: torch.device
+) -> tuple[np.ndarray, float]:
+    """Logits for every example in input order, and the wall time spent in the model."""
+    from brewlab.data import make_loader
+
+    loader = make_loader(features, batch_size, pad_id, seed=0, train=False)
+    adaptor.model.eval()
+    rows: dict[int, np.ndarray] = {}
+    seconds = 0.0
+    compact = getattr(adaptor.kind, "compact", None)  # kinds with huge logits keep only what `score` reads
+    with torch.inference_mode():
+        for batch in loader:
+            batch = {k: v.to(device) for k, v in batch.items()}
+            start = time.perf_counter()
+            logits = adaptor(batch).logits
+            seconds += time.perf_counter() - start
+            if compact is not None:
+                logits = compact(logits, batch)
+            for i, k in enumerate(batch["idx"].tolist()):
+                rows[k] = logits[i].float().cpu().numpy()
+    return [rows[i] for i in range(len(features))], seconds
+
+
+def evaluate(
+    adaptor: Any, prep: Prepared, split: str, batch_size: int, device: torch.device, records_to: Path | None = None
+) -> dict[str, float]:
+    """The split's scores; with `records_to`, its per-example predictions go there as JSON lines."""
+    feats = prep.features[split]
+    logits, seconds = predict(adaptor, feats, batch_size, prep.tokenizer.pad_token_id, device)
+    metrics = prep.kind.score(logits, feats, prep.rows[split], prep.label_names)
+    if records_to is not None:
+        write_jsonl(prep.kind.records(logits, feats, prep.rows[split], prep.label_names), records_to)
+    metrics["examples_per_second"] = len(prep.rows[split]) / max(seconds, 1e-9)
+    return metrics
+
+
+def measure(
+    view: Any, prep: Prepared, eval_bs: int, device: torch.device, predictions: Path | None = None
+) -> dict[str, Any]:
+    """Validation and test scores, parameter counts and inference speed of one adaptor; with
+    `predictions`, its per-example predictions of each split in `<predictions>/<split>.jsonl`."""
+    from brewlab.models import count_parameters
+
+    entry: dict[str, Any] = {
+        split: evaluate(view, prep, split, eval_bs, device, predictions / f"{split}.jsonl" if predictions else None)
+        for split in ("validation", "test")
+    }
+    entry["parameters"] = count_parameters(view.model)
+    entry["examples_per_second"] = entry["test"]["examples_per_second"]
+    return entry
+
+
+def teacher_metrics(
+    teachers: Sequence[tuple[Any, str, Path | None, dict[str, Any]]],
+    used: Any,
+    prep: Prepared,
+    base: str | None,
+    eval_bs: int,
+    device: torch.device,
+    predictions: Path | None = None,
+) -> dict[str, Any]:
+    """`teacher` (what the student learnt from: one model or the ensemble) and, for several
+    teachers, `teachers` (each member), with how each cached stage was made. The predictions of
+    the one the student learnt from go to `<predictions>/teacher/`."""
+    from brewlab.adaptors import ADAPTORS, TeacherEnsemble
+
+    adaptor = ADAPTORS.get("hf")
+    members = []
+    single = predictions / "teacher" if predictions and not isinstance(used, TeacherEnsemble) else None
+    for model, source, directory, t_cfg in teachers:
+        entry = measure(adaptor(model, prep.kind), prep, eval_bs, device, single) | {"source": source}
+        pretrained = base if t_cfg["kind"] == "pretrained_scratch" else None
+        for stage, stage_dir in (("training", directory), ("pretraining", pretrained)):
+            meta = Path(stage_dir) / TEACHER_META if stage_dir else None
+            if meta is not None and meta.is_file():  # how the cached stage was made (time, steps, dev score)
+                entry[stage] = json.loads(meta.read_text(encoding="utf-8"))
+        members.append(entry)
+    if isinstance(used, TeacherEnsemble):
+        ensemble = measure(used, prep, eval_bs, device, predictions and predictions / "teacher")
+        ensemble |= {"source": "ensemble", "members": len(members)}
+        return {"teacher": ensemble, "teachers": members}
+    return {"teacher": members[0]}
+
+
+def paired_difference(ours: Path, reference: Path, split: str = "test") -> dict[str, float]:
+    """Test-metric difference of two models of one run with its paired-bootstrap interval and p
+    (`brewlab.significance`, over the test examples; one seed, so no seed spread is in it)."""
+    from brewlab.significance import compare, read_records
+
+    (c,) = compare([[read_records(ours / f"{split}.jsonl")]], [read_records(reference / f"{split}.jsonl")])
+    return {"difference": c.difference, "low": c.low, "high": c.high, "p": c.p}
+
+
+def summary_table(metrics: Mapping[str, Any]) -> str:
+    """Teacher vs student (and the baselines asked for): main metric, parameters and inference
+    speed, as plain text."""
+    main = metrics["task"]["main_metric"]
+    width = 11 if "labels_only" in metrics else 8
+    lines = [f"{'':{width}} {'dev ' + main:>14} {'test ' + main:>14} {'params':>12} {'non-emb':>10} {'ex/s':>9}"]
+    named = [(f"teacher{i}", m) for i, m in enumerate(metrics.get("teachers", []))]
+    ensemble = "ensemble" if "teachers" in metrics else "teacher"
+    rows = [*named, (ensemble, metrics["teacher"]), ("student", metrics["student"])]
+    if "labels_only" in metrics:
+        rows.append(("labels only", metrics["labels_only"]))
+    for role, m in rows:
+        lines.append(
+            f"{role:{width}} {100 * m['validation'][main]:14.2f} {100 * m['test'][main]:14.2f} "
+            f"{m['parameters']['total']:12,d} {m['parameters']['non_embedding']:10,d} {m['examples_per_second']:9.0f}"
+        )
+    gap = (metrics.get("labels_only") or {}).get("student_minus_labels_only")
+    if gap:
+        lines.append(
+            f"{'':{width}} student − labels only on test: {100 * gap['difference']:+.2f} points, 95% interval "
+            f"[{100 * gap['low']:+.2f}, {100 * gap['high']:+.2f}], p = {gap['p']:.3f} (paired bootstrap over test examples, one seed)"
+        )
+    linear = metrics.get("linear_baseline")
+    if linear and main in linear["test"]:
+        lines.append(
+            f"{'linear':{width}} {100 * linear['validation'][main]:14.2f} {100 * linear['test'][main]:14.2f}"
+            f"   ({linear['method']}, {linear['seconds']:.0f} s)"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,226 @@
+"""One training stage: a distiller built over adaptors of the models and its loop run on a
+prepared task. Every stage (masked-LM pretraining, teacher fine-tuning, the labels-only
+baseline, the student) is made here, so all of them checkpoint, resume and log alike."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from brewlab.cache import TEACHER_META, stable_hash
+from brewlab.errors import BrewlabError
+from brewlab.evaluation import evaluate
+from brewlab.files import publish_dir, write_json_atomic
+from brewlab.prepare import DeviceLoader, Prepared, train_loader
+from brewlab.runtime import Runtime, seed_everything
+
+log = logging.getLogger("brewlab")
+
+
+HARD_ONLY = {"hard": {"kind": "hard", "weight": 1.0}}  # the objective of every labels-only stage
+
+
+def build_distiller(
+    name: str,
+    cfg: Mapping[str, Any],
+    student_model: Any,
+    teacher_models: Sequence[Any] | None,
+    prep: Prepared,
+    loss_cfg: Mapping[str, Any],
+    trainer_cfg: Mapping[str, Any],
+    tracker: Any,
+    inputs_repeat: bool = True,
+):
+    """The named distiller over adaptors of the models; a many-teacher distiller gets its
+    teachers as one `TeacherEnsemble` (combined as `distiller.combine`/`weights` say).
+    `inputs_repeat=False` (online augmentation: new inputs every epoch) keeps no teacher logits."""
+    from hydra.utils import instantiate
+
+    from brewlab.adaptors import ADAPTORS, TeacherEnsemble
+    from brewlab.distillers import DISTILLERS, build_projections, parse_objective
+    from brewlab.schedulers import build_schedules
+
+    distiller_cls = DISTILLERS.get(name, "distiller")
+    adaptor_cls = ADAPTORS.get("hf")
+    student = adaptor_cls(student_model, prep.kind)
+    teacher = None
+    if distiller_cls.uses_teacher and teacher_models:
+        views = [adaptor_cls(model, prep.kind) for model in teacher_models]
+        d_cfg = cfg["distiller"]
+        many = distiller_cls.many_teachers
+        teacher = TeacherEnsemble(views, d_cfg["combine"], d_cfg.get("weights")) if many else views[0]
+    objective = parse_objective(loss_cfg, teacher, student)
+    # with the data read, every task's class count is known (an MLM's vocabulary too): the
+    # temperature's bound is checked again before any KD step, where a temperature is used
+    task_cfg = cfg.get("task") or {}  # harnesses may build a distiller from a partial config
+    classes = prep.kind.logit_classes(task_cfg, prep.label_names, len(prep.tokenizer)) if teacher else None
+    projections = build_projections(objective.matches, teacher, student) if teacher else None
+    return distiller_cls(
+        student=student,
+        objective=objective,
+        schedules=build_schedules(cfg["scheduler"], classes, f"task {task_cfg.get('name', '?')}"),
+        trainer_cfg=trainer_cfg,
+        make_optimizer=instantiate(cfg["optim"], _partial_=True),
+        kind=prep.kind,
+        teacher=teacher,
+        projections=projections,
+        log=tracker.log,
+        inputs_repeat=inputs_repeat,
+    )
+
+
+def train_loop(
+    distiller: Any,
+    prep: Prepared,
+    trainer_cfg: Mapping[str, Any],
+    seed: int,
+    rt: Runtime,
+    batches: Any | None = None,
+    checkpoints: Any | None = None,
+    parallel: bool = False,
+):
+    """Fit on `batches` (CPU batches with a length), by default the task's training split
+    (split across ranks when `parallel`: the student's stage under torchrun)."""
+    loader = batches
+    if loader is None:
+        shard = rt.shard if parallel else (0, 1)
+        loader = train_loader(prep.features["train"], trainer_cfg, prep.tokenizer.pad_token_id, seed, shard)
+    eval_bs = int(trainer_cfg["eval_batch_size"])
+    return distiller.fit(
+        DeviceLoader(loader, rt.device),
+        evaluate=lambda: evaluate(distiller.student, prep, "validation", eval_bs, rt.device),
+        main_metric=prep.kind.main_metric,
+        progress=rt.progress,
+        checkpoints=checkpoints,
+        parallel=parallel,
+    )
+
+
+def attention_of(cfg: Mapping[str, Any]) -> str:
+    return "eager" if any(t.get("feature") == "attention" for t in cfg["loss"].values()) else "sdpa"
+
+
+def sdpa_again(attn: str, models: Sequence[Any]) -> None:
+    """Attention maps were only needed by the losses: measure and save with sdpa."""
+    from brewlab.models import set_attention
+
+    if attn != "sdpa":
+        for model in models:
+            set_attention(model, "sdpa")
+
+
+def build_student(cfg: Mapping[str, Any], prep: Prepared, teacher: Any, attn: str, device: torch.device):
+    """A random student of `student.arch`, or one initialised from a saved model
+    (`student.init_from`, e.g. a general-distilled student) or from teacher layers."""
+    from brewlab.models import build_bigru, build_scratch, init_from_teacher_layers, load_pretrained
+
+    s_cfg = cfg["student"]
+    num_labels = prep.kind.num_labels(prep.label_names)
+    vocab = s_cfg.get("vocab_size")
+    if vocab is not None and int(vocab) != len(prep.tokenizer):
+        raise BrewlabError(
+            f"student.vocab_size={vocab} does not match the task's tokenizer ({len(prep.tokenizer)} tokens); "
+            "leave it null to take the tokenizer's size"
+        )
+    init_from = s_cfg.get("init_from")
+    if init_from:
+        model = load_pretrained(init_from, prep.kind, num_labels, attn, key="student.init_from", new_head=True)
+    elif s_cfg.get("kind", "bert") == "bigru":
+        model = build_bigru(s_cfg["arch"], prep.tokenizer, prep.kind, num_labels)
+    else:
+        model = build_scratch(s_cfg["arch"], prep.tokenizer, prep.kind, num_labels, attn)
+    if s_cfg.get("init_from_teacher_layers"):
+        init_from_teacher_layers(model, teacher, [int(i) for i in s_cfg["init_from_teacher_layers"]])
+    return model.to(device)
+
+
+def check_student_init(cfg: Mapping[str, Any], prep: Prepared) -> None:
+    """A student initialised from a saved model must share the run's vocabulary; checked
+    before any teacher is trained."""
+    from brewlab.models import load_tokenizer
+
+    init_from = cfg["student"].get("init_from")
+    if init_from and stable_hash(load_tokenizer(init_from, "student.init_from").get_vocab()) != prep.tokenizer_id:
+        raise BrewlabError(
+            f"student.init_from={init_from!r} was trained with another vocabulary than this run's tokenizer; "
+            "use the teacher it was distilled from (e.g. the same teacher=pretrained_scratch settings)"
+        )
+
+
+def labels_only_student(
+    cfg: Mapping[str, Any],
+    prep: Prepared,
+    teacher: Any,
+    attn: str,
+    trainer_cfg: Mapping[str, Any],
+    seed: int,
+    rt: Runtime,
+) -> tuple[Any, Any]:
+    """The same student (architecture, seed, data order, trainer settings) trained on labels
+    only: the row that distillation has to beat, made in the same run (`baselines.labels_only`)."""
+    log.info("labels_only: training the same student on labels only")
+    seed_everything(seed)
+    model = build_student(cfg, prep, teacher, attn, rt.device)
+    distiller = build_distiller("trainer", cfg, model, None, prep, HARD_ONLY, trainer_cfg, PrefixedTracker(rt.tracker, "labels_only/"))
+    return model, train_loop(distiller, prep, trainer_cfg, seed, rt, parallel=rt.data_parallel)
+
+
+class PrefixedTracker:
+    """Sends teacher-training metrics to the run's tracker under their own prefix."""
+
+    def __init__(self, tracker: Any, prefix: str) -> None:
+        self.tracker, self.prefix = tracker, prefix
+
+    def log(self, metrics: Mapping[str, float], step: int) -> None:
+        self.tracker.log({self.prefix + k: v for k, v in metrics.items()}, step)
+
+
+def train_and_publish(
+    cfg: Mapping[str, Any],
+    model: Any,
+    prep: Prepared,
+    train_cfg: Mapping[str, Any],
+    directory: Path,
+    key: str,
+    rt: Runtime,
+) -> None:
+    """Train `model` on the task's labels and publish it (with its tokenizer) to `directory`,
+    written aside and renamed into place so an interrupted run never leaves a half cache.
+
+    The stage checkpoints like the student's (every `trainer.checkpoint_every` steps and after
+    each evaluation) into the cache, keyed like the entry, so a killed run, or any later run
+    that needs the same entry, continues it instead of starting over."""
+    from brewlab.checkpoint import CheckpointStore
+    from brewlab.models import save_model
+
+    lr = cfg["optim"]["lr"] if train_cfg["lr"] is None else train_cfg["lr"]
+    stage_cfg = {**cfg, "optim": {**cfg["optim"], "lr": lr}}
+    loop_cfg = {**train_cfg, "checkpoint_every": cfg["trainer"]["checkpoint_every"]}
+    distiller = build_distiller("trainer", stage_cfg, model, None, prep, HARD_ONLY, loop_cfg, rt.tracker)
+    store = CheckpointStore(
+        rt.cache.checkpoints_of(directory), stable_hash([key, prep.data_id]), keep=int(cfg["trainer"]["checkpoints_kept"])
+    )
+    if cfg["resume"] is False:
+        store.clear()
+    result = train_loop(distiller, prep, loop_cfg, int(train_cfg["seed"]), rt, checkpoints=store)
+    build = rt.cache.build_dir(directory)
+    save_model(model, prep.tokenizer, build)
+    write_json_atomic(
+        build / TEACHER_META,
+        {
+            "key": key,
+            "task": prep.sizes,
+            "best_dev": result.best_metric,
+            "dev": result.history[-1] if result.history else {},
+            "train_seconds": result.train_seconds,
+            "steps": result.steps,
+        },
+    )
+    publish_dir(build, directory)
+    shutil.rmtree(store.directory, ignore_errors=True)
+    log.info("cached %s (best dev %s=%.4g, %d steps)", directory, prep.kind.main_metric, result.best_metric, result.steps)
