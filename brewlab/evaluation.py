@@ -4,7 +4,6 @@ speed, and the one-table summary a run prints."""
 from __future__ import annotations
 
 import json
-import logging
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -16,8 +15,6 @@ import torch
 from brewlab.cache import TEACHER_META
 from brewlab.files import write_jsonl
 from brewlab.prepare import Prepared
-
-log = logging.getLogger("brewlab")
 
 
 def predict(

@@ -1,6 +1,6 @@
 """One training stage: a distiller built over adaptors of the models and its loop run on a
-prepared task. Every stage (masked-LM pretraining, teacher fine-tuning, the labels-only
-baseline, the student) is made here, so all of them checkpoint, resume and log alike."""
+prepared task. Masked-LM pretraining, teacher fine-tuning, the labels-only baseline and the
+student are all built and trained through these functions, so they share one loop."""
 
 from __future__ import annotations
 
