@@ -109,9 +109,8 @@ def validate(cfg: Mapping[str, Any]) -> None:
         raise bad_choice("teacher.kind", teacher["kind"], TEACHER_KINDS)
     _check_loops(cfg)
     _check_number("optim.lr", cfg["optim"]["lr"], 0, inclusive=False)
-    tasks = {task.get("name", "?"): task}
-    if distiller.many_tasks:  # the run's own `task` is not trained then
-        tasks = dict(cfg["distiller"].get("tasks") or {}) if isinstance(cfg["distiller"].get("tasks"), Mapping) else {}
+    named = distiller.tasks_of(cfg["distiller"])  # the run's own `task` is not trained then
+    tasks = {task.get("name", "?"): task} if named is None else dict(named)
     for name, task_cfg in tasks.items():  # the temperature's bound depends on each task's classes
         if isinstance(task_cfg, Mapping) and task_cfg.get("kind") in KINDS.names():
             classes = KINDS.get(task_cfg["kind"]).logit_classes(task_cfg)
@@ -136,7 +135,7 @@ def validate(cfg: Mapping[str, Any]) -> None:
     _check_augmentation(cfg, KINDS.get(task["kind"]), distiller, objective)
     if distiller.many_teachers or cfg["distiller"].get("teachers"):
         _check_teachers(cfg["distiller"], teacher)
-    if distiller.many_tasks:
+    if named is not None:
         _check_tasks(cfg)
     _check_baselines(cfg, distiller)
     if objective.matches and not distiller.allows_matches:
@@ -260,7 +259,7 @@ def _check_baselines(cfg: Mapping[str, Any], distiller: Any) -> None:
     for key, value in wanted.items():
         if not isinstance(value, bool):
             raise BrewlabError(f"baselines.{key}={value!r} must be true or false")
-    if any(wanted.values()) and distiller.many_tasks:
+    if any(wanted.values()) and distiller.tasks_of(cfg["distiller"]) is not None:
         raise BrewlabError("baselines work with single-task distillers; set baselines.labels_only=false baselines.linear=false")
     if wanted.get("labels_only") and not distiller.uses_teacher:
         raise BrewlabError(
@@ -358,6 +357,11 @@ def _check_augmentation(cfg: Mapping[str, Any], kind: Any, distiller: Any, objec
     ops = augment.ops_of(aug)
     if not ops:
         return
+    if distiller.tasks_of(cfg["distiller"]) is not None:
+        raise BrewlabError(
+            f"augmentation ops [{', '.join(sorted(ops))}] apply to the run's task, but distiller={cfg['distiller']['name']} "
+            "trains distiller.tasks; set augmentation=none"
+        )
     if not distiller.uses_teacher:
         raise BrewlabError(
             f"augmentation ops [{', '.join(sorted(ops))}] need a teacher to label the augmented text, but "

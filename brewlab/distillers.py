@@ -306,7 +306,36 @@ class Distiller:
     uses_teacher = True
     allows_matches = True
     many_teachers = False  # True: learns from `distiller.teachers` through one TeacherEnsemble
-    many_tasks = False  # True: `distiller.tasks`, one student head per task on a shared encoder
+
+    # -- what the distiller needs from a run: the orchestrator asks these, never a name ----------
+
+    @classmethod
+    def tasks_of(cls, d_cfg: Mapping[str, Any]) -> Mapping[str, Any] | None:
+        """The tasks this distiller trains on, by name, or None for the run's own `task`."""
+        return None
+
+    @classmethod
+    def part_name(cls, name: str, d_cfg: Mapping[str, Any]) -> str:
+        """The registered distiller that trains each task's student (this one, by default)."""
+        return name
+
+    @classmethod
+    def assemble(
+        cls,
+        parts: Mapping[str, Distiller],
+        trainer_cfg: Mapping[str, Any],
+        make_optimizer: Callable[[list[nn.Parameter]], torch.optim.Optimizer],
+        log: Callable[[dict[str, float], int], None] | None = None,
+    ) -> Distiller:
+        """The distiller that trains the run from its per-task parts: the one part itself."""
+        (part,) = parts.values()
+        return part
+
+    @classmethod
+    def batches(cls, loaders: Mapping[str, Any], sizes: Mapping[str, int], d_cfg: Mapping[str, Any], seed: int) -> Any:
+        """The training batches from each task's loader: the one loader itself."""
+        (loader,) = loaders.values()
+        return loader
 
     def __init__(
         self,
@@ -709,7 +738,30 @@ class MultiTaskDistiller(Distiller):
     ensemble, objective, matches and projections), whose students share one encoder. Each batch
     names its task and goes to that task's distiller; one optimizer steps every parameter."""
 
-    many_tasks = True
+    @classmethod
+    def tasks_of(cls, d_cfg: Mapping[str, Any]) -> Mapping[str, Any] | None:
+        tasks = d_cfg.get("tasks")
+        return tasks if isinstance(tasks, Mapping) else {}
+
+    @classmethod
+    def part_name(cls, name: str, d_cfg: Mapping[str, Any]) -> str:
+        return "multi_teacher" if d_cfg.get("teachers") else "general"
+
+    @classmethod
+    def assemble(
+        cls,
+        parts: Mapping[str, Distiller],
+        trainer_cfg: Mapping[str, Any],
+        make_optimizer: Callable[[list[nn.Parameter]], torch.optim.Optimizer],
+        log: Callable[[dict[str, float], int], None] | None = None,
+    ) -> Distiller:
+        return cls(parts, trainer_cfg, make_optimizer, log)
+
+    @classmethod
+    def batches(cls, loaders: Mapping[str, Any], sizes: Mapping[str, int], d_cfg: Mapping[str, Any], seed: int) -> Any:
+        from brewlab.data import TaskMixture
+
+        return TaskMixture(loaders, sizes, float(d_cfg["tau"]), seed)
 
     def __init__(
         self,

@@ -34,7 +34,6 @@ from brewlab.stages import (
     check_student_init,
     labels_only_student,
     sdpa_again,
-    train_loop,
 )
 from brewlab.teachers import get_teachers, teacher_base
 
@@ -91,200 +90,183 @@ def finished_run(cfg: Mapping[str, Any], run_dir: Path) -> dict[str, Any] | None
 
 
 def run(cfg: Mapping[str, Any], run_dir: Path, rt: Runtime) -> dict[str, Any]:
-    """Execute one composed run; returns the metrics written to metrics.json."""
+    """Execute one composed run; returns the metrics written to metrics.json.
+
+    The distiller says which tasks it trains (the run's `task`, or several that share one
+    student encoder), which distiller trains each task's student, how those parts make one
+    distiller and how the tasks' batches make one stream; this function asks, and names none."""
+    from hydra.utils import instantiate
     from transformers.utils import logging as hf_logging
 
-    from brewlab.adaptors import ADAPTORS
     from brewlab.distillers import DISTILLERS
     from brewlab.models import save_model
 
     hf_logging.disable_progress_bar()  # our own bar shows the training loss; no per-file bars
     if cfg["teacher"].get("notice"):  # e.g. a licence restriction: once in every run's log
         log.warning("teacher %s: %s", cfg["teacher"].get("name_or_path") or cfg["teacher"].get("kind"), cfg["teacher"]["notice"])
-    name = cfg["distiller"]["name"]
-    if DISTILLERS.get(name).many_tasks:
-        return run_multi_task(cfg, run_dir, rt)
+    name, d_cfg, trainer_cfg = cfg["distiller"]["name"], cfg["distiller"], cfg["trainer"]
+    d_cls = DISTILLERS.get(name)
+    named = d_cls.tasks_of(d_cfg)
+    # several tasks: pooled (sentence) heads first, whose encoder carries the pooler the others ignore
+    order = [cfg["task"]["name"]] if named is None else sorted(named, key=lambda n: named[n]["kind"] != "classification")
+    stages = {n: cfg if named is None else {**cfg, "task": named[n]} for n in order}
     device, seed = rt.device, int(cfg["seed"])
+    attn = attention_of(cfg)
     with main_first():  # under torchrun, rank 0 fills the caches the other ranks then read
         base = teacher_base(cfg, rt)
-        prep = prepare_task(cfg, rt.cache, tokenizer_from=base)
-        check_student_init(cfg, prep)
-        attn = attention_of(cfg)
-        augmented = augmented_training(cfg, prep, rt)  # its errors come before teacher work
-        teachers = get_teachers(cfg, prep, base, attn, rt)
-    teacher_models = [t[0] for t in teachers]
+        vocab = None if named is None else [stages[n]["task"] for n in order]  # shared by the tasks' students
+        preps = {n: prepare_task(stages[n], rt.cache, tokenizer_from=base, vocab_tasks=vocab) for n in order}
+        for n in order:
+            check_student_init(stages[n], preps[n])
+        augmented = augmented_training(cfg, preps[order[0]], rt) if named is None else None  # errors before teacher work
+        teachers = {n: get_teachers(stages[n], preps[n], base, attn, rt) for n in order}
 
-    trainer_cfg = cfg["trainer"]
     repeat = augmented is None or augmented[1]["mode"] != "online"  # online: new inputs every epoch
     seed_everything(seed)
-    student = build_student(cfg, prep, teacher_models[0], attn, device)
-    # a compiled student trains faster; it shares its parameters with `student`, which is saved
-    trained = torch.compile(student) if trainer_cfg["compile"] else student
-    distiller = build_distiller(name, cfg, trained, teacher_models, prep, cfg["loss"], trainer_cfg, rt.tracker, repeat)
-    checkpoints = checkpoint_store(cfg, run_dir, [prep], rt)
+    students: dict[str, Any] = {}
+    parts: dict[str, Any] = {}
+    part_name = d_cls.part_name(name, d_cfg)
+    for n in order:
+        model = build_student(stages[n], preps[n], teachers[n][0][0], attn, device)
+        if students:  # the tasks' students share the first one's encoder
+            first = next(iter(students.values()))
+            setattr(model, model.base_model_prefix, getattr(first, first.base_model_prefix))
+        students[n] = model
+        # a compiled student trains faster; it shares its parameters with `model`, which is saved
+        trained = torch.compile(model) if trainer_cfg["compile"] else model
+        models = [t[0] for t in teachers[n]]
+        parts[n] = build_distiller(part_name, stages[n], trained, models, preps[n], cfg["loss"], trainer_cfg, rt.tracker, repeat)
+    distiller = d_cls.assemble(parts, trainer_cfg, instantiate(cfg["optim"], _partial_=True), rt.tracker.log)
+    loaders = {
+        n: augmented[0] if augmented else train_loader(preps[n].features["train"], trainer_cfg, preps[n].tokenizer.pad_token_id, seed, rt.shard)
+        for n in order
+    }
+    batches = d_cls.batches(loaders, {n: len(preps[n].features["train"]) for n in order}, d_cfg, seed)
+    eval_bs = int(trainer_cfg["eval_batch_size"])
+    dev, main_metric = _dev_scores(parts, preps, eval_bs, device, many=named is not None)
     log.info("student: training with distiller=%s loss=%s", name, "+".join(sorted(cfg["loss"])))
-    result = train_loop(distiller, prep, trainer_cfg, seed, rt, augmented and augmented[0], checkpoints, parallel=rt.data_parallel)
-    wanted = cfg["baselines"]
+    result = distiller.fit(
+        DeviceLoader(batches, device),
+        evaluate=dev,
+        main_metric=main_metric,
+        progress=rt.progress,
+        checkpoints=checkpoint_store(cfg, run_dir, list(preps.values()), rt),
+        parallel=rt.data_parallel,
+    )
     plain = None
-    if wanted["labels_only"]:  # every rank trains it, as it trains the student
-        plain = labels_only_student(cfg, prep, teacher_models[0], attn, trainer_cfg, seed, rt)
+    if cfg["baselines"]["labels_only"]:  # every rank trains it, as it trains the student
+        plain = labels_only_student(cfg, preps[order[0]], teachers[order[0]][0][0], attn, trainer_cfg, seed, rt)
     if rt.rank != 0:  # the other data-parallel ranks hold the same student: rank 0 measures and saves
         return {}
-    sdpa_again(attn, [*teacher_models, student])
+    sdpa_again(attn, [*(t[0] for n in order for t in teachers[n]), *students.values()])
     log.info("evaluating the teacher and the student on validation and test")
 
-    eval_bs = int(cfg["trainer"]["eval_batch_size"])
     metrics: dict[str, Any] = {
-        "task": {"name": cfg["task"]["name"], "main_metric": prep.kind.main_metric, "sizes": prep.sizes},
+        "task": {},
         "distiller": name,
         "loss": sorted(cfg["loss"]),
         "seed": seed,
         "study": cfg.get("study"),
         "fingerprint": run_fingerprint(cfg),
     }
-    if augmented is not None:
-        metrics["augmentation"] = augmented[1]
-    describe = getattr(prep.kind, "describe", None)  # e.g. entity counts per split for NER
-    if describe is not None:
-        metrics["task"].update(describe(prep.rows, prep.label_names))
-    predictions = run_dir / PREDICTIONS
-    metrics.update(teacher_metrics(teachers, distiller.teacher, prep, base, eval_bs, device, predictions))
-    student_view = ADAPTORS.get("hf")(student, prep.kind)
-    metrics["student"] = measure(student_view, prep, eval_bs, device, predictions / "student")
-    metrics["student"].update(
-        train_seconds=result.train_seconds, steps=result.steps, best_step=result.best_step, final_losses=result.final_losses
-    )
-    if not DISTILLERS.get(name).uses_teacher:
-        metrics["student"]["note"] = "trained on labels only"
-    if plain is not None:
-        model, plain_result = plain
-        sdpa_again(attn, [model])
-        metrics["labels_only"] = measure(ADAPTORS.get("hf")(model, prep.kind), prep, eval_bs, device, predictions / "labels_only")
-        metrics["labels_only"].update(
-            train_seconds=plain_result.train_seconds, steps=plain_result.steps, best_step=plain_result.best_step,
-            note="the same student, seed and training settings, on labels only",
-            student_minus_labels_only=paired_difference(predictions / "student", predictions / "labels_only"),
-        )
-    if wanted["linear"]:
-        from brewlab.baselines import linear_baseline
+    trained_info = {"train_seconds": result.train_seconds, "steps": result.steps, "best_step": result.best_step}
+    entries = {}
+    for n in order:
+        predictions = run_dir / PREDICTIONS / (n if named is not None else "")
+        entries[n] = _task_entry(preps[n], teachers[n], parts[n], students[n], base, eval_bs, device, predictions)
+    if named is None:
+        entry = entries[order[0]]
+        metrics["task"] = {"name": cfg["task"]["name"], **{k: entry.pop(k) for k in ("main_metric", "sizes")}, **entry.pop("describe", {})}
+        if augmented is not None:
+            metrics["augmentation"] = augmented[1]
+        metrics.update(entry)
+        if not d_cls.uses_teacher:
+            metrics["student"]["note"] = "trained on labels only"
+        if plain is not None:
+            metrics["labels_only"] = _labels_only_entry(plain, preps[order[0]], attn, eval_bs, device, run_dir / PREDICTIONS)
+        if cfg["baselines"]["linear"]:
+            from brewlab.baselines import linear_baseline
 
-        metrics["linear_baseline"] = linear_baseline(cfg["task"], prep.rows, prep.label_names)
+            metrics["linear_baseline"] = linear_baseline(cfg["task"], preps[order[0]].rows, preps[order[0]].label_names)
+    else:
+        metrics["task"] = {"name": "+".join(order), "main_metric": "score", "tasks": order, "tau": d_cfg["tau"]}
+        for entry in entries.values():
+            entry.update(entry.pop("describe", {}))
+        metrics.update(tasks=entries, **_mean_rows(entries, order, students))
+    metrics["student"].update(trained_info, final_losses=result.final_losses)
 
     build = Path(tempfile.mkdtemp(dir=run_dir, prefix=".student-"))
-    save_model(student, prep.tokenizer, build, {"projections": distiller.projections})
+    for n in order:
+        save_model(students[n], preps[n].tokenizer, build / n if named is not None else build, {"projections": parts[n].projections})
     publish_dir(build, run_dir / "student")
     write_json_atomic(run_dir / "metrics.json", metrics)
     return metrics
 
 
-def run_multi_task(cfg: Mapping[str, Any], run_dir: Path, rt: Runtime) -> dict[str, Any]:
-    """`distiller=multi_task`: each task of `distiller.tasks` gets its teacher(s) and a student
-    head; the students share one encoder (and one vocabulary) and train together, drawing each
-    batch's task by size^tau. Writes student/<task>/ per task and metrics for every task."""
-    from hydra.utils import instantiate
+def _dev_scores(parts: Mapping[str, Any], preps: Mapping[str, Prepared], eval_bs: int, device: torch.device, many: bool):
+    """The evaluation the loop keeps the best student by, and its main metric: the task's own
+    metrics for one task; each task's main metric and their mean (`score`) for several."""
+    if not many:
+        ((n, part),) = parts.items()
+        return (lambda: evaluate(part.student, preps[n], "validation", eval_bs, device)), preps[n].kind.main_metric
 
-    from brewlab.adaptors import ADAPTORS
-    from brewlab.data import TaskMixture
-    from brewlab.distillers import DISTILLERS
-    from brewlab.models import count_parameters, save_model
-
-    d_cfg = cfg["distiller"]
-    device, seed = rt.device, int(cfg["seed"])
-    attn = attention_of(cfg)
-    # tasks with a pooled (sentence) head first: their encoder carries the pooler the others ignore
-    names = sorted(d_cfg["tasks"], key=lambda n: d_cfg["tasks"][n]["kind"] != "classification")
-    stages = {n: {**cfg, "task": d_cfg["tasks"][n]} for n in names}
-    vocab = [d_cfg["tasks"][n] for n in names]
-    with main_first():
-        base = teacher_base(cfg, rt)
-        preps = {n: prepare_task(stages[n], rt.cache, tokenizer_from=base, vocab_tasks=vocab) for n in names}
-        for n in names:
-            check_student_init(stages[n], preps[n])
-        teachers = {n: get_teachers(stages[n], preps[n], base, attn, rt) for n in names}
-    seed_everything(seed)
-    single = "multi_teacher" if d_cfg.get("teachers") else "general"
-    trainer_cfg = cfg["trainer"]
-    students: dict[str, Any] = {}
-    parts = {}
-    for n in names:
-        model = build_student(stages[n], preps[n], teachers[n][0][0], attn, device)
-        if students:  # share the first student's encoder
-            first = next(iter(students.values()))
-            setattr(model, model.base_model_prefix, getattr(first, first.base_model_prefix))
-        students[n] = model
-        models = [t[0] for t in teachers[n]]
-        parts[n] = build_distiller(single, stages[n], model, models, preps[n], cfg["loss"], trainer_cfg, rt.tracker)
-    distiller = DISTILLERS.get(d_cfg["name"])(parts, trainer_cfg, instantiate(cfg["optim"], _partial_=True), rt.tracker.log)
-    loaders = {
-        n: train_loader(preps[n].features["train"], trainer_cfg, preps[n].tokenizer.pad_token_id, seed, rt.shard) for n in names
-    }
-    sizes = {n: len(preps[n].features["train"]) for n in names}
-    eval_bs = int(trainer_cfg["eval_batch_size"])
-
-    def dev_scores() -> dict[str, float]:
+    def scores() -> dict[str, float]:
         out = {}
-        for n in names:
+        for n, part in parts.items():
             main = preps[n].kind.main_metric
-            out[f"{n}/{main}"] = evaluate(parts[n].student, preps[n], "validation", eval_bs, device)[main]
+            out[f"{n}/{main}"] = evaluate(part.student, preps[n], "validation", eval_bs, device)[main]
         out["score"] = float(np.mean(list(out.values())))
         return out
 
-    result = distiller.fit(
-        DeviceLoader(TaskMixture(loaders, sizes, float(d_cfg["tau"]), seed), device),
-        evaluate=dev_scores,
-        main_metric="score",
-        progress=rt.progress,
-        checkpoints=checkpoint_store(cfg, run_dir, list(preps.values()), rt),
-        parallel=rt.data_parallel,
-    )
-    if rt.rank != 0:
-        return {}
-    sdpa_again(attn, [*(t[0] for n in names for t in teachers[n]), *students.values()])
+    return scores, "score"
 
-    per_task: dict[str, Any] = {}
-    for n in names:
-        prep = preps[n]
-        entry = {"main_metric": prep.kind.main_metric, "sizes": prep.sizes}
-        predictions = run_dir / PREDICTIONS / n
-        entry.update(teacher_metrics(teachers[n], parts[n].teacher, prep, base, eval_bs, device, predictions))
-        entry["student"] = measure(ADAPTORS.get("hf")(students[n], prep.kind), prep, eval_bs, device, predictions / "student")
-        per_task[n] = entry
+
+def _task_entry(
+    prep: Prepared, teachers: Sequence[Any], part: Any, student: Any, base: str | None, eval_bs: int, device: torch.device, predictions: Path
+) -> dict[str, Any]:
+    """One task's metrics: its data, its teacher(s) and its student on validation and test."""
+    from brewlab.adaptors import ADAPTORS
+
+    entry: dict[str, Any] = {"main_metric": prep.kind.main_metric, "sizes": prep.sizes}
+    describe = getattr(prep.kind, "describe", None)  # e.g. entity counts per split for NER
+    if describe is not None:
+        entry["describe"] = describe(prep.rows, prep.label_names)
+    entry.update(teacher_metrics(teachers, part.teacher, prep, base, eval_bs, device, predictions))
+    entry["student"] = measure(ADAPTORS.get("hf")(student, prep.kind), prep, eval_bs, device, predictions / "student")
+    return entry
+
+
+def _labels_only_entry(plain: tuple[Any, Any], prep: Prepared, attn: str, eval_bs: int, device: torch.device, predictions: Path) -> dict[str, Any]:
+    from brewlab.adaptors import ADAPTORS
+
+    model, result = plain
+    sdpa_again(attn, [model])
+    entry = measure(ADAPTORS.get("hf")(model, prep.kind), prep, eval_bs, device, predictions / "labels_only")
+    entry.update(
+        train_seconds=result.train_seconds, steps=result.steps, best_step=result.best_step,
+        note="the same student, seed and training settings, on labels only",
+        student_minus_labels_only=paired_difference(predictions / "student", predictions / "labels_only"),
+    )
+    return entry
+
+
+def _mean_rows(entries: Mapping[str, Any], order: Sequence[str], students: Mapping[str, Any]) -> dict[str, Any]:
+    """The run-level teacher and student rows of several tasks: the mean main metric over tasks
+    (what sweeps and reports compare); parameters summed, the shared encoder counted once."""
+    from brewlab.models import count_parameters
 
     def mean_of(role: str) -> dict[str, Any]:
-        """The run-level row: mean main metric over tasks (what sweeps and reports compare)."""
         out: dict[str, Any] = {}
         for split in ("validation", "test"):
-            scores = [per_task[n][role][split][per_task[n]["main_metric"]] for n in names]
-            out[split] = {"score": float(np.mean(scores))}
-        out["examples_per_second"] = float(np.mean([per_task[n][role]["examples_per_second"] for n in names]))
+            out[split] = {"score": float(np.mean([entries[n][role][split][entries[n]["main_metric"]] for n in order]))}
+        out["examples_per_second"] = float(np.mean([entries[n][role]["examples_per_second"] for n in order]))
         return out
 
-    teacher_row = mean_of("teacher")
-    teacher_row["parameters"] = {
-        k: sum(per_task[n]["teacher"]["parameters"][k] for n in names) for k in ("total", "non_embedding")
-    }
-    student_row = mean_of("student")
-    student_row["parameters"] = count_parameters(distiller.students)  # the shared encoder counted once
-    student_row.update(
-        train_seconds=result.train_seconds, steps=result.steps, best_step=result.best_step, final_losses=result.final_losses
-    )
-    metrics = {
-        "task": {"name": "+".join(names), "main_metric": "score", "tasks": names, "tau": d_cfg["tau"]},
-        "distiller": d_cfg["name"],
-        "loss": sorted(cfg["loss"]),
-        "seed": seed,
-        "study": cfg.get("study"),
-        "fingerprint": run_fingerprint(cfg),
-        "tasks": per_task,
-        "teacher": teacher_row,
-        "student": student_row,
-    }
-    build = Path(tempfile.mkdtemp(dir=run_dir, prefix=".student-"))
-    for n in names:
-        save_model(students[n], preps[n].tokenizer, build / n, {"projections": parts[n].projections})
-    publish_dir(build, run_dir / "student")
-    write_json_atomic(run_dir / "metrics.json", metrics)
-    return metrics
+    teacher = mean_of("teacher")
+    teacher["parameters"] = {k: sum(entries[n]["teacher"]["parameters"][k] for n in order) for k in ("total", "non_embedding")}
+    student = mean_of("student")
+    student["parameters"] = count_parameters(torch.nn.ModuleList(students.values()))
+    return {"teacher": teacher, "student": student}
 
 
 # ----------------------------------------------------------------------------- job entry

@@ -45,6 +45,11 @@ CASES = [
         ["scheduler.temperature.beta=1 can drive the flsw temperature to <= 0 on task reviews_zh", "beta <= 0.5"],
     ),
     (["scheduler=cwsm", "scheduler.temperature.eps=0"], 2, ["scheduler.temperature.eps=0 must be > 0"]),
+    (
+        ["distiller=multi_task", "augmentation=char"],
+        2,
+        ["augmentation ops [char] apply to the run's task, but distiller=multi_task trains distiller.tasks; set augmentation=none"],
+    ),
     (["baselines.labels_only=maybe"], 2, ["baselines.labels_only='maybe' must be true or false"]),
     (
         ["distiller=trainer", "baselines.labels_only=true"],

@@ -69,3 +69,80 @@ def test_registered_properties_choose_the_layer_mapping():
     attention = parse_objective({"a": {"kind": "match", "fn": "attention_mse_sum"}}, teacher, student).matches[0]
     assert attention.feature == "attention" and attention.pairs == [(1, 0), (3, 1)]
     assert MATCH_LOSSES.props("hidden_mse").same_size and not MATCH_LOSSES.props("nst").same_size
+
+
+TOY_LAB = '''
+import os
+
+import torch
+
+from brewlab.distillers import DISTILLERS, GeneralDistiller
+from brewlab.tasks import SOURCES
+
+
+@SOURCES.register("toy_parity")
+def toy_parity(cfg):
+    """Strings of a and b, labelled by whether they hold an odd number of a's: 300 rows."""
+    rows = []
+    for i in range(300):
+        text = format(i, "b").replace("0", "b").replace("1", "a")
+        rows.append({"text": text, "label": text.count("a") % 2})
+    return {"all": rows}
+
+
+@DISTILLERS.register("toy_anchor")
+class ToyAnchor(GeneralDistiller):
+    """General distillation plus a term that keeps the student's logits near zero."""
+
+    def compute_loss(self, batch, step, total):
+        loss, parts = super().compute_loss(batch, step, total)
+        logits = self.student(batch).logits
+        parts["anchor"] = logits.pow(2).mean()
+        with open(os.environ["TOY_LOG"], "a", encoding="utf-8") as f:
+            f.write(f"{step} {len(batch['input_ids'])}\\n")
+        return loss + 0.1 * parts["anchor"], parts
+'''
+
+TOY_TASK = """
+name: toy_parity
+kind: classification
+source: toy_parity
+label_names: [even, odd]
+text_fields: [text]
+max_seq_length: 16
+split: {validation: 0.2, test: 0.2, seed: 7}
+limit: {train: null, validation: null, test: null}
+train_fraction: 1.0
+tokenizer: {min_freq: 1, max_size: null}
+data: {train_file: null, validation_file: null, test_file: null}
+"""
+
+
+def test_a_toy_distiller_and_a_toy_task_run_through_run_py(cli, tmp_path):
+    """Both are registered by a user's module and preset by its YAML files: no brewlab edit."""
+    from transformers import AutoModelForSequenceClassification
+
+    (tmp_path / "toy_lab.py").write_text(TOY_LAB, encoding="utf-8")
+    for group, text in (("task", TOY_TASK), ("distiller", "name: toy_anchor\n")):
+        (tmp_path / "conf" / group).mkdir(parents=True)
+        (tmp_path / "conf" / group / "toy.yaml").write_text(textwrap.dedent(text), encoding="utf-8")
+    calls = tmp_path / "calls.txt"
+    _, run_dir = cli(
+        "plugins=[toy_lab]",
+        "task=toy",
+        "distiller=toy",
+        "debug=smoke",
+        "logger=none",
+        flags=("--config-dir", str(tmp_path / "conf")),
+        env={"PYTHONPATH": str(tmp_path), "TOY_LOG": str(calls)},
+    )
+    metrics = read_metrics(run_dir)
+    assert metrics["distiller"] == "toy_anchor" and metrics["task"]["name"] == "toy_parity"
+    # 300 rows, 20% validation and 20% test carved by the split seed, then the smoke slices (64)
+    assert metrics["task"]["sizes"] == {"train": 180, "validation": 60, "test": 60}
+    assert {"anchor", "kd", "hard"} <= set(metrics["student"]["final_losses"])
+    lines = calls.read_text(encoding="utf-8").split()
+    assert len(lines) == 2 * metrics["student"]["steps"] == 2 * 6  # (step, batch size) per call, 6 smoke steps
+    student = AutoModelForSequenceClassification.from_pretrained(run_dir / "student")
+    assert student.config.num_labels == 2
+    assert 0.0 <= metrics["student"]["test"]["accuracy"] <= 1.0 and "accuracy" in metrics["teacher"]["test"]
