@@ -289,6 +289,9 @@ class TeacherCache:
 
 # ----------------------------------------------------------------------------- distillers
 
+MakeOptimizer = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
+LogFn = Callable[[dict[str, float], int], None]  # (metrics, step) -> tracker
+
 
 @dataclass
 class FitResult:
@@ -321,11 +324,7 @@ class Distiller:
 
     @classmethod
     def assemble(
-        cls,
-        parts: Mapping[str, Distiller],
-        trainer_cfg: Mapping[str, Any],
-        make_optimizer: Callable[[list[nn.Parameter]], torch.optim.Optimizer],
-        log: Callable[[dict[str, float], int], None] | None = None,
+        cls, parts: Mapping[str, Distiller], trainer_cfg: Mapping[str, Any], make_optimizer: MakeOptimizer, log: LogFn | None = None
     ) -> Distiller:
         """The distiller that trains the run from its per-task parts: the one part itself."""
         (part,) = parts.values()
@@ -343,11 +342,11 @@ class Distiller:
         objective: Objective,
         schedules: Schedules,
         trainer_cfg: Mapping[str, Any],
-        make_optimizer: Callable[[list[nn.Parameter]], torch.optim.Optimizer],
+        make_optimizer: MakeOptimizer,
         kind: Any,
         teacher: Any | None = None,
         projections: nn.ModuleDict | None = None,
-        log: Callable[[dict[str, float], int], None] | None = None,
+        log: LogFn | None = None,
         inputs_repeat: bool = True,
     ) -> None:
         self.student = student  # adaptor
@@ -749,11 +748,7 @@ class MultiTaskDistiller(Distiller):
 
     @classmethod
     def assemble(
-        cls,
-        parts: Mapping[str, Distiller],
-        trainer_cfg: Mapping[str, Any],
-        make_optimizer: Callable[[list[nn.Parameter]], torch.optim.Optimizer],
-        log: Callable[[dict[str, float], int], None] | None = None,
+        cls, parts: Mapping[str, Distiller], trainer_cfg: Mapping[str, Any], make_optimizer: MakeOptimizer, log: LogFn | None = None
     ) -> Distiller:
         return cls(parts, trainer_cfg, make_optimizer, log)
 
@@ -767,8 +762,8 @@ class MultiTaskDistiller(Distiller):
         self,
         parts: Mapping[str, Distiller],
         trainer_cfg: Mapping[str, Any],
-        make_optimizer: Callable[[list[nn.Parameter]], torch.optim.Optimizer],
-        log: Callable[[dict[str, float], int], None] | None = None,
+        make_optimizer: MakeOptimizer,
+        log: LogFn | None = None,
     ) -> None:
         self.parts = dict(parts)
         first = next(iter(self.parts.values()))

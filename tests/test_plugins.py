@@ -35,19 +35,28 @@ toy_pair: {kind: match, fn: toy_pair, weight: 1.0, layers: uniform}
 """
 
 
-def test_a_pair_loss_is_one_function_and_one_yaml_file(cli, tmp_path):
-    (tmp_path / "toy_pair_loss.py").write_text(PAIR_LOSS, encoding="utf-8")
-    (tmp_path / "conf" / "loss").mkdir(parents=True)
-    (tmp_path / "conf" / "loss" / "toy_pair.yaml").write_text(textwrap.dedent(PAIR_PRESET), encoding="utf-8")
-    calls = tmp_path / "calls.jsonl"
+def run_plugin(cli, tmp_path, module: str, source: str, presets: dict, calls, *overrides: str):
+    """Run run.py (smoke sizes) with the user's module `source` as a plugin and its YAML
+    `presets` ({"group/name": text}) in the user's config directory; returns the run directory."""
+    (tmp_path / f"{module}.py").write_text(source, encoding="utf-8")
+    for where, text in presets.items():
+        path = tmp_path / "conf" / f"{where}.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text), encoding="utf-8")
     _, run_dir = cli(
-        "plugins=[toy_pair_loss]",
-        "loss=toy_pair",
+        f"plugins=[{module}]",
+        *overrides,
         "debug=smoke",
         "logger=none",
         flags=("--config-dir", str(tmp_path / "conf")),
         env={"PYTHONPATH": str(tmp_path), "TOY_LOG": str(calls)},
     )
+    return run_dir
+
+
+def test_a_pair_loss_is_one_function_and_one_yaml_file(cli, tmp_path):
+    calls = tmp_path / "calls.jsonl"
+    run_dir = run_plugin(cli, tmp_path, "toy_pair_loss", PAIR_LOSS, {"loss/toy_pair": PAIR_PRESET}, calls, "loss=toy_pair")
     metrics = read_metrics(run_dir)
     assert metrics["loss"] == ["kd", "toy_pair"]
     assert "toy_pair" in metrics["student"]["final_losses"]
@@ -122,20 +131,9 @@ def test_a_toy_distiller_and_a_toy_task_run_through_run_py(cli, tmp_path):
     """Both are registered by a user's module and preset by its YAML files: no brewlab edit."""
     from transformers import AutoModelForSequenceClassification
 
-    (tmp_path / "toy_lab.py").write_text(TOY_LAB, encoding="utf-8")
-    for group, text in (("task", TOY_TASK), ("distiller", "name: toy_anchor\n")):
-        (tmp_path / "conf" / group).mkdir(parents=True)
-        (tmp_path / "conf" / group / "toy.yaml").write_text(textwrap.dedent(text), encoding="utf-8")
     calls = tmp_path / "calls.txt"
-    _, run_dir = cli(
-        "plugins=[toy_lab]",
-        "task=toy",
-        "distiller=toy",
-        "debug=smoke",
-        "logger=none",
-        flags=("--config-dir", str(tmp_path / "conf")),
-        env={"PYTHONPATH": str(tmp_path), "TOY_LOG": str(calls)},
-    )
+    presets = {"task/toy": TOY_TASK, "distiller/toy": "name: toy_anchor\n"}
+    run_dir = run_plugin(cli, tmp_path, "toy_lab", TOY_LAB, presets, calls, "task=toy", "distiller=toy")
     metrics = read_metrics(run_dir)
     assert metrics["distiller"] == "toy_anchor" and metrics["task"]["name"] == "toy_parity"
     # 300 rows, 20% validation and 20% test carved by the split seed, then the smoke slices (64)
