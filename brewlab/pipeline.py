@@ -24,7 +24,7 @@ from brewlab.errors import BrewlabError
 from brewlab.evaluation import evaluate, measure, paired_difference, summary_table, teacher_metrics
 from brewlab.files import publish_dir, write_json_atomic
 from brewlab.parallel import main_first
-from brewlab.prepare import DeviceLoader, Prepared, prepare_task, train_loader
+from brewlab.prepare import Prepared, prepare_task, train_loader
 from brewlab.runtime import Runtime, keep_heap_compact, seed_everything
 from brewlab.schema import keyed
 from brewlab.stages import (
@@ -34,6 +34,7 @@ from brewlab.stages import (
     check_student_init,
     labels_only_student,
     sdpa_again,
+    train_loop,
 )
 from brewlab.teachers import get_teachers, teacher_base
 
@@ -143,16 +144,10 @@ def run(cfg: Mapping[str, Any], run_dir: Path, rt: Runtime) -> dict[str, Any]:
     }
     batches = d_cls.batches(loaders, {n: len(preps[n].features["train"]) for n in order}, d_cfg, seed)
     eval_bs = int(trainer_cfg["eval_batch_size"])
-    dev, main_metric = _dev_scores(parts, preps, eval_bs, device, many=named is not None)
+    dev = None if named is None else (_mean_dev_score(parts, preps, eval_bs, device), "score")  # None: the task's own
     log.info("student: training with distiller=%s loss=%s", name, "+".join(sorted(cfg["loss"])))
-    result = distiller.fit(
-        DeviceLoader(batches, device),
-        evaluate=dev,
-        main_metric=main_metric,
-        progress=rt.progress,
-        checkpoints=checkpoint_store(cfg, run_dir, list(preps.values()), rt),
-        parallel=rt.data_parallel,
-    )
+    checkpoints = checkpoint_store(cfg, run_dir, list(preps.values()), rt)
+    result = train_loop(distiller, preps[order[0]], trainer_cfg, seed, rt, batches, checkpoints, rt.data_parallel, dev)
     plain = None
     if cfg["baselines"]["labels_only"]:  # every rank trains it, as it trains the student
         plain = labels_only_student(cfg, preps[order[0]], teachers[order[0]][0][0], attn, trainer_cfg, seed, rt)
@@ -169,7 +164,6 @@ def run(cfg: Mapping[str, Any], run_dir: Path, rt: Runtime) -> dict[str, Any]:
         "study": cfg.get("study"),
         "fingerprint": run_fingerprint(cfg),
     }
-    trained_info = {"train_seconds": result.train_seconds, "steps": result.steps, "best_step": result.best_step}
     entries = {}
     for n in order:
         predictions = run_dir / PREDICTIONS / (n if named is not None else "")
@@ -193,7 +187,9 @@ def run(cfg: Mapping[str, Any], run_dir: Path, rt: Runtime) -> dict[str, Any]:
         for entry in entries.values():
             entry.update(entry.pop("describe", {}))
         metrics.update(tasks=entries, **_mean_rows(entries, order, students))
-    metrics["student"].update(trained_info, final_losses=result.final_losses)
+    metrics["student"].update(
+        train_seconds=result.train_seconds, steps=result.steps, best_step=result.best_step, final_losses=result.final_losses
+    )
 
     build = Path(tempfile.mkdtemp(dir=run_dir, prefix=".student-"))
     for n in order:
@@ -203,12 +199,9 @@ def run(cfg: Mapping[str, Any], run_dir: Path, rt: Runtime) -> dict[str, Any]:
     return metrics
 
 
-def _dev_scores(parts: Mapping[str, Any], preps: Mapping[str, Prepared], eval_bs: int, device: torch.device, many: bool):
-    """The evaluation the loop keeps the best student by, and its main metric: the task's own
-    metrics for one task; each task's main metric and their mean (`score`) for several."""
-    if not many:
-        ((n, part),) = parts.items()
-        return (lambda: evaluate(part.student, preps[n], "validation", eval_bs, device)), preps[n].kind.main_metric
+def _mean_dev_score(parts: Mapping[str, Any], preps: Mapping[str, Prepared], eval_bs: int, device: torch.device):
+    """The evaluation that a run of several tasks keeps its best student by: each task's main
+    metric on validation and their mean, `score`."""
 
     def scores() -> dict[str, float]:
         out = {}
@@ -218,7 +211,7 @@ def _dev_scores(parts: Mapping[str, Any], preps: Mapping[str, Prepared], eval_bs
         out["score"] = float(np.mean(list(out.values())))
         return out
 
-    return scores, "score"
+    return scores
 
 
 def _task_entry(

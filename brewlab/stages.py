@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -83,18 +83,22 @@ def train_loop(
     batches: Any | None = None,
     checkpoints: Any | None = None,
     parallel: bool = False,
+    dev: tuple[Callable[[], dict[str, float]], str] | None = None,
 ):
     """Fit on `batches` (CPU batches with a length), by default the task's training split
-    (split across ranks when `parallel`: the student's stage under torchrun)."""
+    (split across ranks when `parallel`: the student's stage under torchrun), keeping the best
+    student by `dev` (an evaluation and its main metric), by default the task's validation split."""
     loader = batches
     if loader is None:
         shard = rt.shard if parallel else (0, 1)
         loader = train_loader(prep.features["train"], trainer_cfg, prep.tokenizer.pad_token_id, seed, shard)
-    eval_bs = int(trainer_cfg["eval_batch_size"])
+    if dev is None:
+        eval_bs = int(trainer_cfg["eval_batch_size"])
+        dev = (lambda: evaluate(distiller.student, prep, "validation", eval_bs, rt.device)), prep.kind.main_metric
     return distiller.fit(
         DeviceLoader(loader, rt.device),
-        evaluate=lambda: evaluate(distiller.student, prep, "validation", eval_bs, rt.device),
-        main_metric=prep.kind.main_metric,
+        evaluate=dev[0],
+        main_metric=dev[1],
         progress=rt.progress,
         checkpoints=checkpoints,
         parallel=parallel,
