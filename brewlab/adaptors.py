@@ -2,7 +2,10 @@
 
 An adaptor runs a model on a batch and returns a `ModelView` of named pieces (logits, hidden
 states, attention maps, masks, labels). Distillers never touch model attributes, so any model
-(Hugging Face or not) can be distilled once it has an adaptor; models are never edited.
+(Hugging Face or not) can be distilled once it has an adaptor; models are never edited. Every
+model brewlab builds or loads (Hugging Face encoders, and the BiGRU, which returns the same
+outputs) is read by `HFAdaptor`, so there is no adaptor registry to choose from: another model
+kind brings a class with the same three properties and call.
 """
 
 from __future__ import annotations
@@ -13,10 +16,6 @@ from typing import Any
 
 import torch
 from torch import nn
-
-from brewlab.registry import Registry
-
-ADAPTORS: Registry = Registry("adaptor")
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -39,7 +38,6 @@ class ModelView:
     attention: tuple[torch.Tensor, ...] | None = None
 
 
-@ADAPTORS.register("hf")
 class HFAdaptor:
     """Adaptor for Hugging Face encoder models with a task head."""
 

@@ -14,8 +14,8 @@ from torch.utils.data import DataLoader, Sampler
 class LengthGroupedBatches(Sampler[list[int]]):
     """Shuffled batches of similar length: shuffle, cut into pools of `pool` batches, sort each
     pool by length, slice into batches, then shuffle the batch order. Reseeded per epoch. Bigger
-    pools pad less but make batches of alike examples, which costs the student accuracy
-    (scripts/bench.py: pools of 50 lost 0.9 dev points on reviews_zh, pools of 8 none)."""
+    pools pad less but make batches of alike examples, which costs the student accuracy (the
+    README's Performance section has the measured trade-off)."""
 
     def __init__(
         self, lengths: Sequence[int], batch_size: int, seed: int, pool: int, shuffle: bool = True
@@ -92,8 +92,8 @@ class PadCollator:
 
 
 # Padded lengths are rounded up to a multiple of this: a handful of distinct batch shapes instead
-# of one per length keeps oneDNN's per-shape primitive cache (and so peak RSS) small, for at most
-# 7 extra padded positions per batch (scripts/bench.py memory figure).
+# of one per length keeps oneDNN's per-shape primitive cache (and so peak RSS) small, for a few
+# extra padded positions per batch (benchmarks/bench.py measures the memory).
 PAD_MULTIPLE = 8
 
 

@@ -7,7 +7,6 @@ best student and save in the same way. Models are reached only through adaptors.
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import time
@@ -20,8 +19,19 @@ from torch import nn
 
 from brewlab.adaptors import ModelView
 from brewlab.errors import BrewlabError
+from brewlab.loop import (
+    Checkpointer,
+    DevEval,
+    FitResult,
+    IntervalLog,
+    NonFiniteGuard,
+    Trained,
+    precision,
+    progress_bar,
+    run_loop,
+    total_steps,
+)
 from brewlab.losses import LOGIT_LOSSES, MATCH_LOSSES, probability_shift
-from brewlab.parallel import average_gradients, is_main, mean_across_ranks
 from brewlab.registry import Registry
 from brewlab.schedulers import Schedules
 
@@ -219,7 +229,7 @@ class TeacherCache:
     examples can be regrouped into differently padded batches later. They are packed into a few
     large flat buffers rather than kept as one small tensor each: thousands of small long-lived
     allocations scattered between freed activations fragment the heap and keep it resident
-    (measured by `scripts/bench.py`'s memory figure).
+    (measured by `benchmarks/bench.py`'s memory figure).
     """
 
     FIRST, SLAB = 1 << 14, 1 << 20  # elements in the first buffer (64 KiB of fp32); each next one doubles, to 4 MiB
@@ -291,16 +301,6 @@ class TeacherCache:
 
 MakeOptimizer = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
 LogFn = Callable[[dict[str, float], int], None]  # (metrics, step) -> tracker
-
-
-@dataclass
-class FitResult:
-    best_metric: float
-    best_step: int
-    steps: int
-    train_seconds: float
-    history: list[dict[str, float]]
-    final_losses: dict[str, float]
 
 
 class Distiller:
@@ -376,8 +376,8 @@ class Distiller:
         obj = self.objective
         wants_teacher = self.teacher is not None and bool(obj.logit_terms or obj.matches)
         # The teacher runs first: its no-grad activations are freed before the student's graph is
-        # built, so the two never sit in memory together (scripts/bench.py: 25 MB lower peak RSS on
-        # the default run, and fewer page faults per step).
+        # built, so the two never sit in memory together (lower peak RSS and fewer page faults per step;
+        # benchmarks/bench.py measures it).
         t_view = self._teacher_outputs(batch) if wants_teacher else None
         s_view = self.student(batch, hidden=obj.needs_hidden, attention=obj.needs_attention)
         parts: dict[str, torch.Tensor] = {}
@@ -464,171 +464,41 @@ class Distiller:
 
         `grad_accum` batches make one optimizer step; `precision` bf16/fp16 runs teacher and
         student forwards under autocast (fp16 with a gradient scaler). With `checkpoints` (a
-        `CheckpointStore`), the full training state is saved every `checkpoint_every` steps and
-        after each evaluation, and a run finding one continues from it exactly. A non-finite loss
-        stops the run before anything is saved (`nonfinite: stop`) or its batch is skipped
-        (`nonfinite: skip`, one host sync per step). `parallel`: `train_loader` is this rank's
-        share of each global batch (torchrun); gradients and logged losses are averaged over ranks."""
-        from brewlab.checkpoint import rng_state, set_rng_state
-        from brewlab.data import set_epoch
-
-        epochs = int(self.cfg["epochs"])
-        max_steps = self.cfg["max_steps"]
-        accum = int(self.cfg["grad_accum"])
-        per_epoch = math.ceil(len(train_loader) / accum)
-        total = epochs * per_epoch
-        if max_steps:
-            total = min(total, int(max_steps))
-        scheduler = self.schedules.lr_scheduler(self.optimizer, max(total, 1))
-        eval_every = self.cfg["eval_every"]
-        log_every = int(self.cfg["log_every"])
-        ckpt_every = int(self.cfg["checkpoint_every"] or 0) if checkpoints is not None else 0
-        skip_nonfinite = self.cfg["nonfinite"] == "skip"
-        clip = self.cfg["grad_clip"]
+        `CheckpointStore`), the full training state is saved every `checkpoint_every` steps, after
+        each evaluation and at the end, and a run finding one continues from it exactly. A
+        non-finite loss stops the run before anything is saved (`nonfinite: stop`) or its batch is
+        skipped (`nonfinite: skip`). `parallel`: `train_loader` is this rank's share of each global
+        batch (torchrun); gradients and logged losses are averaged over ranks."""
+        cfg = self.cfg
+        total = total_steps(cfg, len(train_loader))
         device = next(iter(self.params)).device if self.params else torch.device("cpu")
-        autocast, scaler = _precision(str(self.cfg["precision"]), device)
+        autocast, scaler = precision(str(cfg["precision"]), device)
+        scheduler = self.schedules.lr_scheduler(self.optimizer, max(total, 1))
+        trained = Trained(self.modules(), self.optimizer, scheduler, scaler, self.caches(), self.params)
         if self.teacher is not None:
             self.teacher.model.eval()
-        best: tuple[float, int, Any] = (-math.inf, 0, None)
-        history: list[dict[str, float]] = []
-        step, epoch, skip, skipped, spent = 0, 0, 0, 0, 0.0
-        running: dict[str, torch.Tensor] = {}
-        values: dict[str, float] = {}
-        bad = _FirstNonFinite()
-        resumed = checkpoints.latest() if checkpoints is not None else None
-        if resumed is not None:
-            for module, state in zip(self.modules(), resumed["modules"], strict=True):
-                module.load_state_dict(state)
-            self.optimizer.load_state_dict(resumed["optimizer"])
-            scheduler.load_state_dict(resumed["scheduler"])
-            scaler.load_state_dict(resumed["scaler"])
-            for cache, cached in zip(self.caches(), resumed["teacher_caches"], strict=True):
-                if cache is not None and cached is not None:
-                    cache.load_state_dict(cached)
-            step, epoch, skip, skipped = resumed["step"], resumed["epoch"], resumed["batch"], resumed["skipped"]
-            best, history, running, values = resumed["best"], resumed["history"], resumed["running"], resumed["values"]
-            spent = resumed["train_seconds"]
-        started = time.perf_counter()
-        bar = _progress_bar(total, enabled=progress, initial=step)
-
-        def save(next_epoch: int, next_batch: int) -> None:
-            if checkpoints is None:
-                return
-            bad.check(step)  # never save a state that a NaN already reached
-            _check_finite(self.params, step)
-            state = {
-                "epoch": next_epoch,
-                "batch": next_batch,
-                "skipped": skipped,
-                "modules": [m.state_dict() for m in self.modules()],
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(),
-                "teacher_caches": [c.state_dict() if c is not None else None for c in self.caches()],
-                "best": best,
-                "history": history,
-                "running": running,
-                "values": values,
-                "train_seconds": spent + time.perf_counter() - started,
-                "rng": rng_state(),
-            }
-            checkpoints.save(state, step)
-
-        def run_eval() -> None:
-            nonlocal best
-            bad.check(step)
-            metrics = evaluate()
-            metrics["step"] = step
-            history.append(metrics)
-            self.log({f"dev/{k}": v for k, v in metrics.items() if k != "step"}, step)
-            if is_main():
-                log.info("step %d/%d dev %s", step, total, _shown({k: v for k, v in metrics.items() if k != "step"}))
-            if metrics[main_metric] > best[0]:
-                best = (metrics[main_metric], step, [copy.deepcopy(m.state_dict()) for m in self.modules()])
-            for module in self.modules():
-                module.train()
-
-        for module in self.modules():
-            module.train()
-        while step < total:
-            batches = len(train_loader)
-            set_epoch(train_loader, epoch)
-            if resumed is not None and skip == 0:
-                set_rng_state(resumed["rng"])  # the epoch's shuffle draws come after the saved state
-            iterator = iter(train_loader)
-            for _ in range(skip):  # data order: the batches this epoch had already consumed
-                next(iterator)
-            if resumed is not None and skip > 0:
-                set_rng_state(resumed["rng"])
-            resumed = None
-            for i, batch in enumerate(iterator, start=skip):
-                # the last group of an epoch may be short: average over the batches it has
-                group = min(accum, batches - (i // accum) * accum)
-                with autocast():
-                    loss, parts = self.compute_loss(batch, step, total)
-                if skip_nonfinite and not bool(torch.isfinite(loss)):
-                    # no gradient from this batch; the rest of its accumulation group still steps
-                    skipped += 1
-                    log.warning("step %d: non-finite loss %s: batch skipped", step + 1, _terms(parts, loss))
-                else:
-                    bad.observe(loss, parts, step + 1)
-                    scaler.scale(loss / group).backward()
-                    for k, v in {**parts, "loss": loss}.items():
-                        running[k] = running.get(k, 0) + v.detach().float() / group
-                if (i + 1) % accum and i + 1 < batches:
-                    continue
-                if parallel:  # data-parallel ranks step with the global batch's gradient
-                    average_gradients(self.params)
-                if clip:
-                    scaler.unscale_(self.optimizer)
-                    torch.nn.utils.clip_grad_norm_(self.params, float(clip))
-                scale = scaler.get_scale() if scaler.is_enabled() else 0.0
-                scaler.step(self.optimizer)
-                scaler.update()
-                self.optimizer.zero_grad(set_to_none=True)
-                if scaler.get_scale() >= scale:  # fp16: a step skipped for overflow keeps its learning rate
-                    scheduler.step()
-                step += 1
-                if (step % log_every == 0 or step == total) and running:  # (empty: every batch skipped)
-                    # the only host sync of the loop: once per log interval, not per step
-                    n = (step - 1) % log_every + 1
-                    values = {k: float(v) / n for k, v in running.items()}
-                    values = mean_across_ranks(values) if parallel else values
-                    running = {}
-                    bad.check(step)
-                    bar.set_postfix(loss=f"{values['loss']:.4f}")
-                    lr = scheduler.get_last_lr()[0]
-                    self.log({f"train/{k}": v for k, v in values.items()} | {"train/lr": lr}, step)
-                    if is_main():  # run.log keeps every interval, for reading a run after the fact
-                        log.info("step %d/%d lr %.3g %s", step, total, lr, _shown(values))
-                bar.update(1)
-                last = i + 1 == batches or step >= total  # the epoch-end evaluation and save follow
-                if eval_every and step % int(eval_every) == 0 and not last:
-                    run_eval()
-                    save(epoch, i + 1)
-                elif ckpt_every and step % ckpt_every == 0 and not last:
-                    save(epoch, i + 1)
-                if step >= total:
-                    break
-            if step < total or not history or history[-1]["step"] != step:
-                run_eval()
-            epoch, skip = epoch + 1, 0
-            if step < total:
-                save(epoch, 0)
+        guard = NonFiniteGuard(str(cfg["nonfinite"]))
+        checkpointer = Checkpointer(checkpoints, cfg["checkpoint_every"], trained, guard)
+        restored = checkpointer.restore()
+        bar = progress_bar(total, enabled=progress, initial=restored[0].step)
+        hooks = (
+            guard,
+            IntervalLog(int(cfg["log_every"]), total, self.log, bar, parallel),
+            DevEval(evaluate, main_metric, total, trained.modules, self.log),
+            checkpointer,
+        )
+        state = run_loop(self.compute_loss, trained, train_loader, cfg, total, hooks, restored, autocast, parallel)
         bar.close()
-        seconds = spent + time.perf_counter() - started
-        if skipped:
-            log.warning("%d batch(es) with a non-finite loss were skipped (trainer.nonfinite=skip)", skipped)
-        if best[2] is not None:
-            for module, state in zip(self.modules(), best[2], strict=True):
-                module.load_state_dict(state)
-        for module in self.modules():
+        seconds = state.train_seconds + time.perf_counter() - checkpointer.started
+        if state.skipped:
+            log.warning("%d batch(es) with a non-finite loss were skipped (trainer.nonfinite=skip)", state.skipped)
+        metric, best_step, weights = state.best
+        if weights is not None:
+            for module, saved in zip(trained.modules, weights, strict=True):
+                module.load_state_dict(saved)
+        for module in trained.modules:
             module.eval()
-        return FitResult(best[0], best[1], step, seconds, history, values)
-
-
-def _shown(values: Mapping[str, float]) -> str:
-    return " ".join(f"{k}={v:.4g}" for k, v in sorted(values.items()))
+        return FitResult(metric, best_step, state.step, seconds, state.history, state.values)
 
 
 def _padding_mask(mask: torch.Tensor) -> torch.Tensor | None:
@@ -637,67 +507,6 @@ def _padding_mask(mask: torch.Tensor) -> torch.Tensor | None:
     if mask.device.type == "cpu" and bool(mask.all()):
         return None
     return mask
-
-
-def _check_finite(params: Sequence[torch.Tensor], step: int) -> None:
-    """A finite loss can still overflow the update: weights are checked before each save."""
-    if not all(bool(torch.isfinite(p).all()) for p in params):
-        raise BrewlabError(
-            f"the student's weights became non-finite by step {step} (the loss itself was finite: an "
-            "overflowing update); stopped, the last checkpoint holds the state before it. Lower optim.lr "
-            "or set trainer.grad_clip"
-        )
-
-
-def _terms(parts: Mapping[str, torch.Tensor], loss: torch.Tensor) -> str:
-    return ", ".join(f"{k}={float(v):.4g}" for k, v in {**parts, "loss": loss}.items())
-
-
-class _FirstNonFinite:
-    """Remembers, without a host sync per step, the first step whose loss was NaN or infinite
-    and its loss terms; `check` (at log, evaluation and save points) turns that into an error."""
-
-    def __init__(self) -> None:
-        self.step: torch.Tensor | None = None
-        self.parts: dict[str, torch.Tensor] = {}
-
-    def observe(self, loss: torch.Tensor, parts: Mapping[str, torch.Tensor], step: int) -> None:
-        if self.step is None:
-            self.step = torch.zeros((), dtype=torch.long, device=loss.device)
-        first = ~torch.isfinite(loss.detach()) & (self.step == 0)
-        self.step = torch.where(first, step, self.step)
-        for k, v in {**parts, "loss": loss}.items():
-            v = v.detach().float()
-            self.parts[k] = torch.where(first, v, self.parts.get(k, torch.zeros_like(v)))
-
-    def check(self, step: int) -> None:
-        if self.step is not None and int(self.step) > 0:
-            terms = _terms(self.parts, self.parts["loss"])
-            raise BrewlabError(
-                f"the loss became non-finite at step {int(self.step)} ({terms}); stopped before step {step} "
-                "was saved, the last checkpoint holds the state before it. Lower optim.lr, set trainer.grad_clip, "
-                "or set trainer.nonfinite=skip to skip such batches"
-            )
-
-
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def _precision(name: str, device: torch.device) -> tuple[Callable[[], Any], Any]:
-    """Autocast context factory and gradient scaler for `trainer.precision` (fp32: no-ops)."""
-    dtype = PRECISIONS[name]
-    enabled = dtype is not None
-
-    def autocast() -> Any:
-        return torch.autocast(device.type, dtype=dtype, enabled=enabled)
-
-    return autocast, torch.amp.GradScaler(device.type, enabled=name == "fp16")
-
-
-def _progress_bar(total: int, enabled: bool, initial: int = 0):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, desc="train", disable=not enabled, dynamic_ncols=True, leave=False)
 
 
 @DISTILLERS.register("trainer")

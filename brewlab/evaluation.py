@@ -82,13 +82,12 @@ def teacher_metrics(
     """`teacher` (what the student learnt from: one model or the ensemble) and, for several
     teachers, `teachers` (each member), with how each cached stage was made. The predictions of
     the one the student learnt from go to `<predictions>/teacher/`."""
-    from brewlab.adaptors import ADAPTORS, TeacherEnsemble
+    from brewlab.adaptors import HFAdaptor, TeacherEnsemble
 
-    adaptor = ADAPTORS.get("hf")
     members = []
     single = predictions / "teacher" if predictions and not isinstance(used, TeacherEnsemble) else None
     for model, source, directory, t_cfg in teachers:
-        entry = measure(adaptor(model, prep.kind), prep, eval_bs, device, single) | {"source": source}
+        entry = measure(HFAdaptor(model, prep.kind), prep, eval_bs, device, single) | {"source": source}
         pretrained = base if t_cfg["kind"] == "pretrained_scratch" else None
         for stage, stage_dir in (("training", directory), ("pretraining", pretrained)):
             meta = Path(stage_dir) / TEACHER_META if stage_dir else None

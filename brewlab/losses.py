@@ -10,7 +10,7 @@ shared by every function here:
 * reductions are means over valid elements only, so the loss scale does not depend on how
   much padding a batch carries (an all-masked batch gives 0, not nan);
 * `mask=None` means every position is valid and skips the selects altogether: on fixed-length
-  batches they cost several percent of a step (measured by `scripts/bench.py`).
+  batches they cost several percent of a step (measured by `benchmarks/bench.py`).
 """
 
 from __future__ import annotations

@@ -218,23 +218,23 @@ def _task_entry(
     prep: Prepared, teachers: Sequence[Any], part: Any, student: Any, base: str | None, eval_bs: int, device: torch.device, predictions: Path
 ) -> dict[str, Any]:
     """One task's metrics: its data, its teacher(s) and its student on validation and test."""
-    from brewlab.adaptors import ADAPTORS
+    from brewlab.adaptors import HFAdaptor
 
     entry: dict[str, Any] = {"main_metric": prep.kind.main_metric, "sizes": prep.sizes}
     describe = getattr(prep.kind, "describe", None)  # e.g. entity counts per split for NER
     if describe is not None:
         entry["describe"] = describe(prep.rows, prep.label_names)
     entry.update(teacher_metrics(teachers, part.teacher, prep, base, eval_bs, device, predictions))
-    entry["student"] = measure(ADAPTORS.get("hf")(student, prep.kind), prep, eval_bs, device, predictions / "student")
+    entry["student"] = measure(HFAdaptor(student, prep.kind), prep, eval_bs, device, predictions / "student")
     return entry
 
 
 def _labels_only_entry(plain: tuple[Any, Any], prep: Prepared, attn: str, eval_bs: int, device: torch.device, predictions: Path) -> dict[str, Any]:
-    from brewlab.adaptors import ADAPTORS
+    from brewlab.adaptors import HFAdaptor
 
     model, result = plain
     sdpa_again(attn, [model])
-    entry = measure(ADAPTORS.get("hf")(model, prep.kind), prep, eval_bs, device, predictions / "labels_only")
+    entry = measure(HFAdaptor(model, prep.kind), prep, eval_bs, device, predictions / "labels_only")
     entry.update(
         train_seconds=result.train_seconds, steps=result.steps, best_step=result.best_step,
         note="the same student, seed and training settings, on labels only",

@@ -69,7 +69,7 @@ def keep_heap_compact(every_s: float | None) -> bool:
     """Every `every_s` seconds hand the allocator's free pages back to the OS (glibc
     `malloc_trim`), from a daemon thread so the training loop is untouched. Dynamic padding
     allocates tensors of ever-changing sizes and glibc keeps the freed holes between live blocks
-    resident, enough to put peak RSS above a pad-to-max loop's (`scripts/bench.py` measures
+    resident, enough to put peak RSS above a pad-to-max loop's (`benchmarks/bench.py` measures
     both). False where the C library is not glibc or
     `every_s` is null; the thread is started once per process."""
     if every_s is None:

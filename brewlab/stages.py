@@ -41,16 +41,15 @@ def build_distiller(
     `inputs_repeat=False` (online augmentation: new inputs every epoch) keeps no teacher logits."""
     from hydra.utils import instantiate
 
-    from brewlab.adaptors import ADAPTORS, TeacherEnsemble
+    from brewlab.adaptors import HFAdaptor, TeacherEnsemble
     from brewlab.distillers import DISTILLERS, build_projections, parse_objective
     from brewlab.schedulers import build_schedules
 
     distiller_cls = DISTILLERS.get(name, "distiller")
-    adaptor_cls = ADAPTORS.get("hf")
-    student = adaptor_cls(student_model, prep.kind)
+    student = HFAdaptor(student_model, prep.kind)
     teacher = None
     if distiller_cls.uses_teacher and teacher_models:
-        views = [adaptor_cls(model, prep.kind) for model in teacher_models]
+        views = [HFAdaptor(model, prep.kind) for model in teacher_models]
         d_cfg = cfg["distiller"]
         many = distiller_cls.many_teachers
         teacher = TeacherEnsemble(views, d_cfg["combine"], d_cfg.get("weights")) if many else views[0]

@@ -112,7 +112,7 @@ def test_tokenised_splits_are_cached_and_a_broken_entry_is_rebuilt(tmp_path, cap
 def test_benchmark_quick_mode_prints_every_figure(cache_dir):
     env = {**os.environ, "BREWLAB_CACHE": str(cache_dir), "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "bench.py"), "--quick"],
+        [sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--quick"],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -131,7 +131,7 @@ def test_benchmark_quick_mode_prints_every_figure(cache_dir):
 
 def test_benchmark_rejects_unknown_parts():
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "bench.py"), "--parts", "overhead,speed"],
+        [sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--parts", "overhead,speed"],
         capture_output=True,
         text=True,
     )

@@ -212,7 +212,7 @@ def run(args: list[str], **kwargs) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_sigkilled_runs_resume_to_the_same_metrics_json_in_every_stage():
-    proc = run([str(ROOT / "scripts" / "crash_resume.py"), "--kills", "1", "--seed", "3"], timeout=2400)
+    proc = run([str(ROOT / "benchmarks" / "crash_resume.py"), "--kills", "1", "--seed", "3"], timeout=2400)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     lines = proc.stdout.strip().splitlines()
     assert lines[-1] == "stages=3 kills=3 resumed=3 identical=true", proc.stdout[-3000:]

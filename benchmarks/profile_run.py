@@ -1,4 +1,4 @@
-"""Where the time of one run goes: python scripts/profile_run.py [overrides...]
+"""Where the time of one run goes: python benchmarks/profile_run.py [overrides...]
 
 Runs `python run.py <overrides>` (the default run unless told otherwise) under cProfile and splits
 its wall time into stages: startup and config, data preparation, teacher (load or training),

@@ -1,6 +1,6 @@
 """Does brewlab cost anything over hand-written PyTorch, and how much faster is it on real data?
 
-Usage: python scripts/bench.py [--quick] [--rounds R] [--steps N] [--epochs E] [--repeats K] [overrides...]
+Usage: python benchmarks/bench.py [--quick] [--rounds R] [--steps N] [--epochs E] [--repeats K] [overrides...]
 
 1. Overhead (fixed shapes, random tokens): brewlab's `general` distiller (its `fit` loop) against
    a minimal hand-written loop computing the same loss (KD ce T=4 + hidden_mse on the embeddings
@@ -278,7 +278,7 @@ def padded_baseline(teacher: Any, student: Any, prep: Any, cfg: dict[str, Any], 
 
 def realdata_child(contender: str, overrides: list[str]) -> dict[str, Any]:
     """One contender, alone in this process (so its peak RSS is its own)."""
-    from brewlab.adaptors import ADAPTORS
+    from brewlab.adaptors import HFAdaptor
     from brewlab.errors import BrewlabError
     from brewlab.evaluation import evaluate
     from brewlab.models import set_attention
@@ -312,7 +312,7 @@ def realdata_child(contender: str, overrides: list[str]) -> dict[str, Any]:
         return {}
     seed_everything(int(cfg["seed"]))
     student = build_student(cfg, prep, teacher, "sdpa", device)
-    adaptor, main = ADAPTORS.get("hf"), prep.kind.main_metric
+    adaptor, main = HFAdaptor, prep.kind.main_metric
     eval_bs, eval_seconds = int(cfg["trainer"]["eval_batch_size"]), [0.0]
 
     def dev_score() -> dict[str, float]:

@@ -1,7 +1,7 @@
 """Wall time of the default study (what `make run` runs): once with an empty cache (teacher
 fine-tuned), once cached.
 
-Usage: python scripts/time_default.py [overrides...]   (default: +experiment=distillation_pays;
+Usage: python benchmarks/time_default.py [overrides...]   (default: +experiment=distillation_pays;
 pass other overrides, e.g. `task=reviews_zh`, to time plain `python run.py` compositions)
 Prints one line per run and a summary line `empty_cache_s=<s> cached_s=<s>`. Budget of the
 default study on the project's 2-core CPU: <= 900 s empty, <= 240 s cached. Timings are

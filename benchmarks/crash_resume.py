@@ -1,7 +1,7 @@
 """Kill a real run at random moments inside each of its training stages, restart it each time,
 and compare with an uninterrupted run.
 
-Usage: python scripts/crash_resume.py [--kills 3] [--seed 0] [--stages student,teacher,pretrain] [overrides...]
+Usage: python benchmarks/crash_resume.py [--kills 3] [--seed 0] [--stages student,teacher,pretrain] [overrides...]
 
 For each stage, runs `python run.py debug=smoke <stage overrides> <overrides>` (the stage made
 36 or 24 steps long, a checkpoint every step) once without interruption, then the same command
