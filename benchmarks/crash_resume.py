@@ -1,16 +1,22 @@
 """Kill a real run at random moments inside each of its training stages, restart it each time,
 and compare with an uninterrupted run.
 
-Usage: python benchmarks/crash_resume.py [--kills 3] [--seed 0] [--stages student,teacher,pretrain] [overrides...]
+Usage: python benchmarks/crash_resume.py [--kills 3] [--seed 0] [--stages student,labels_only,...] [overrides...]
 
 For each stage, runs `python run.py debug=smoke <stage overrides> <overrides>` (the stage made
-36 or 24 steps long, a checkpoint every step) once without interruption, then the same command
+24 to 36 steps long, a checkpoint every step) once without interruption, then the same command
 in a second directory, SIGKILLed --kills times at a random moment inside that stage (just after
 a checkpoint past a random step, plus up to 50 ms) and restarted after each kill, then left to
 finish. The two metrics.json must be identical apart from wall-clock fields (seconds, examples
-per second). Stages: `student` (task distillation, checkpoints in the run directory; its teacher
-is cached first), `teacher` (teacher fine-tuning) and `pretrain` (masked-LM pretraining of
-teacher=pretrained_scratch), whose checkpoints are in the cache. Last lines: one per stage, then
+per second). Stages:
+  pretrain     masked-LM pretraining of teacher=pretrained_scratch (checkpoints in the cache)
+  teacher      teacher fine-tuning (checkpoints in the cache)
+  general      general distillation (+experiment=general_distillation: the masked LM into a student)
+  student      task distillation (checkpoints in the run directory; its teacher is cached first)
+  labels_only  the labels-only baseline, trained after the student in the same run
+  torchrun     task distillation by 2 gloo ranks (`torch.distributed.run`); the whole process
+               group is killed, and the ranks resume from a step they both saved
+Last lines: one per stage, then
   stages=<n> kills=<n> resumed=<restarts that continued from a checkpoint> identical=<true|false>
 """
 
@@ -25,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,15 +44,30 @@ BASE = [
     "trainer.log_every=1",
     "trainer.progress=false",
 ]
-# stage -> (overrides that make it long, where its checkpoints go: "run" or cache subfolder, steps)
+TORCHRUN = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+
+
+@dataclass(frozen=True)
+class Stage:
+    overrides: list[str]  # what makes the stage long (and chooses it)
+    checkpoints: str  # where its checkpoints go: "run/<subfolder>" or "cache/<subfolder>"
+    steps: tuple[str, ...]  # the stage's step count in metrics.json
+    launcher: tuple[str, ...] = ()  # e.g. torchrun's module and its flags
+
+
+TEACHER_LONG = ["teacher.train.max_steps=null", "teacher.train.epochs=3", "teacher.train.log_every=1"]
 STAGES = {
-    "student": ([], "run", 36),  # 3 epochs x 12 steps (192 smoke examples, batch 16)
-    "teacher": (["teacher.train.max_steps=null", "teacher.train.epochs=3", "teacher.train.log_every=1"], "teachers", 36),
-    "pretrain": (
+    "pretrain": Stage(
         ["teacher=pretrained_scratch", "teacher.pretrain.train.max_steps=24", "teacher.pretrain.train.log_every=1"],
-        "pretrained",
-        24,
+        "cache/checkpoints/pretrained",
+        ("teacher", "pretraining", "steps"),
     ),
+    "teacher": Stage(TEACHER_LONG, "cache/checkpoints/teachers", ("teacher", "training", "steps")),
+    "general": Stage(["+experiment=general_distillation"], "run/checkpoints", ("student", "steps")),
+    "student": Stage([], "run/checkpoints", ("student", "steps")),
+    "labels_only": Stage(["baselines.labels_only=true"], "run/checkpoints/labels_only", ("labels_only", "steps")),
+    # global batch 16 like the others: 8 per rank
+    "torchrun": Stage(["trainer.batch_size=8"], "run/checkpoints", ("student", "steps"), tuple(TORCHRUN)),
 }
 CLOCK = ("seconds", "per_second")  # wall-clock fields differ between any two runs
 
@@ -56,10 +78,50 @@ def without_clock(tree: Any) -> Any:
     return tree
 
 
-def launch(run_dir: Path, cache: Path, overrides: list[str], out: Path) -> subprocess.Popen:
-    cmd = [sys.executable, str(ROOT / "run.py"), f"hydra.run.dir={run_dir}", f"cache_dir={cache}", *BASE, *overrides]
+def launch(stage: Stage, run_dir: Path, cache: Path, overrides: list[str], out: Path) -> subprocess.Popen:
+    cmd = [sys.executable, *stage.launcher, str(ROOT / "run.py"), f"hydra.run.dir={run_dir}", f"cache_dir={cache}", *BASE, *overrides]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    if stage.launcher:
+        env["OMP_NUM_THREADS"] = "1"  # two ranks on two cores
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out.open("w"), stderr=subprocess.STDOUT)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (torchrun starts its ranks in sessions of their own)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def kill_all(proc: subprocess.Popen) -> None:
+    """SIGKILL the run and every process it started, at once (a lost machine)."""
+    for pid in [proc.pid, *descendants(proc.pid)]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
+
+
+def finished(proc: subprocess.Popen, log: Path, what: str) -> None:
+    if proc.wait() != 0:
+        raise SystemExit(f"crash_resume: the {what} run failed:\n" + log.read_text()[-3000:])
+
+
+def dig(tree: Any, path: tuple[str, ...]) -> Any:
+    for key in path:
+        tree = tree[key]
+    return tree
 
 
 def differences(a: Any, b: Any, path: str = "") -> list[tuple[str, Any, Any]]:
@@ -70,31 +132,29 @@ def differences(a: Any, b: Any, path: str = "") -> list[tuple[str, Any, Any]]:
 
 
 def latest_step(checkpoints: Path) -> int:
-    steps = [int(p.stem.split("-")[1]) for p in checkpoints.rglob("step-*.pt")]
-    return max(steps, default=0)
+    """The newest checkpoint's step under `checkpoints` (cache entries' and ranks' folders too)."""
+    return max((int(p.stem.split("-")[1]) for p in checkpoints.rglob("step-*.pt")), default=0)
 
 
-def one_stage(stage: str, kills: int, rng: random.Random, overrides: list[str], tmp_path: Path) -> tuple[int, bool]:
-    """(restarts that continued from a checkpoint, identical metrics) for kills inside `stage`."""
-    extra, where, total = STAGES[stage]
-    overrides = [*extra, *overrides]
-    root = tmp_path / stage
+def one_stage(name: str, kills: int, rng: random.Random, overrides: list[str], tmp_path: Path) -> tuple[int, bool]:
+    """(restarts that continued from a checkpoint, identical metrics) for kills inside stage `name`."""
+    stage = STAGES[name]
+    overrides = [*stage.overrides, *overrides]
+    root = tmp_path / name
     root.mkdir()
-    caches = {"reference": root / "cache", "killed": root / "cache"}
-    if where != "run":  # the killed stage makes a cache entry: each side trains its own
-        caches["killed"] = root / "killed-cache"
-    else:  # fill the teacher cache first, so both runs time only the student's work
-        warm = launch(root / "warm", caches["reference"], overrides, root / "warm.log")
-        if warm.wait() != 0:
-            raise SystemExit("crash_resume: the run fails:\n" + (root / "warm.log").read_text()[-3000:])
-    reference = launch(root / "reference", caches["reference"], overrides, root / "reference.log")
-    if reference.wait() != 0:
-        raise SystemExit("crash_resume: the run fails:\n" + (root / "reference.log").read_text()[-3000:])
+    in_cache = stage.checkpoints.startswith("cache/")
+    caches = {"reference": root / "cache", "killed": root / ("killed-cache" if in_cache else "cache")}
+    if not in_cache:  # fill the teacher cache first, so both runs train only the stage's own work
+        finished(launch(stage, root / "warm", caches["reference"], overrides, root / "warm.log"), root / "warm.log", "warm-up")
+    finished(launch(stage, root / "reference", caches["reference"], overrides, root / "reference.log"), root / "reference.log", "uninterrupted")
+    reference = json.loads((root / "reference" / "metrics.json").read_text())
+    total = int(dig(reference, stage.steps))
     victim, resumed, done, wandb_ids = root / "killed", 0, 0, set()
-    checkpoints = victim / "checkpoints" if where == "run" else caches["killed"] / "checkpoints" / where
+    where, sub = stage.checkpoints.split("/", 1)
+    checkpoints = (victim if where == "run" else caches["killed"]) / sub
     for k in range(kills + 1):
         log = root / f"killed-{k}.log"
-        proc = launch(victim, caches["killed"], overrides, log)
+        proc = launch(stage, victim, caches["killed"], overrides, log)
         if k < kills:
             # a random moment inside the stage: once a checkpoint past a random step exists,
             # plus a random fraction of a step's time; the kills spread over what is left
@@ -106,27 +166,26 @@ def one_stage(stage: str, kills: int, rng: random.Random, overrides: list[str], 
                 time.sleep(0.005)
             time.sleep(rng.uniform(0.0, 0.05))
             if proc.poll() is None:
-                proc.send_signal(signal.SIGKILL)
-                proc.wait()
+                kill_all(proc)
                 done = latest_step(checkpoints)
-                print(f"{stage} launch {k}: SIGKILL after the checkpoint of step {done} (target {target})", flush=True)
+                print(f"{name} launch {k}: SIGKILL after the checkpoint of step {done} (target {target})", flush=True)
             else:
-                print(f"{stage} launch {k}: finished before its kill", flush=True)
-        elif proc.wait() != 0:
-            raise SystemExit("crash_resume: the final run failed:\n" + log.read_text()[-3000:])
+                print(f"{name} launch {k}: finished before its kill", flush=True)
+        else:
+            finished(proc, log, "final")
         if (victim / "wandb_run.json").is_file():
             wandb_ids.add(json.loads((victim / "wandb_run.json").read_text())["id"])
-        lines = [line for line in log.read_text().splitlines() if "resuming from checkpoint" in line]
+        # this stage's own resume (a labels-only restart also continues the finished student)
+        lines = [line for line in log.read_text().splitlines() if f"resuming from checkpoint {checkpoints}/" in line]
         if k and lines:
             resumed += 1
-            print(f"{stage} launch {k}: continued from {lines[0].split('checkpoints/')[-1]}", flush=True)
-    a = json.loads((root / "reference" / "metrics.json").read_text())
-    b = json.loads((victim / "metrics.json").read_text())
-    identical = without_clock(a) == without_clock(b)
-    print(f"{stage}: W&B runs across the launches: {len(wandb_ids)} ({', '.join(sorted(wandb_ids))})")
-    for path, x, y in differences(without_clock(a), without_clock(b)):
-        print(f"{stage}: {path} differs: uninterrupted {x!r}, killed {y!r}")
-    print(f"{stage}: kills={kills} resumed={resumed} identical={str(identical).lower()}", flush=True)
+            print(f"{name} launch {k}: continued from {lines[0].split('checkpoints/')[-1]}", flush=True)
+    killed = json.loads((victim / "metrics.json").read_text())
+    identical = without_clock(reference) == without_clock(killed)
+    print(f"{name}: W&B runs across the launches: {len(wandb_ids)} ({', '.join(sorted(wandb_ids))})")
+    for path, x, y in differences(without_clock(reference), without_clock(killed)):
+        print(f"{name}: {path} differs: uninterrupted {x!r}, killed {y!r}")
+    print(f"{name}: kills={kills} resumed={resumed} identical={str(identical).lower()}", flush=True)
     return resumed, identical
 
 

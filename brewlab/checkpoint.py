@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,10 +41,15 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 class CheckpointStore:
-    """`directory/step-*.pt`, newest `keep` kept; `fingerprint` ties them to one config."""
+    """`directory/step-*.pt`, newest `keep` kept; `fingerprint` ties them to one config. With
+    `agree` (data-parallel ranks, each with its own directory), the readable steps are offered
+    to it at resume and the step it returns is the one loaded, so every rank continues from the
+    same step."""
 
-    def __init__(self, directory: Path, fingerprint: str, keep: int = 2) -> None:
-        self.directory, self.fingerprint, self.keep = Path(directory), fingerprint, keep
+    def __init__(
+        self, directory: Path, fingerprint: str, keep: int = 2, agree: Callable[[list[int]], int | None] | None = None
+    ) -> None:
+        self.directory, self.fingerprint, self.keep, self.agree = Path(directory), fingerprint, keep, agree
 
     def files(self) -> list[Path]:
         return sorted(self.directory.glob("step-*.pt"), reverse=True) if self.directory.is_dir() else []
@@ -66,21 +72,39 @@ class CheckpointStore:
         return final
 
     def latest(self) -> dict[str, Any] | None:
-        """The newest readable checkpoint of this config, or None when there is none."""
+        """The newest readable checkpoint of this config (or the step `agree` picks), or None."""
+        readable: dict[int, Path] = {}
         for path in self.files():
-            try:
-                state = torch.load(path, map_location="cpu", weights_only=False)
-            except Exception as exc:  # noqa: BLE001 - any unreadable file is skipped the same way
-                log.warning("checkpoint %s is unreadable (%s): skipped in favour of an older one", path, exc)
+            state = self._read(path)
+            if state is None:
                 continue
-            if state.get("fingerprint") != self.fingerprint:
-                raise BrewlabError(
-                    f"{path} was written by a run with another config; resume with the same command, "
-                    "or set resume=false to start this output directory over"
-                )
-            log.info("resuming from checkpoint %s (step %d)", path, state["step"])
-            return state
-        return None
+            if self.agree is None:
+                log.info("resuming from checkpoint %s (step %d)", path, state["step"])
+                return state
+            readable[state["step"]] = path
+        if self.agree is None:
+            return None
+        step = self.agree(sorted(readable))
+        if step is None:
+            if readable:
+                log.warning("%s: no checkpoint step that every rank holds; starting over", self.directory)
+                self.clear()
+            return None
+        log.info("resuming from checkpoint %s (step %d)", readable[step], step)
+        return self._read(readable[step])
+
+    def _read(self, path: Path) -> dict[str, Any] | None:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as exc:  # noqa: BLE001 - any unreadable file is skipped the same way
+            log.warning("checkpoint %s is unreadable (%s): skipped in favour of an older one", path, exc)
+            return None
+        if state.get("fingerprint") != self.fingerprint:
+            raise BrewlabError(
+                f"{path} was written by a run with another config; resume with the same command, "
+                "or set resume=false to start this output directory over"
+            )
+        return state
 
     def clear(self) -> None:
         for path in [*self.files(), *self.directory.glob(".step-*.tmp")] if self.directory.is_dir() else []:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -53,6 +54,31 @@ def main_first() -> Iterator[None]:
     yield
     if is_main():
         barrier()
+
+
+def shared_dir(path: Path) -> Path:
+    """Rank 0's run directory, on every rank: the one place all ranks keep their checkpoints
+    (the others' own Hydra directories are scratch)."""
+    import torch.distributed as dist
+
+    if world()[1] == 1 or not dist.is_initialized():
+        return path
+    box = [str(path)]
+    dist.broadcast_object_list(box, src=0)
+    return Path(box[0])
+
+
+def common_step(steps: Sequence[int]) -> int | None:
+    """The newest checkpoint step that every rank holds (ranks killed between their saves of
+    one step agree on the one before), or None when they share none."""
+    import torch.distributed as dist
+
+    if world()[1] == 1 or not dist.is_initialized():
+        return max(steps, default=None)
+    gathered: list[Any] = [None] * world()[1]
+    dist.all_gather_object(gathered, sorted(steps))
+    shared = set.intersection(*(set(g) for g in gathered))
+    return max(shared, default=None)
 
 
 def average_gradients(params: Sequence[torch.nn.Parameter]) -> None:

@@ -60,16 +60,23 @@ def run_fingerprint(cfg: Mapping[str, Any]) -> str:
     return Cache(cfg["cache_dir"]).key(keyed(kept))  # paths inside the cache count relative to it
 
 
-def checkpoint_store(cfg: Mapping[str, Any], run_dir: Path, preps: Sequence[Prepared], rt: Runtime) -> Any | None:
-    """The run directory's checkpoints (none under torchrun, whose ranks share no directory),
-    tied to the config and to the encoded data (`preps`), whose cached teacher logits they hold."""
+def checkpoint_store(
+    cfg: Mapping[str, Any], run_dir: Path, preps: Sequence[Prepared], rt: Runtime, stage: str | None = None
+) -> Any:
+    """The checkpoints of the run's student (or of another of its stages, e.g. `labels_only`,
+    in a subfolder), tied to the config and to the encoded data (`preps`), whose cached teacher
+    logits they hold. Under torchrun each rank keeps its own (its random generators and teacher
+    logits are its own) in rank 0's run directory, and the ranks resume from a step they all hold."""
     from brewlab.checkpoint import CheckpointStore
+    from brewlab.parallel import common_step
 
-    if rt.data_parallel:
-        return None
-    fingerprint = stable_hash([run_fingerprint(cfg), *(p.data_id for p in preps)])
-    store = CheckpointStore(run_dir / "checkpoints", fingerprint, keep=int(cfg["trainer"]["checkpoints_kept"]))
-    if cfg.get("resume", "auto") is False:
+    directory = run_dir / "checkpoints" / (stage or "")
+    fingerprint = stable_hash([run_fingerprint(cfg), *(p.data_id for p in preps), *([stage] if stage else [])])
+    keep, agree = int(cfg["trainer"]["checkpoints_kept"]), None
+    if rt.data_parallel:  # a kill between two ranks' saves of one step leaves the step before on both
+        directory, keep, agree = directory / f"rank-{rt.rank}", max(keep, 2), common_step
+    store = CheckpointStore(directory, fingerprint, keep=keep, agree=agree)
+    if cfg["resume"] is False:
         store.clear()  # resume=false: this directory starts over
     return store
 
@@ -150,7 +157,8 @@ def run(cfg: Mapping[str, Any], run_dir: Path, rt: Runtime) -> dict[str, Any]:
     result = train_loop(distiller, preps[order[0]], trainer_cfg, seed, rt, batches, checkpoints, rt.data_parallel, dev)
     plain = None
     if cfg["baselines"]["labels_only"]:  # every rank trains it, as it trains the student
-        plain = labels_only_student(cfg, preps[order[0]], teachers[order[0]][0][0], attn, trainer_cfg, seed, rt)
+        plain_store = checkpoint_store(cfg, run_dir, list(preps.values()), rt, "labels_only")
+        plain = labels_only_student(cfg, preps[order[0]], teachers[order[0]][0][0], attn, trainer_cfg, seed, rt, plain_store)
     if rt.rank != 0:  # the other data-parallel ranks hold the same student: rank 0 measures and saves
         return {}
     sdpa_again(attn, [*(t[0] for n in order for t in teachers[n]), *students.values()])
@@ -284,7 +292,7 @@ def _interrupted_here(run_dir: Path) -> bool:
     """An earlier launch in this directory stopped before finishing (inside any stage, the
     teacher's included): its W&B run is continued rather than a second one started."""
     started = (run_dir / "wandb_run.json").is_file() and not (run_dir / "metrics.json").is_file()
-    return started or any((run_dir / "checkpoints").glob("step-*.pt"))
+    return started or any((run_dir / "checkpoints").rglob("step-*.pt"))
 
 
 def run_job(cfg: Any) -> float:
@@ -300,6 +308,7 @@ def run_job(cfg: Any) -> float:
     from hydra.types import RunMode
 
     from brewlab.config import to_plain, validate
+    from brewlab.parallel import barrier, init, is_main, shared_dir
     from brewlab.tracking import make_tracker
 
     hc = HydraConfig.get()
@@ -310,14 +319,14 @@ def run_job(cfg: Any) -> float:
         plain = to_plain(cfg)
         import_plugins(plain.get("plugins"))
         validate(plain)
-        from brewlab.parallel import init
-
         rt = Runtime.of(plain, None)
         init(rt.device)
-        done = None if rt.data_parallel else finished_run(plain, run_dir)
+        run_dir = shared_dir(run_dir)  # torchrun: every rank keeps its checkpoints in rank 0's directory
+        done = finished_run(plain, run_dir)
         if done is not None:
-            print(summary_table(done))
-            print(f"outputs: {run_dir} (this run had already finished here; resume=false runs it again)")
+            if rt.rank == 0:
+                print(summary_table(done))
+                print(f"outputs: {run_dir} (this run had already finished here; resume=false runs it again)")
             return float(done["student"]["validation"][done["task"]["main_metric"]])
         study = plain.get("study")
         # one W&B group per sweep (its directory, e.g. ablation_losses/2026-11-29_03-00-00), so
@@ -336,6 +345,7 @@ def run_job(cfg: Any) -> float:
         seed_everything(int(plain["seed"]))
         rt = rt.with_tracker(tracker)
         metrics = run(plain, run_dir, rt)
+        barrier()  # every rank has saved its last checkpoint before rank 0 removes them
         if rt.rank != 0:
             tracker.finish(0)
             return float("nan")
@@ -351,8 +361,9 @@ def run_job(cfg: Any) -> float:
             tracker.finish(1)
         user_error = isinstance(exc, BrewlabError)
         line = f"brewlab: error: {exc}" if user_error else f"brewlab: {type(exc).__name__}: {exc}"
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "error.txt").write_text(line + "\n\n" + traceback.format_exc(), encoding="utf-8")
+        if is_main():  # one record per run; other ranks' errors reach the console
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "error.txt").write_text(line + "\n\n" + traceback.format_exc(), encoding="utf-8")
         if multirun:
             log.error(line)
             return float("nan")

@@ -163,14 +163,16 @@ def labels_only_student(
     trainer_cfg: Mapping[str, Any],
     seed: int,
     rt: Runtime,
+    checkpoints: Any | None = None,
 ) -> tuple[Any, Any]:
     """The same student (architecture, seed, data order, trainer settings) trained on labels
-    only: the row that distillation has to beat, made in the same run (`baselines.labels_only`)."""
+    only: the row that distillation has to beat, made in the same run (`baselines.labels_only`),
+    checkpointed into `checkpoints` like the student."""
     log.info("labels_only: training the same student on labels only")
     seed_everything(seed)
     model = build_student(cfg, prep, teacher, attn, rt.device)
     distiller = build_distiller("trainer", cfg, model, None, prep, HARD_ONLY, trainer_cfg, PrefixedTracker(rt.tracker, "labels_only/"))
-    return model, train_loop(distiller, prep, trainer_cfg, seed, rt, parallel=rt.data_parallel)
+    return model, train_loop(distiller, prep, trainer_cfg, seed, rt, checkpoints=checkpoints, parallel=rt.data_parallel)
 
 
 class PrefixedTracker:

@@ -159,6 +159,28 @@ def test_checkpoints_keep_the_newest_two_and_skip_an_unreadable_one(tmp_path, ca
     assert "step-00000006.pt is unreadable" in caplog.text and "skipped in favour of an older one" in caplog.text
 
 
+def test_data_parallel_ranks_resume_from_the_newest_step_they_all_hold(tmp_path):
+    # rank 0 was killed after saving step 6, rank 1 before: both must continue from step 4
+    from brewlab.parallel import common_step
+
+    held = {0: [2, 4, 6], 1: [2, 4]}
+    offered = []
+
+    def agree(steps):  # what common_step does across ranks, with rank 1's steps given
+        offered.append(steps)
+        return max(set(steps) & set(held[1]))
+
+    store = CheckpointStore(tmp_path / "rank-0", "cfg", keep=3, agree=agree)
+    for step in held[0]:
+        store.save({"value": step}, step)
+    assert store.latest()["value"] == 4 and offered == [[2, 4, 6]]
+    assert common_step([4, 2]) == 4  # one process: its newest step
+    # no step in common: the rank starts over, and drops its steps so none goes stale
+    lonely = CheckpointStore(tmp_path / "rank-1", "cfg", agree=lambda steps: None)
+    lonely.save({"value": 8}, 8)
+    assert lonely.latest() is None and lonely.files() == []
+
+
 def test_a_checkpoint_of_another_config_is_refused(tmp_path):
     CheckpointStore(tmp_path, "old-config").save({"value": 1}, 1)
     with pytest.raises(BrewlabError, match="written by a run with another config.*resume=false"):
@@ -215,8 +237,8 @@ def test_sigkilled_runs_resume_to_the_same_metrics_json_in_every_stage():
     proc = run([str(ROOT / "benchmarks" / "crash_resume.py"), "--kills", "1", "--seed", "3"], timeout=2400)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     lines = proc.stdout.strip().splitlines()
-    assert lines[-1] == "stages=3 kills=3 resumed=3 identical=true", proc.stdout[-3000:]
-    for stage in ("student", "teacher", "pretrain"):
+    assert lines[-1] == "stages=6 kills=6 resumed=6 identical=true", proc.stdout[-3000:]
+    for stage in ("pretrain", "teacher", "general", "student", "labels_only", "torchrun"):
         assert f"{stage}: kills=1 resumed=1 identical=true" in lines
         assert f"{stage}: W&B runs across the launches: 1 (" in proc.stdout  # resumed, not duplicated
 
