@@ -412,7 +412,7 @@ def build(
 def augment_rows(rows: Sequence[Mapping], kind: Any, fn: TextFn, copies: int, seed: int) -> list[dict]:
     """`copies` augmented versions of every row (copy-major order), deterministic for a seed.
     The global RNG states nlpaug draws from are restored afterwards."""
-    if not hasattr(kind, "augment_texts"):
+    if kind.augment_texts is None:
         raise BrewlabError(f"task kind {type(kind).__name__} does not support augmentation")
     states = random.getstate(), np.random.get_state()
     random.seed(seed)

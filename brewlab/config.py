@@ -82,11 +82,11 @@ def validate(cfg: Mapping[str, Any]) -> None:
     """Check the whole composed (plain) config; raise on the first problem found."""
     from brewlab.distillers import DISTILLERS, parse_objective
     from brewlab.schedulers import build_schedules
-    from brewlab.tasks import KINDS, SOURCES
+    from brewlab.tasks import KINDS, SOURCES, kind_of
     from brewlab.tracking import TRACKERS
 
     task, teacher, student = cfg["task"], cfg["teacher"], cfg["student"]
-    KINDS.get(task["kind"], "task.kind")
+    kind_of(task["kind"])
     data = task.get("data") or {}
     if not data.get("train_file"):
         SOURCES.get(task["source"], "task.source")
@@ -280,7 +280,7 @@ def _check_baselines(cfg: Mapping[str, Any], distiller: Any) -> None:
 def _check_tasks(cfg: Mapping[str, Any]) -> None:
     """`distiller.tasks`: task configs (composed from conf/task presets) and the sampling tau."""
     from brewlab import augment
-    from brewlab.tasks import KINDS
+    from brewlab.tasks import kind_of
 
     d_cfg = cfg["distiller"]
     tasks = d_cfg.get("tasks")
@@ -292,7 +292,7 @@ def _check_tasks(cfg: Mapping[str, Any]) -> None:
     for name, task in tasks.items():
         if not isinstance(task, Mapping) or "kind" not in task:
             raise BrewlabError(f"distiller.tasks.{name} is not a task config (no `kind`)")
-        KINDS.get(task["kind"], f"distiller.tasks.{name}.kind")
+        kind_of(task["kind"], f"distiller.tasks.{name}.kind")
     _check_number("distiller.tau", d_cfg.get("tau"), 0)
     if augment.ops_of(cfg.get("augmentation") or {}):
         raise BrewlabError("augmentation works with single-task distillers; use augmentation=none with distiller=multi_task")
@@ -385,10 +385,10 @@ def _check_augmentation(cfg: Mapping[str, Any], kind: Any, distiller: Any, objec
             check_model_dir(str(op["model_name_or_path"]), f"augmentation.ops.{name}.model_name_or_path")
         elif op["kind"] == "mlm":
             _check_mlm_language(cfg, name, op)
-    if not hasattr(kind, "augment_texts"):
+    if kind.augment_texts is None:
         from brewlab.tasks import KINDS
 
-        able = [name for name in KINDS.names() if hasattr(KINDS.get(name), "augment_texts")]
+        able = [name for name in KINDS.names() if KINDS.get(name).augment_texts is not None]
         raise BrewlabError(
             f"task.kind={cfg['task']['kind']} does not support augmentation; kinds that do: {', '.join(able)}"
         )

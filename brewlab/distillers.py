@@ -364,7 +364,7 @@ class Distiller:
             and bool(trainer_cfg["cache_teacher_outputs"])
             and inputs_repeat  # online augmentation: new inputs every epoch
             and not objective.matches
-            and getattr(kind, "cache_teacher_logits", True)  # a kind may have logits too large to keep
+            and kind.cache_teacher_logits  # a kind may have logits too large to keep
         )
         self.cache = TeacherCache(kind.seq_axis, kind.logit_pad) if use_cache else None
 

@@ -27,15 +27,13 @@ def predict(
     adaptor.model.eval()
     rows: dict[int, np.ndarray] = {}
     seconds = 0.0
-    compact = getattr(adaptor.kind, "compact", None)  # kinds with huge logits keep only what `score` reads
     with torch.inference_mode():
         for batch in loader:
             batch = {k: v.to(device) for k, v in batch.items()}
             start = time.perf_counter()
             logits = adaptor(batch).logits
             seconds += time.perf_counter() - start
-            if compact is not None:
-                logits = compact(logits, batch)
+            logits = adaptor.kind.compact(logits, batch)
             for i, k in enumerate(batch["idx"].tolist()):
                 rows[k] = logits[i].float().cpu().numpy()
     return [rows[i] for i in range(len(features))], seconds

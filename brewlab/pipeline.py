@@ -178,7 +178,7 @@ def run(cfg: Mapping[str, Any], run_dir: Path, rt: Runtime) -> dict[str, Any]:
         entries[n] = _task_entry(preps[n], teachers[n], parts[n], students[n], base, eval_bs, device, predictions)
     if named is None:
         entry = entries[order[0]]
-        metrics["task"] = {"name": cfg["task"]["name"], **{k: entry.pop(k) for k in ("main_metric", "sizes")}, **entry.pop("describe", {})}
+        metrics["task"] = {"name": cfg["task"]["name"], **{k: entry.pop(k) for k in ("main_metric", "sizes")}, **entry.pop("describe")}
         if augmented is not None:
             metrics["augmentation"] = augmented[1]
         metrics.update(entry)
@@ -193,7 +193,7 @@ def run(cfg: Mapping[str, Any], run_dir: Path, rt: Runtime) -> dict[str, Any]:
     else:
         metrics["task"] = {"name": "+".join(order), "main_metric": "score", "tasks": order, "tau": d_cfg["tau"]}
         for entry in entries.values():
-            entry.update(entry.pop("describe", {}))
+            entry.update(entry.pop("describe"))
         metrics.update(tasks=entries, **_mean_rows(entries, order, students))
     metrics["student"].update(
         train_seconds=result.train_seconds, steps=result.steps, best_step=result.best_step, final_losses=result.final_losses
@@ -229,9 +229,7 @@ def _task_entry(
     from brewlab.adaptors import HFAdaptor
 
     entry: dict[str, Any] = {"main_metric": prep.kind.main_metric, "sizes": prep.sizes}
-    describe = getattr(prep.kind, "describe", None)  # e.g. entity counts per split for NER
-    if describe is not None:
-        entry["describe"] = describe(prep.rows, prep.label_names)
+    entry["describe"] = prep.kind.describe(prep.rows, prep.label_names)  # e.g. entity counts per split for NER
     entry.update(teacher_metrics(teachers, part.teacher, prep, base, eval_bs, device, predictions))
     entry["student"] = measure(HFAdaptor(student, prep.kind), prep, eval_bs, device, predictions / "student")
     return entry

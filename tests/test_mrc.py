@@ -13,10 +13,12 @@ import yaml
 from conftest import read_metrics
 
 from brewlab.errors import BrewlabError
-from brewlab.tasks import KINDS, SPLITS, _read_local, load_task_data
-from brewlab.tasks.mrc import MASKED, check_config, cmrc_pd98, pd98_files
+from brewlab.tasks import KINDS, SPLITS, load_task_data
+from brewlab.tasks.cmrc_pd98 import cmrc_pd98, pd98_files
+from brewlab.tasks.mrc import MASKED, check_config
 from brewlab.tasks.mrc_metrics import answer_metrics, mixed_segmentation, score_en, score_zh
 from brewlab.tasks.pd98 import parse_tagged_line
+from brewlab.tasks.readers import read_local
 from brewlab.vocab import build_char_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -285,7 +287,7 @@ def test_pd98_is_generated_deterministically_as_cmrc_files(pd98, tmp_path):
     again = pd98_files({**cfg, "data_dir": str(tmp_path)})
     for split in SPLITS:
         assert again[split].read_bytes() == files[split].read_bytes()
-        assert splits[split] == _read_local(str(files[split]), "task.data.train_file")  # the local-file reader
+        assert splits[split] == read_local(str(files[split]), "task.data.train_file")  # the local-file reader
 
 
 def test_pd98_answers_sizes_and_disjoint_passages(pd98):
@@ -414,7 +416,7 @@ def test_flat_hub_rows_of_cmrc_end_to_end(cli, tmp_path):
     files = {}
     for split, name in (("train", "train.json"), ("validation", "dev.json")):
         files[split] = tmp_path / f"{split}.jsonl"
-        write_jsonl(_read_local(str(FIXTURES / name), split), files[split])
+        write_jsonl(read_local(str(FIXTURES / name), split), files[split])
     first = json.loads(files["train"].read_text().splitlines()[0])
     assert set(first) >= {"id", "context", "question", "answers"} and "answer_start" in first["answers"]
     _, run_dir = cli("task=cmrc", f"task.data.train_file={files['train']}",

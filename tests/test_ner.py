@@ -15,8 +15,9 @@ from brewlab.data import PadCollator
 from brewlab.errors import BrewlabError
 from brewlab.files import write_jsonl
 from brewlab.losses import LOGIT_LOSSES
-from brewlab.tasks import KINDS, load_task_data, package_file
+from brewlab.tasks import KINDS, load_task_data
 from brewlab.tasks.ner import entity_scores, parse_pd98_line
+from brewlab.tasks.readers import package_file
 from brewlab.vocab import build_char_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]

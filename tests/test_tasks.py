@@ -10,7 +10,8 @@ import yaml
 from brewlab.data import LengthGroupedBatches, PadCollator
 from brewlab.errors import BrewlabError
 from brewlab.files import write_jsonl
-from brewlab.tasks import load_task_data, package_file
+from brewlab.tasks import load_task_data
+from brewlab.tasks.readers import package_file
 from brewlab.vocab import SPECIAL_TOKENS, build_char_tokenizer
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -167,3 +168,17 @@ def test_macro_f1_matches_scikit_learn_without_importing_it():
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["0.5", "0.333333", "False"]
+
+
+def test_a_kind_that_does_not_derive_from_kind_base_is_refused_in_one_line(monkeypatch):
+    from brewlab.tasks import KINDS, KindBase, kind_of
+
+    class Plain:  # a plugin's kind written without the base: its optional hooks would be missing
+        pass
+
+    monkeypatch.setitem(KINDS._items, "plain_kind", Plain)
+    with pytest.raises(BrewlabError, match=r"^task\.kind=plain_kind: the registered kind .*Plain.* must derive from brewlab\.tasks\.KindBase$"):
+        kind_of("plain_kind")
+    # the defaults a kind gets for the hooks it leaves out
+    assert KindBase.describe({}, []) == {} and KindBase.compact("logits", {}) == "logits"
+    assert KindBase.augment_texts is None and KindBase.cache_teacher_logits is True

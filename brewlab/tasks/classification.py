@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 
 from brewlab.errors import BrewlabError
-from brewlab.tasks import KINDS, SOURCES, Example, example_id, package_file
+from brewlab.tasks import KINDS, SOURCES, Example, KindBase, example_id
+from brewlab.tasks.readers import package_file
 
 
 def _unique_labelled(pairs: Iterable[tuple[str, int]]) -> list[Example]:
@@ -50,7 +51,7 @@ def movie_reviews(cfg: Mapping) -> dict[str, list[Example]]:
 
 
 @KINDS.register("classification")
-class Classification:
+class Classification(KindBase):
     """Single sentence or sentence-pair classification; accuracy and macro-F1."""
 
     auto_model = "AutoModelForSequenceClassification"

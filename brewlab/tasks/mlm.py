@@ -22,9 +22,10 @@ from typing import Any
 import numpy as np
 
 from brewlab.errors import BrewlabError
-from brewlab.tasks import KINDS, SOURCES, Example, load_task_data, package_file
+from brewlab.tasks import KINDS, SOURCES, Example, KindBase, load_task_data
 from brewlab.tasks.ner import TokenClassification
 from brewlab.tasks.pd98 import parse_tagged_line
+from brewlab.tasks.readers import package_file
 
 IGNORE = -100
 log = logging.getLogger("brewlab")
@@ -154,7 +155,7 @@ def _word_index(text: str, offsets: Sequence[tuple[int, int]]) -> list[int]:
 
 
 @KINDS.register("masked_lm")
-class MaskedLM:
+class MaskedLM(KindBase):
     """Masked-LM pretraining data; the metric is accuracy and perplexity at masked positions."""
 
     auto_model = "AutoModelForMaskedLM"

@@ -15,9 +15,10 @@ from typing import Any
 import numpy as np
 
 from brewlab.errors import BrewlabError
-from brewlab.tasks import KINDS, SOURCES, Example, example_id, package_file
+from brewlab.tasks import KINDS, SOURCES, Example, KindBase, example_id
 from brewlab.tasks.classification import Classification
 from brewlab.tasks.pd98 import SOURCE_FILE, parse_tagged_line
+from brewlab.tasks.readers import package_file
 
 IGNORE = -100
 
@@ -121,7 +122,7 @@ def _looks_chinese(tokens: Sequence[str]) -> bool:
 
 
 @KINDS.register("token_classification")
-class TokenClassification:
+class TokenClassification(KindBase):
     """One BIO tag per word; logits (L, C) per example; entity-level precision/recall/F1."""
 
     auto_model = "AutoModelForTokenClassification"
