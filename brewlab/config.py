@@ -101,7 +101,7 @@ def validate(cfg: Mapping[str, Any]) -> None:
     fraction = task.get("train_fraction", 1.0)
     if not isinstance(fraction, (int, float)) or isinstance(fraction, bool) or not 0 < fraction <= 1:
         raise BrewlabError(f"task.train_fraction={fraction!r} must be a fraction in (0, 1]")
-    if cfg.get("resume", "auto") not in RESUME:
+    if cfg["resume"] not in RESUME:
         raise bad_choice("resume", cfg["resume"], ("auto", "true", "false"))
     distiller = DISTILLERS.get(cfg["distiller"]["name"], "distiller")
     TRACKERS.get(cfg["logger"]["name"], "logger")

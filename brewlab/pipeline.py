@@ -28,13 +28,13 @@ from brewlab.prepare import Prepared, prepare_task, train_loader
 from brewlab.runtime import Runtime, keep_heap_compact, seed_everything
 from brewlab.schema import keyed
 from brewlab.stages import (
+    Stage,
     attention_of,
     build_distiller,
     build_student,
     check_student_init,
     labels_only_student,
     sdpa_again,
-    train_loop,
 )
 from brewlab.teachers import get_teachers, teacher_base
 
@@ -84,7 +84,7 @@ def checkpoint_store(
 def finished_run(cfg: Mapping[str, Any], run_dir: Path) -> dict[str, Any] | None:
     """metrics.json of this very run when it already finished here (a re-run sweep skips it)."""
     path = run_dir / "metrics.json"
-    if cfg.get("resume", "auto") is False or not path.is_file():
+    if cfg["resume"] is False or not path.is_file():
         return None
     try:
         metrics = json.loads(path.read_text(encoding="utf-8"))
@@ -117,17 +117,17 @@ def run(cfg: Mapping[str, Any], run_dir: Path, rt: Runtime) -> dict[str, Any]:
     named = d_cls.tasks_of(d_cfg)
     # several tasks: pooled (sentence) heads first, whose encoder carries the pooler the others ignore
     order = [cfg["task"]["name"]] if named is None else sorted(named, key=lambda n: named[n]["kind"] != "classification")
-    stages = {n: cfg if named is None else {**cfg, "task": named[n]} for n in order}
+    task_cfgs = {n: cfg if named is None else {**cfg, "task": named[n]} for n in order}
     device, seed = rt.device, int(cfg["seed"])
     attn = attention_of(cfg)
     with main_first():  # under torchrun, rank 0 fills the caches the other ranks then read
         base = teacher_base(cfg, rt)
-        vocab = None if named is None else [stages[n]["task"] for n in order]  # shared by the tasks' students
-        preps = {n: prepare_task(stages[n], rt.cache, tokenizer_from=base, vocab_tasks=vocab) for n in order}
+        vocab = None if named is None else [task_cfgs[n]["task"] for n in order]  # shared by the tasks' students
+        preps = {n: prepare_task(task_cfgs[n], rt.cache, tokenizer_from=base, vocab_tasks=vocab) for n in order}
         for n in order:
-            check_student_init(stages[n], preps[n])
+            check_student_init(task_cfgs[n], preps[n])
         augmented = augmented_training(cfg, preps[order[0]], rt) if named is None else None  # errors before teacher work
-        teachers = {n: get_teachers(stages[n], preps[n], base, attn, rt) for n in order}
+        teachers = {n: get_teachers(task_cfgs[n], preps[n], base, attn, rt) for n in order}
 
     repeat = augmented is None or augmented[1]["mode"] != "online"  # online: new inputs every epoch
     seed_everything(seed)
@@ -135,7 +135,7 @@ def run(cfg: Mapping[str, Any], run_dir: Path, rt: Runtime) -> dict[str, Any]:
     parts: dict[str, Any] = {}
     part_name = d_cls.part_name(name, d_cfg)
     for n in order:
-        model = build_student(stages[n], preps[n], teachers[n][0][0], attn, device)
+        model = build_student(task_cfgs[n], preps[n], teachers[n][0][0], attn, device)
         if students:  # the tasks' students share the first one's encoder
             first = next(iter(students.values()))
             setattr(model, model.base_model_prefix, getattr(first, first.base_model_prefix))
@@ -143,7 +143,7 @@ def run(cfg: Mapping[str, Any], run_dir: Path, rt: Runtime) -> dict[str, Any]:
         # a compiled student trains faster; it shares its parameters with `model`, which is saved
         trained = torch.compile(model) if trainer_cfg["compile"] else model
         models = [t[0] for t in teachers[n]]
-        parts[n] = build_distiller(part_name, stages[n], trained, models, preps[n], cfg["loss"], trainer_cfg, rt.tracker, repeat)
+        parts[n] = build_distiller(part_name, task_cfgs[n], trained, models, preps[n], cfg["loss"], trainer_cfg, rt.tracker, repeat)
     distiller = d_cls.assemble(parts, trainer_cfg, instantiate(cfg["optim"], _partial_=True), rt.tracker.log)
     loaders = {
         n: augmented[0] if augmented else train_loader(preps[n].features["train"], trainer_cfg, preps[n].tokenizer.pad_token_id, seed, rt.shard)
@@ -152,9 +152,8 @@ def run(cfg: Mapping[str, Any], run_dir: Path, rt: Runtime) -> dict[str, Any]:
     batches = d_cls.batches(loaders, {n: len(preps[n].features["train"]) for n in order}, d_cfg, seed)
     eval_bs = int(trainer_cfg["eval_batch_size"])
     dev = None if named is None else (_mean_dev_score(parts, preps, eval_bs, device), "score")  # None: the task's own
-    log.info("student: training with distiller=%s loss=%s", name, "+".join(sorted(cfg["loss"])))
-    checkpoints = checkpoint_store(cfg, run_dir, list(preps.values()), rt)
-    result = train_loop(distiller, preps[order[0]], trainer_cfg, seed, rt, batches, checkpoints, rt.data_parallel, dev)
+    stage = Stage("student", name, cfg["loss"], trainer_cfg, seed, checkpoint_store(cfg, run_dir, list(preps.values()), rt))
+    result = stage.run(distiller, preps[order[0]], rt, batches, rt.data_parallel, dev)
     plain = None
     if cfg["baselines"]["labels_only"]:  # every rank trains it, as it trains the student
         plain_store = checkpoint_store(cfg, run_dir, list(preps.values()), rt, "labels_only")

@@ -1,12 +1,14 @@
-"""One training stage: a distiller built over adaptors of the models and its loop run on a
-prepared task. Masked-LM pretraining, teacher fine-tuning, the labels-only baseline and the
-student are all built and trained through these functions, so they share one loop."""
+"""Training stages. A `Stage` is "train a model with a named distiller on a prepared task, with
+this objective, loop settings and seed, checkpointed here": masked-LM pretraining, teacher
+fine-tuning, the labels-only baseline, general and task distillation are all Stages, so they
+share one loop (`brewlab.loop`), one checkpoint format and one way of logging their start and end."""
 
 from __future__ import annotations
 
 import logging
 import shutil
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,40 @@ log = logging.getLogger("brewlab")
 
 
 HARD_ONLY = {"hard": {"kind": "hard", "weight": 1.0}}  # the objective of every labels-only stage
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One training stage of a run, named in `run.log` (pretrain, teacher, labels_only, student)."""
+
+    name: str
+    distiller: str  # registered name; the student's stage may assemble one from per-task parts
+    loss: Mapping[str, Any] = field(default_factory=lambda: HARD_ONLY)
+    loop: Mapping[str, Any] = field(default_factory=dict)  # the trainer settings of this stage
+    seed: int = 0
+    checkpoints: Any | None = None  # a CheckpointStore, or None (not resumable)
+
+    def build(
+        self, cfg: Mapping[str, Any], model: Any, teachers: Sequence[Any] | None, prep: Prepared, tracker: Any, inputs_repeat: bool = True
+    ) -> Any:
+        """This stage's distiller over `model` (and `teachers`)."""
+        return build_distiller(self.distiller, cfg, model, teachers, prep, self.loss, self.loop, tracker, inputs_repeat)
+
+    def run(
+        self,
+        distiller: Any,
+        prep: Prepared,
+        rt: Runtime,
+        batches: Any | None = None,
+        parallel: bool = False,
+        dev: tuple[Callable[[], dict[str, float]], str] | None = None,
+    ) -> Any:
+        """Fit `distiller` through the shared loop (resuming from this stage's checkpoints)."""
+        where = f", checkpoints in {self.checkpoints.directory}" if self.checkpoints is not None else ""
+        log.info("stage %s: distiller=%s loss=%s seed=%d%s", self.name, self.distiller, "+".join(sorted(self.loss)), self.seed, where)
+        result = train_loop(distiller, prep, self.loop, self.seed, rt, batches, self.checkpoints, parallel, dev)
+        log.info("stage %s: done, %d steps in %.1f s, best dev %.4g at step %d", self.name, result.steps, result.train_seconds, result.best_metric, result.best_step)
+        return result
 
 
 def build_distiller(
@@ -168,11 +204,11 @@ def labels_only_student(
     """The same student (architecture, seed, data order, trainer settings) trained on labels
     only: the row that distillation has to beat, made in the same run (`baselines.labels_only`),
     checkpointed into `checkpoints` like the student."""
-    log.info("labels_only: training the same student on labels only")
     seed_everything(seed)
     model = build_student(cfg, prep, teacher, attn, rt.device)
-    distiller = build_distiller("trainer", cfg, model, None, prep, HARD_ONLY, trainer_cfg, PrefixedTracker(rt.tracker, "labels_only/"))
-    return model, train_loop(distiller, prep, trainer_cfg, seed, rt, checkpoints=checkpoints, parallel=rt.data_parallel)
+    stage = Stage("labels_only", "trainer", HARD_ONLY, trainer_cfg, seed, checkpoints)
+    distiller = stage.build(cfg, model, None, prep, PrefixedTracker(rt.tracker, "labels_only/"))
+    return model, stage.run(distiller, prep, rt, parallel=rt.data_parallel)
 
 
 class PrefixedTracker:
@@ -186,6 +222,7 @@ class PrefixedTracker:
 
 
 def train_and_publish(
+    name: str,
     cfg: Mapping[str, Any],
     model: Any,
     prep: Prepared,
@@ -206,13 +243,13 @@ def train_and_publish(
     lr = cfg["optim"]["lr"] if train_cfg["lr"] is None else train_cfg["lr"]
     stage_cfg = {**cfg, "optim": {**cfg["optim"], "lr": lr}}
     loop_cfg = {**train_cfg, "checkpoint_every": cfg["trainer"]["checkpoint_every"]}
-    distiller = build_distiller("trainer", stage_cfg, model, None, prep, HARD_ONLY, loop_cfg, rt.tracker)
     store = CheckpointStore(
         rt.cache.checkpoints_of(directory), stable_hash([key, prep.data_id]), keep=int(cfg["trainer"]["checkpoints_kept"])
     )
     if cfg["resume"] is False:
         store.clear()
-    result = train_loop(distiller, prep, loop_cfg, int(train_cfg["seed"]), rt, checkpoints=store)
+    stage = Stage(name, "trainer", HARD_ONLY, loop_cfg, int(train_cfg["seed"]), store)
+    result = stage.run(stage.build(stage_cfg, model, None, prep, rt.tracker), prep, rt)
     build = rt.cache.build_dir(directory)
     save_model(model, prep.tokenizer, build)
     write_json_atomic(

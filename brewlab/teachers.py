@@ -44,7 +44,7 @@ def teacher_base(cfg: Mapping[str, Any], rt: Runtime) -> str | None:
     train_cfg = {**p_cfg["train"], "seed": stage_seed(p_cfg["train"], t_cfg)}
     torch.manual_seed(train_cfg["seed"])
     model = build_scratch(t_cfg["arch"], prep.tokenizer, prep.kind, prep.kind.num_labels(prep.label_names)).to(rt.device)
-    train_and_publish(stage, model, prep, train_cfg, directory, key, rt.with_tracker(PrefixedTracker(rt.tracker, "pretrain/")))
+    train_and_publish("pretrain", stage, model, prep, train_cfg, directory, key, rt.with_tracker(PrefixedTracker(rt.tracker, "pretrain/")))
     return str(directory)
 
 
@@ -150,7 +150,7 @@ def get_teacher(
         model = load_pretrained(base, prep.kind, num_labels, key="teacher base", new_head=True)
     model = model.to(rt.device)
     train_cfg = {**t_cfg["train"], "seed": stage_seed(t_cfg["train"], t_cfg)}
-    train_and_publish(cfg, model, prep, train_cfg, directory, key, rt.with_tracker(PrefixedTracker(rt.tracker, prefix)))
+    train_and_publish(prefix.rstrip("/"), cfg, model, prep, train_cfg, directory, key, rt.with_tracker(PrefixedTracker(rt.tracker, prefix)))
     set_attention(model, attn)
     return model.eval(), "trained", directory
 

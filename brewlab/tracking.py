@@ -60,13 +60,13 @@ class WandbTracker(NoTracker):
         super().__init__(cfg, run_dir, config, name, tags, group)
         import wandb
 
-        mode = os.environ.get("WANDB_MODE") or cfg.get("mode") or "offline"
+        mode = os.environ.get("WANDB_MODE") or cfg["mode"]
         os.environ.setdefault("WANDB_SILENT", "true")
         previous = run_dir / "wandb_run.json"
         run_id = json.loads(previous.read_text(encoding="utf-8")).get("id") if resume and previous.is_file() else None
         options = dict(
-            project=cfg.get("project", "brewlab"),
-            entity=cfg.get("entity"),
+            project=cfg["project"],
+            entity=cfg["entity"],
             dir=str(run_dir),
             name=name,
             tags=[t[:64] for t in tags],
@@ -80,7 +80,7 @@ class WandbTracker(NoTracker):
             log.warning("W&B: online logging asked for but no API key is set (wandb login): logging offline")
             mode = "offline"
         try:
-            self.run = wandb.init(mode=mode, settings=wandb.Settings(init_timeout=float(cfg.get("init_timeout", 60))),
+            self.run = wandb.init(mode=mode, settings=wandb.Settings(init_timeout=float(cfg["init_timeout"])),
                                   **options)
         except Exception as exc:  # noqa: BLE001 - no network, bad credentials, a W&B outage: never kill the run
             if mode == "offline":
@@ -136,4 +136,4 @@ def make_tracker(
     group: str | None,
     resume: bool = False,
 ) -> NoTracker:
-    return TRACKERS.get(cfg.get("name", "none"), "logger")(cfg, run_dir, config, name, tags, group, resume)
+    return TRACKERS.get(cfg["name"], "logger")(cfg, run_dir, config, name, tags, group, resume)

@@ -13,6 +13,15 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def pytest_collection_modifyitems(config, items) -> None:
+    """Two tiers: every test that starts `run.py` through the `cli` fixture is `slow` (like those
+    marked by hand: other subprocesses, sweeps, harnesses); `pytest -m "not slow"` keeps the
+    in-process tests, a few minutes on two cores."""
+    for item in items:
+        if "cli" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:
     """One teacher/tokenizer cache per test session (per xdist worker)."""
