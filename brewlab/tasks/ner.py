@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from brewlab.errors import BrewlabError
-from brewlab.tasks import KINDS, SOURCES, Example, KindBase, example_id
+from brewlab.tasks.base import KINDS, SOURCES, Example, KindBase, example_id
 from brewlab.tasks.classification import Classification
 from brewlab.tasks.pd98 import SOURCE_FILE, parse_tagged_line
 from brewlab.tasks.readers import package_file

@@ -11,7 +11,7 @@ from typing import Any
 
 from brewlab.errors import BrewlabError
 from brewlab.hub import hub_unreachable
-from brewlab.tasks import SOURCES, SPLITS, Example
+from brewlab.tasks.base import SOURCES, SPLITS, Example
 
 
 def package_file(package: str, relative: str, distribution: str | None = None) -> Path:
