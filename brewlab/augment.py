@@ -26,6 +26,7 @@ import numpy as np
 
 from brewlab.errors import BrewlabError, bad_choice
 from brewlab.registry import Registry
+from brewlab.schema import AugmentationOptions, MaskedLMOptions, options
 
 log = logging.getLogger("brewlab")
 
@@ -101,7 +102,7 @@ def check_config(aug_cfg: Mapping[str, Any]) -> None:
     """Startup check of the `augmentation` group (language-dependent action checks wait for the data)."""
     if aug_cfg.get("mode") not in MODES:
         raise bad_choice("augmentation.mode", aug_cfg.get("mode"), MODES)
-    if aug_cfg.get("language", "auto") not in LANGUAGES:
+    if options(aug_cfg, AugmentationOptions)["language"] not in LANGUAGES:
         raise bad_choice("augmentation.language", aug_cfg.get("language"), LANGUAGES)
     rate = aug_cfg.get("rate")
     if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not 0 < rate <= 1:
@@ -290,9 +291,10 @@ class MaskedLMReplace:
             )
         self.model = model.eval()
         self.rate = rate
-        self.top_k = int(op.get("top_k", 8))
-        self.batch_size = int(op.get("batch_size", 32))
-        self.max_length = min(int(op.get("max_length", 256)), int(self.model.config.max_position_embeddings))
+        settings = options(op, MaskedLMOptions)
+        self.top_k = int(settings["top_k"])
+        self.batch_size = int(settings["batch_size"])
+        self.max_length = min(int(settings["max_length"]), int(self.model.config.max_position_embeddings))
         pieces = self.tokenizer.convert_ids_to_tokens(list(range(len(self.tokenizer))))
         special = set(self.tokenizer.all_special_ids)
         self.pieces = pieces

@@ -14,6 +14,7 @@ from brewlab.cache import stable_hash
 from brewlab.files import write_jsonl
 from brewlab.prepare import Prepared, train_loader
 from brewlab.runtime import Runtime
+from brewlab.schema import AugmentationOptions, options
 from brewlab.teachers import teacher_base
 
 log = logging.getLogger("brewlab")
@@ -33,7 +34,7 @@ def augmented_training(cfg: Mapping[str, Any], prep: Prepared, rt: Runtime) -> t
         return None
     kind, rows, task_cfg = prep.kind, prep.rows["train"], cfg["task"]
     texts = [t for row in rows for t in kind.augment_texts(row) if t]
-    language = aug_cfg.get("language", "auto")
+    language = options(aug_cfg, AugmentationOptions)["language"]
     language = augment.detect_language(texts) if language == "auto" else language
     augment.check_language(aug_cfg, language)  # before any masked LM is loaded or pretrained
     models = {

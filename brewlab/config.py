@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from brewlab.errors import BrewlabError, bad_choice
+from brewlab.schema import AugmentationOptions, StudentOptions, TaskOptions, options
 
 TEACHER_KINDS = ("scratch", "pretrained_scratch", "hf")
 RESUME = ("auto", True, False)
@@ -98,7 +99,7 @@ def validate(cfg: Mapping[str, Any]) -> None:
             _check_utf8(Path(path), f"task.data.{split}_file")
     check_writable(cfg["cache_dir"], "cache_dir")
     _check_number("task.max_seq_length", task["max_seq_length"], 8)
-    fraction = task.get("train_fraction", 1.0)
+    fraction = options(task, TaskOptions)["train_fraction"]
     if not isinstance(fraction, (int, float)) or isinstance(fraction, bool) or not 0 < fraction <= 1:
         raise BrewlabError(f"task.train_fraction={fraction!r} must be a fraction in (0, 1]")
     if cfg["resume"] not in RESUME:
@@ -116,14 +117,14 @@ def validate(cfg: Mapping[str, Any]) -> None:
             classes = KINDS.get(task_cfg["kind"]).logit_classes(task_cfg)
             build_schedules(cfg["scheduler"], classes, f"task {name}")
 
-    for side in ("teacher", "student"):
+    for side, kind in (("teacher", teacher["kind"]), ("student", options(student, StudentOptions)["kind"])):
         arch = cfg[side].get("arch")
-        if cfg[side].get("kind", "bert") in ("scratch", "pretrained_scratch", "bert") and arch:
+        if kind in ("scratch", "pretrained_scratch", "bert") and arch:
             _check_heads(side, arch)
     t_shape = teacher_shape(teacher)
     _check_student_kind(student, KINDS.get(task["kind"]))
     s_shape = _shape(student["arch"])
-    if student.get("kind", "bert") == "bigru":  # whatever else `arch` holds (e.g. debug sizes), no attention
+    if options(student, StudentOptions)["kind"] == "bigru":  # whatever else `arch` holds (e.g. debug sizes), no attention
         s_shape = Shape(s_shape.num_layers, s_shape.hidden_size, 0)
     if student.get("init_from"):
         if student.get("init_from_teacher_layers"):
@@ -162,7 +163,7 @@ def validate(cfg: Mapping[str, Any]) -> None:
 def _check_student_kind(student: Mapping[str, Any], kind: Any) -> None:
     from brewlab.models import STUDENT_KINDS, bigru_head
 
-    name = student.get("kind", "bert")
+    name = options(student, StudentOptions)["kind"]
     if name not in STUDENT_KINDS:
         raise bad_choice("student.kind", name, STUDENT_KINDS)
     if name == "bigru":
@@ -185,6 +186,16 @@ def _check_loops(cfg: Mapping[str, Any]) -> None:
             schema.check(key, train, schema.StageTrain)
     schema.check("logger", cfg["logger"], schema.Logger)
     schema.check("", cfg, schema.TopLevel)
+    task = cfg["task"]
+    for key, values, options_of in (
+        ("student", cfg["student"], schema.StudentOptions),
+        ("teacher", teacher, schema.TeacherOptions),
+        ("task", task, schema.TaskOptions),
+        ("task.split", task.get("split") or {}, schema.SplitOptions),
+        ("task.tokenizer", task.get("tokenizer") or {}, schema.TokenizerOptions),
+        ("augmentation", cfg["augmentation"], schema.AugmentationOptions),
+    ):
+        schema.check(key, values, options_of)
     _check_device(str(cfg["trainer"]["device"]))
 
 
@@ -335,7 +346,7 @@ def _check_teachers(d_cfg: Mapping[str, Any], teacher: Mapping[str, Any]) -> Non
 def _check_mlm_language(cfg: Mapping[str, Any], name: str, op: Mapping[str, Any]) -> None:
     """The offline masked LM is pretrained on one language's corpus; on another language's text
     it would only propose [UNK]s, after a long pretraining."""
-    aug_language = (cfg.get("augmentation") or {}).get("language", "auto")
+    aug_language = options(cfg["augmentation"], AugmentationOptions)["language"]
     language = cfg["task"].get("language") if aug_language == "auto" else aug_language
     corpus = ((op.get("masked_lm") or {}).get("pretrain") or {}).get("task") or {}
     if language and corpus.get("language") and language != corpus["language"]:

@@ -15,6 +15,7 @@ import torch
 from brewlab.cache import Cache, stable_hash
 from brewlab.errors import BrewlabError
 from brewlab.files import atomic_open, publish_dir
+from brewlab.schema import TokenizerOptions, options
 
 log = logging.getLogger("brewlab")
 
@@ -68,7 +69,7 @@ def prepare_task(
         if (tok_dir / "tokenizer.json").is_file():
             tokenizer = load_tokenizer(str(tok_dir), "tokenizer cache")
         else:
-            tokenizer = build_char_tokenizer(texts, int(tok_cfg.get("min_freq", 1)), tok_cfg.get("max_size"))
+            tokenizer = build_char_tokenizer(texts, int(options(tok_cfg, TokenizerOptions)["min_freq"]), tok_cfg.get("max_size"))
             build = cache.build_dir(tok_dir)
             tokenizer.save_pretrained(str(build))
             publish_dir(build, tok_dir)

@@ -103,6 +103,55 @@ class TopLevel:
     seed: int = _f(dataclasses.MISSING, "the student's seed: initialisation, data order, dropout", integer=True)
 
 
+# Keys that presets of the other groups may leave out: their defaults live here, and code reads
+# such a section through `options` (the composed config, and so every fingerprint, is unchanged).
+
+
+@dataclass
+class StudentOptions:
+    kind: str = _f("bert", "bert: a BERT encoder built from `arch`; bigru: a BiGRU of `arch`", choices=("bert", "bigru"))
+
+
+@dataclass
+class TeacherOptions:
+    finetune: bool = _f(False, "train the teacher on the task first (always true for teacher=scratch)")
+
+
+@dataclass
+class TaskOptions:
+    train_fraction: float = _f(1.0, "keep this share of the training split (fixed seed)", gt=0)
+    label_field: str = _f("label", "the label's column in the source rows (classification)")
+
+
+@dataclass
+class SplitOptions:
+    seed: int = _f(1234, "seed that carves missing validation/test splits and draws train_fraction's subset", integer=True)
+
+
+@dataclass
+class TokenizerOptions:
+    min_freq: int = _f(1, "a character enters the built vocabulary once it occurs this often", ge=1)
+
+
+@dataclass
+class AugmentationOptions:
+    language: str = _f("auto", "the text's language for the augmenters (auto: detected from the data)", choices=("auto", "zh", "en"))
+
+
+@dataclass
+class MaskedLMOptions:
+    """An `augmentation.ops.<name>` of kind mlm."""
+
+    top_k: int = _f(8, "a replacement is drawn from the masked LM's k most likely tokens", ge=1)
+    batch_size: int = _f(32, "texts per masked-LM forward", ge=1)
+    max_length: int = _f(256, "tokens per text the masked LM reads (capped by its position embeddings)", ge=1)
+
+
+def options(values: Mapping[str, Any] | None, schema: type) -> dict[str, Any]:
+    """A config section with the keys of `schema` it leaves out filled from their defaults."""
+    return {**{f.name: f.default for f in dataclasses.fields(schema)}, **(values or {})}
+
+
 # loop keys that teacher stages did not write before this schema: a stage's cache key and a run's
 # fingerprint count them only when set away from the default, so entries made before stay valid
 UNKEYED_AT_DEFAULT = ("grad_accum", "precision", "nonfinite", "seed")

@@ -20,6 +20,7 @@ from brewlab.evaluation import evaluate
 from brewlab.files import publish_dir, write_json_atomic
 from brewlab.prepare import DeviceLoader, Prepared, train_loader
 from brewlab.runtime import Runtime, seed_everything
+from brewlab.schema import StudentOptions, options
 
 log = logging.getLogger("brewlab")
 
@@ -169,7 +170,7 @@ def build_student(cfg: Mapping[str, Any], prep: Prepared, teacher: Any, attn: st
     init_from = s_cfg.get("init_from")
     if init_from:
         model = load_pretrained(init_from, prep.kind, num_labels, attn, key="student.init_from", new_head=True)
-    elif s_cfg.get("kind", "bert") == "bigru":
+    elif options(s_cfg, StudentOptions)["kind"] == "bigru":
         model = build_bigru(s_cfg["arch"], prep.tokenizer, prep.kind, num_labels)
     else:
         model = build_scratch(s_cfg["arch"], prep.tokenizer, prep.kind, num_labels, attn)

@@ -15,7 +15,7 @@ from brewlab.config import teacher_source
 from brewlab.errors import BrewlabError
 from brewlab.prepare import Prepared, prepare_task
 from brewlab.runtime import Runtime
-from brewlab.schema import keyed
+from brewlab.schema import TeacherOptions, keyed, options
 from brewlab.stages import PrefixedTracker, train_and_publish
 
 log = logging.getLogger("brewlab")
@@ -116,7 +116,7 @@ def get_teacher(
 
     t_cfg = cfg["teacher"]
     num_labels = prep.kind.num_labels(prep.label_names)
-    finetune = t_cfg["kind"] == "scratch" or bool(t_cfg.get("finetune", False))
+    finetune = t_cfg["kind"] == "scratch" or bool(options(t_cfg, TeacherOptions)["finetune"])
     if base is not None and not finetune:
         model = load_pretrained(base, prep.kind, num_labels, attn)
         if model.config.vocab_size < len(prep.tokenizer):

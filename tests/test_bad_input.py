@@ -15,6 +15,9 @@ CASES = [
     (["distiller=magic"], 1, ["distiller/magic", "Available options in 'distiller'", "general"]),
     (["task=imdb"], 1, ["task/imdb", "Available options in 'task'", "reviews_zh"]),
     (["student=t99"], 1, ["student/t99", "Available options in 'student'", "t3_small"]),
+    (["task.tokenizer.min_freq=0"], 2, ["task.tokenizer.min_freq=0 must be a number >= 1"]),
+    (["task.split.seed=1.5"], 2, ["task.split.seed=1.5 must be an integer"]),
+    (["+student.kind=lstm"], 2, ["student.kind='lstm' is not valid; choose one of: bert, bigru"]),
     (["distiller.name=magic"], 2, ["distiller='magic' is not valid; choose one of: basic, general, multi_task, multi_teacher, trainer"]),
     (["loss.kd.fn=js"], 2, ["loss.kd.fn='js' is not valid; choose one of: ce, kl, mse"]),
     (

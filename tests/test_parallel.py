@@ -45,6 +45,7 @@ def run(prefix: list[str], run_dir, cache, *overrides: str) -> subprocess.Comple
     return proc
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss", ["kd+hard", "nst+hidden"])
 def test_two_gloo_ranks_train_like_one_process_with_the_global_batch(tmp_path, cache_dir, loss):
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]

@@ -109,6 +109,7 @@ def test_tokenised_splits_are_cached_and_a_broken_entry_is_rebuilt(tmp_path, cap
     assert max(len(f["input_ids"]) for f in shorter.features["train"]) == 16
 
 
+@pytest.mark.slow
 def test_benchmark_quick_mode_prints_every_figure(cache_dir):
     env = {**os.environ, "BREWLAB_CACHE": str(cache_dir), "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(

@@ -109,7 +109,7 @@ def _check_run_log(text: str) -> None:
     terms and learning rate) and every evaluation. Smoke: 6 steps, a log every 2, one dev pass."""
     import re
 
-    teacher, student = text.split("student: training with distiller=general loss=hard+kd")
+    teacher, student = text.split("stage student: distiller=general loss=hard+kd seed=1, checkpoints in ")
     for stage, terms in ((teacher, {"hard", "loss"}), (student, {"hard", "kd", "loss"})):
         intervals = re.findall(r"step (\d+)/6 lr \S+ (.*)", stage)
         assert [int(step) for step, _ in intervals] == [2, 4, 6]
@@ -117,6 +117,10 @@ def _check_run_log(text: str) -> None:
             assert {kv.split("=")[0] for kv in shown.split()} == terms
         assert len(re.findall(r"step 6/6 dev accuracy=0\.\d+ examples_per_second=\S+ macro_f1=0\.\d+\n", stage)) == 1
     assert "teacher: training from scratch" in teacher and "cached " in teacher
+    # each stage's start and end, in the same words
+    assert re.search(r"stage teacher: distiller=trainer loss=hard seed=0, checkpoints in \S+/checkpoints/teachers/", teacher)
+    for stage, part in (("teacher", teacher), ("student", student)):
+        assert re.search(rf"stage {stage}: done, 6 steps in [\d.]+ s, best dev 0\.\d+ at step 6\n", part)
 
 
 def test_wandb_offline_files_in_run_dir(cli):

@@ -181,6 +181,7 @@ def test_pretrain_general_distill_and_task_stage_end_to_end(cli, tmp_path):
     assert "teacher: training" not in proc.stdout + proc.stderr  # refused before any teacher work
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("task", "metric", "floor"), [("reviews_zh", "test_accuracy", 60.0), ("pd98_ner", "test_f1", 25.0)]
 )

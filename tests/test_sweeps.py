@@ -9,7 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import ROOT, read_metrics, run_cli
+
+pytestmark = pytest.mark.slow  # every test here launches run.py sweeps
 
 SMOKE = ["debug=smoke", "distiller=general"]
 
@@ -149,7 +152,6 @@ def test_submitit_local_runs_and_slurm_composes(tmp_path, cache_dir):
 
 def test_optuna_search_maximises_the_metric_run_py_returns(tmp_path, cache_dir):
     """run.py returns the student's dev metric: Optuna's best value is the best job's metric."""
-    import pytest
     import yaml
 
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="optional extra: pip install -e .[optuna]")

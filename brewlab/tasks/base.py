@@ -21,6 +21,7 @@ import numpy as np
 
 from brewlab.errors import BrewlabError
 from brewlab.registry import Registry
+from brewlab.schema import SplitOptions, TaskOptions, options
 
 SPLITS = ("train", "validation", "test")
 
@@ -158,10 +159,10 @@ def load_task_data(cfg: Mapping) -> TaskData:
     label_names = list(cfg["label_names"])
     splits = _carve_splits(raw, cfg.get("split") or {})
     splits = {name: [kind.normalise(row, label_names, cfg, name) for row in rows] for name, rows in splits.items()}
-    fraction = cfg.get("train_fraction", 1.0)
+    fraction = options(cfg, TaskOptions)["train_fraction"]
     if fraction < 1:  # a fixed-seed subset, in the split's order, so runs with one fraction agree
         keep = max(1, math.ceil(round(fraction * len(splits["train"]), 6)))  # 0.07 * 100 is 7, not 8
-        chosen = sorted(random.Random(int((cfg.get("split") or {}).get("seed", 1234))).sample(range(len(splits["train"])), keep))
+        chosen = sorted(random.Random(int(options(cfg.get("split"), SplitOptions)["seed"])).sample(range(len(splits["train"])), keep))
         splits["train"] = [splits["train"][i] for i in chosen]
     limits = cfg.get("limit") or {}
     for name in SPLITS:
@@ -177,7 +178,7 @@ def _carve_splits(raw: dict[str, list[Example]], split_cfg: Mapping) -> dict[str
     if "all" not in raw and not missing:
         return out
     pool = list(raw["all"] if "all" in raw else raw["train"])
-    random.Random(int(split_cfg.get("seed", 1234))).shuffle(pool)
+    random.Random(int(options(split_cfg, SplitOptions)["seed"])).shuffle(pool)
     total = len(pool)
     for split in missing:
         n = int(round(float(split_cfg.get(split, 0.1)) * total))
