@@ -81,7 +81,8 @@ def _check_number(key: str, value: Any, minimum: float, inclusive: bool = True) 
 
 def validate(cfg: Mapping[str, Any]) -> None:
     """Check the whole composed (plain) config; raise on the first problem found."""
-    from brewlab.distillers import DISTILLERS, parse_objective
+    from brewlab.distillers import DISTILLERS
+    from brewlab.objective import parse_objective
     from brewlab.schedulers import build_schedules
     from brewlab.tasks import KINDS, SOURCES, kind_of
     from brewlab.tracking import TRACKERS

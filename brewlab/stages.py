@@ -79,7 +79,8 @@ def build_distiller(
     from hydra.utils import instantiate
 
     from brewlab.adaptors import HFAdaptor, TeacherEnsemble
-    from brewlab.distillers import DISTILLERS, build_projections, parse_objective
+    from brewlab.distillers import DISTILLERS
+    from brewlab.objective import build_projections, parse_objective
     from brewlab.schedulers import build_schedules
 
     distiller_cls = DISTILLERS.get(name, "distiller")
@@ -91,6 +92,7 @@ def build_distiller(
         many = distiller_cls.many_teachers
         teacher = TeacherEnsemble(views, d_cfg["combine"], d_cfg.get("weights")) if many else views[0]
     objective = parse_objective(loss_cfg, teacher, student)
+    log.info("objective (distiller=%s): %s", name, objective)
     # with the data read, every task's class count is known (an MLM's vocabulary too): the
     # temperature's bound is checked again before any KD step, where a temperature is used
     task_cfg = cfg.get("task") or {}  # harnesses may build a distiller from a partial config

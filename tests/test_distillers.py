@@ -9,9 +9,10 @@ from transformers import BertConfig, BertForSequenceClassification
 
 from brewlab.adaptors import HFAdaptor
 from brewlab.config import Shape
-from brewlab.distillers import DISTILLERS, TeacherCache, build_projections, parse_objective, uniform_pairs
+from brewlab.distillers import DISTILLERS, TeacherCache
 from brewlab.errors import BrewlabError
 from brewlab.models import count_parameters, init_from_teacher_layers
+from brewlab.objective import build_projections, parse_objective, uniform_pairs
 from brewlab.schedulers import build_schedules
 from brewlab.schema import trainer_settings
 from brewlab.tasks.classification import Classification
@@ -246,3 +247,16 @@ def test_only_an_unpadded_batch_drops_its_mask():
     padded = torch.tensor([[1, 1, 0], [1, 1, 1]])
     assert _padding_mask(torch.ones(2, 3, dtype=torch.long)) is None
     assert _padding_mask(padded) is padded
+
+
+def test_the_objective_prints_the_formula_it_computes():
+    from brewlab.objective import LogitTerm, MatchTerm, Objective
+
+    kd = LogitTerm("kd", None, 1.0, True, "kl")
+    nst = MatchTerm("nst", "nst", "hidden", [(2, 1), (4, 2)], 0.5, None)
+    hidden = MatchTerm("hidden", "hidden_mse", "hidden", [(0, 0), (4, 2)], 2.0, "linear")
+    assert str(Objective([kd], 0.3, [nst, hidden])) == (
+        "0.3*hard + 1*kd(kl, T^2-scaled) + 0.5*nst(nst on hidden, teacher>student layers 2>1 4>2)"
+        " + 2*hidden(hidden_mse on hidden, teacher>student layers 0>0 4>2, linear projection)"
+    )
+    assert str(Objective([], 0.0, [])) == "0"

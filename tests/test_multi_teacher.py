@@ -12,9 +12,10 @@ from test_distillers import KD_HARD, batch, tiny
 
 from brewlab.adaptors import HFAdaptor, TeacherEnsemble
 from brewlab.config import _check_teachers
-from brewlab.distillers import DISTILLERS, parse_objective
+from brewlab.distillers import DISTILLERS
 from brewlab.errors import BrewlabError
 from brewlab.losses import mean_logits, mean_probs
+from brewlab.objective import parse_objective
 from brewlab.schedulers import build_schedules
 from brewlab.schema import trainer_settings
 from brewlab.tasks.classification import Classification

@@ -19,7 +19,8 @@ from transformers import BertConfig, BertForSequenceClassification, BertForToken
 from brewlab.adaptors import HFAdaptor
 from brewlab.cache import Cache
 from brewlab.data import make_loader
-from brewlab.distillers import DISTILLERS, parse_objective
+from brewlab.distillers import DISTILLERS
+from brewlab.objective import parse_objective
 from brewlab.prepare import prepare_task
 from brewlab.schedulers import build_schedules
 from brewlab.schema import trainer_settings

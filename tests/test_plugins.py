@@ -9,8 +9,8 @@ import textwrap
 from conftest import read_metrics
 
 from brewlab.config import Shape
-from brewlab.distillers import parse_objective
 from brewlab.losses import MATCH_LOSSES
+from brewlab.objective import parse_objective
 
 PAIR_LOSS = '''
 import json, os

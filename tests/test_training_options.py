@@ -9,7 +9,8 @@ from conftest import read_metrics
 from test_distillers import KD_HARD, batch, tiny
 
 from brewlab.adaptors import HFAdaptor
-from brewlab.distillers import DISTILLERS, parse_objective
+from brewlab.distillers import DISTILLERS
+from brewlab.objective import parse_objective
 from brewlab.schedulers import build_schedules
 from brewlab.schema import trainer_settings
 from brewlab.tasks.classification import Classification
