@@ -136,9 +136,9 @@ def validate(cfg: Mapping[str, Any]) -> None:
     objective = parse_objective(cfg["loss"], t_shape if distiller.uses_teacher else None, s_shape)
     _check_augmentation(cfg, KINDS.get(task["kind"]), distiller, objective)
     if distiller.many_teachers or cfg["distiller"].get("teachers"):
-        _check_teachers(cfg["distiller"], teacher)
+        check_teachers(cfg["distiller"], teacher)
     if named is not None:
-        _check_tasks(cfg)
+        check_tasks(cfg)
     _check_baselines(cfg, distiller)
     if objective.matches and not distiller.allows_matches:
         names = ", ".join(m.name for m in objective.matches)
@@ -289,7 +289,7 @@ def _check_baselines(cfg: Mapping[str, Any], distiller: Any) -> None:
         )
 
 
-def _check_tasks(cfg: Mapping[str, Any]) -> None:
+def check_tasks(cfg: Mapping[str, Any]) -> None:
     """`distiller.tasks`: task configs (composed from conf/task presets) and the sampling tau."""
     from brewlab import augment
     from brewlab.tasks import kind_of
@@ -310,7 +310,7 @@ def _check_tasks(cfg: Mapping[str, Any]) -> None:
         raise BrewlabError("augmentation works with single-task distillers; use augmentation=none with distiller=multi_task")
 
 
-def _check_teachers(d_cfg: Mapping[str, Any], teacher: Mapping[str, Any]) -> None:
+def check_teachers(d_cfg: Mapping[str, Any], teacher: Mapping[str, Any]) -> None:
     """`distiller.teachers`: overrides of the run's teacher or model directories, with weights."""
     from brewlab.losses import TEACHER_COMBINERS
 

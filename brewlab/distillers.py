@@ -218,7 +218,7 @@ class Distiller:
                 )
                 parts[term.name] = value
                 total_loss = total_loss + kd_w * term.weight * value
-        mask = _padding_mask(s_view.mask) if obj.matches else None
+        mask = padding_mask(s_view.mask) if obj.matches else None
         for term in obj.matches:
             value = self._match(term, s_view, t_view, mask)
             parts[term.name] = value
@@ -317,7 +317,7 @@ class Distiller:
         return FitResult(metric, best_step, state.step, seconds, state.history, state.values)
 
 
-def _padding_mask(mask: torch.Tensor) -> torch.Tensor | None:
+def padding_mask(mask: torch.Tensor) -> torch.Tensor | None:
     """The attention mask, or None when nothing in the batch is padded so the match losses skip
     their selects. Only CPU batches are checked: on an accelerator the check is a host sync."""
     if mask.device.type == "cpu" and bool(mask.all()):

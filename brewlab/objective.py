@@ -15,6 +15,7 @@ from torch import nn
 
 from brewlab.errors import BrewlabError
 from brewlab.losses import LOGIT_LOSSES, MATCH_LOSSES
+from brewlab.schema import LossTermOptions, options
 
 PROJECTIONS = {"linear": None, "relu": nn.ReLU, "tanh": nn.Tanh}
 FEATURES = ("hidden", "attention")
@@ -101,16 +102,17 @@ def parse_objective(loss_cfg: Mapping[str, Any], teacher: Any | None, student: A
     matches: list[MatchTerm] = []
     for name, term in loss_cfg.items():
         key = f"loss.{name}"
-        kind = term.get("kind")
-        weight = term.get("weight", 1.0)
+        term = options(term, LossTermOptions)
+        kind = term.get("kind")  # hard, logits or match: no default, a term must say
+        weight = term["weight"]
         if not isinstance(weight, (int, float)) or isinstance(weight, bool) or weight < 0 or math.isnan(weight):
             raise BrewlabError(f"{key}.weight={weight!r} must be a number >= 0")
         if kind == "hard":
             hard_weight += float(weight)
         elif kind == "logits":
-            fn_name = term.get("fn", "ce")
+            fn_name = term["fn"] or "ce"
             fn = LOGIT_LOSSES.get(fn_name, f"{key}.fn")
-            logit_terms.append(LogitTerm(name, fn, float(weight), bool(term.get("t2_scaling", False)), fn_name))
+            logit_terms.append(LogitTerm(name, fn, float(weight), bool(term["t2_scaling"]), fn_name))
         elif kind == "match":
             if teacher is None:
                 continue
@@ -132,7 +134,7 @@ def _parse_match(name: str, term: Mapping[str, Any], weight: float, teacher: Any
     if feature == "attention" and min(teacher.num_heads, student.num_heads) == 0:
         side = "student" if student.num_heads == 0 else "teacher"
         raise BrewlabError(f"{key}.feature=attention: the {side} has no attention maps (a BiGRU); match hidden states")
-    layers = term.get("layers", "uniform")
+    layers = term["layers"]
     if layers == "uniform":
         base = uniform_pairs(teacher.num_layers, student.num_layers, feature)
         if props.layers == "consecutive":
@@ -154,7 +156,7 @@ def _parse_match(name: str, term: Mapping[str, Any], weight: float, teacher: Any
                     raise BrewlabError(
                         f"{key}.layers: {side} layer {layer} is beyond the {side}'s depth ({feature} layers 0..{limit})"
                     )
-    proj = term.get("proj")
+    proj = term["proj"]
     if proj is not None and proj not in PROJECTIONS:
         raise BrewlabError(f"{key}.proj={proj!r} is not valid; choose one of: {', '.join(PROJECTIONS)}, null")
     needs_proj = props.same_size and teacher.hidden_size != student.hidden_size

@@ -147,6 +147,17 @@ class MaskedLMOptions:
     max_length: int = _f(256, "tokens per text the masked LM reads (capped by its position embeddings)", ge=1)
 
 
+@dataclass
+class LossTermOptions:
+    """A `loss.<term>` entry (its `kind`: hard, logits or match, is always written)."""
+
+    weight: float = _f(1.0, "the term's weight in the total loss", ge=0)
+    fn: str | None = _f(None, "logits: ce, kl or mse (null: ce); match: the registered match loss")
+    t2_scaling: bool = _f(False, "logits: multiply by T^2 (Hinton's gradient correction)")
+    layers: Any = _f("uniform", "match: uniform, or a list of {teacher: i, student: j} pairs")
+    proj: str | None = _f(None, "match: projection of student features to the teacher's size (linear, relu, tanh)")
+
+
 def options(values: Mapping[str, Any] | None, schema: type) -> dict[str, Any]:
     """A config section with the keys of `schema` it leaves out filled from their defaults."""
     return {**{f.name: f.default for f in dataclasses.fields(schema)}, **(values or {})}

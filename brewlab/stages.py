@@ -234,11 +234,12 @@ def train_and_publish(
     key: str,
     rt: Runtime,
 ) -> None:
-    """Train `model` on the task's labels and publish it (with its tokenizer) to `directory`,
-    written aside and renamed into place so an interrupted run never leaves a half cache.
+    """Train `model` on the task's labels as stage `name` (pretrain, teacher, teacher<i>) and
+    publish it (with its tokenizer) to `directory`, written aside and renamed into place so an
+    interrupted run never leaves a half cache.
 
-    The stage checkpoints like the student's (every `trainer.checkpoint_every` steps and after
-    each evaluation) into the cache, keyed like the entry, so a killed run, or any later run
+    The stage checkpoints like the student's (every `trainer.checkpoint_every` steps, after
+    each evaluation and at its end) into the cache, keyed like the entry, so a killed run, or any later run
     that needs the same entry, continues it instead of starting over."""
     from brewlab.checkpoint import CheckpointStore
     from brewlab.models import save_model

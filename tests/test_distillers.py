@@ -242,11 +242,11 @@ def test_teacher_cache_reads_checkpoints_of_the_older_row_layout():
 
 
 def test_only_an_unpadded_batch_drops_its_mask():
-    from brewlab.distillers import _padding_mask
+    from brewlab.distillers import padding_mask
 
     padded = torch.tensor([[1, 1, 0], [1, 1, 1]])
-    assert _padding_mask(torch.ones(2, 3, dtype=torch.long)) is None
-    assert _padding_mask(padded) is padded
+    assert padding_mask(torch.ones(2, 3, dtype=torch.long)) is None
+    assert padding_mask(padded) is padded
 
 
 def test_the_objective_prints_the_formula_it_computes():

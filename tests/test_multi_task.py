@@ -68,8 +68,8 @@ def test_multi_task_with_several_teachers_per_task(cli):
 def test_task_list_errors(distiller, message):
     import re
 
-    from brewlab.config import _check_tasks
+    from brewlab.config import check_tasks
     from brewlab.errors import BrewlabError
 
     with pytest.raises(BrewlabError, match=re.escape(message)):
-        _check_tasks({"distiller": distiller, "augmentation": {"ops": {}}})
+        check_tasks({"distiller": distiller, "augmentation": {"ops": {}}})

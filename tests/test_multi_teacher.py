@@ -11,7 +11,7 @@ from conftest import read_metrics
 from test_distillers import KD_HARD, batch, tiny
 
 from brewlab.adaptors import HFAdaptor, TeacherEnsemble
-from brewlab.config import _check_teachers
+from brewlab.config import check_teachers
 from brewlab.distillers import DISTILLERS
 from brewlab.errors import BrewlabError
 from brewlab.losses import mean_logits, mean_probs
@@ -108,7 +108,7 @@ TEACHER = {"name": "scratch", "kind": "scratch", "seed": 0, "arch": {}, "train":
 )
 def test_teacher_list_errors(d_cfg, message):
     with pytest.raises(BrewlabError, match=re.escape(message)):
-        _check_teachers(d_cfg, TEACHER)
+        check_teachers(d_cfg, TEACHER)
 
 
 def test_multi_teacher_run_reports_each_teacher_and_the_ensemble(cli):
