@@ -346,9 +346,22 @@ def realdata_child(contender: str, overrides: list[str]) -> dict[str, Any]:
         "epoch_examples_per_s": [n / s for s in seconds],
         "dev": best,
         "main_metric": main,
-        "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "rss_mb": peak_rss_mb(),
         "train_examples": n,
     }
+
+
+def peak_rss_mb() -> float:
+    """This process's own peak RSS. Linux's ru_maxrss survives exec, so a child started by a
+    large parent reports at least the parent's size; VmHWM belongs to the process's own memory
+    map (made new at exec), so it counts only what the contender itself used."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def child(contender: str, overrides: list[str]) -> dict[str, Any]:
