@@ -166,3 +166,17 @@ def test_heap_trimmer_runs_once_per_process_and_releases_freed_memory():
     before = rss_mb()
     ctypes.CDLL("libc.so.6").malloc_trim(0)
     assert rss_mb() < before - 200
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="VmHWM is Linux's")
+def test_a_contender_peak_rss_is_its_own_not_its_parents():
+    # ru_maxrss survives exec: a small child of a large parent would report the parent's size
+    big = bytearray(400 * 1024 * 1024)
+    big[:: 4096] = b"\x01" * len(big[:: 4096])  # touch every page, so the parent holds 400 MB
+    probe = (
+        f"import sys, resource; sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); import bench; "
+        "print(bench.peak_rss_mb(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
+    )
+    own, inherited = map(float, subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split())
+    assert inherited > 400 > own
+    del big
