@@ -454,9 +454,10 @@ def _check_keys(section: Mapping[str, Any], where: str, allowed: set[str]) -> No
             raise BrewlabError(f"{where}.{key} is not a known key; known keys: {known}")
 
 
-def _kind_name(cfg: Mapping[str, Any], key: str, where: str, default: str = "constant") -> str:
-    value = cfg.get(key, default)
-    if not isinstance(value, str):
+def _kind_name(cfg: Mapping[str, Any], key: str, where: str) -> str | None:
+    """The schedule named at `key`, or None when the section leaves it out."""
+    value = cfg.get(key)
+    if value is not None and not isinstance(value, str):
         raise BrewlabError(f"{where}={value!r} must be a schedule name")
     return value
 
@@ -464,13 +465,14 @@ def _kind_name(cfg: Mapping[str, Any], key: str, where: str, default: str = "con
 def build_schedules(cfg: Mapping[str, Any], num_classes: int | None = None, where: str = "the task") -> Schedules:
     """Validate the `scheduler` config section and return a `Schedules`.
 
-    Expected shape (every key optional; defaults shown)::
+    Expected shape (every key optional: a missing one takes the `Schedules` field's neutral
+    default; a composed run carries every key, from conf/scheduler_base.yaml)::
 
-        temperature: {kind: constant, base: 1.0, beta: ..., gamma: ...}
-        kd_weight: constant
-        hard_weight: constant
-        lr: {kind: linear, warmup_ratio: 0.0, cut_frac: ..., ratio: ...}
-        probability_shift: false
+        temperature: {kind, base, beta, gamma, eps}
+        kd_weight: <weight schedule>
+        hard_weight: <weight schedule>
+        lr: {kind, warmup_ratio, cut_frac, ratio}
+        probability_shift: <bool>
 
     Temperature and LR parameters are accepted whenever any kind of their schedule takes
     them and are ignored by the kinds that don't (so switching `kind` needs no other edit);
@@ -491,16 +493,20 @@ def build_schedules(cfg: Mapping[str, Any], num_classes: int | None = None, wher
     lr_params = _tunable_params(LR_SCHEDULES, skip=frozenset())
     _check_keys(lr, "scheduler.lr", {"kind", "warmup_ratio"} | lr_params)
 
+    # a key the section leaves out takes the `Schedules` field's default, its one home here
+    given = {
+        "temperature_kind": _kind_name(temp, "kind", "scheduler.temperature.kind"),
+        "temperature_base": temp.get("base"),
+        "kd_weight_kind": _kind_name(cfg, "kd_weight", "scheduler.kd_weight"),
+        "hard_weight_kind": _kind_name(cfg, "hard_weight", "scheduler.hard_weight"),
+        "lr_kind": _kind_name(lr, "kind", "scheduler.lr.kind"),
+        "warmup_ratio": lr.get("warmup_ratio"),
+        "probability_shift": cfg.get("probability_shift"),
+    }
     schedules = Schedules(
-        temperature_kind=_kind_name(temp, "kind", "scheduler.temperature.kind"),
-        temperature_base=temp.get("base", 1.0),
         temperature_params={k: temp[k] for k in temp if k in temp_params},
-        kd_weight_kind=_kind_name(cfg, "kd_weight", "scheduler.kd_weight"),
-        hard_weight_kind=_kind_name(cfg, "hard_weight", "scheduler.hard_weight"),
-        lr_kind=_kind_name(lr, "kind", "scheduler.lr.kind", default="linear"),
-        warmup_ratio=lr.get("warmup_ratio", 0.0),
         lr_params={k: lr[k] for k in lr if k in lr_params},
-        probability_shift=cfg.get("probability_shift", False),
+        **{k: v for k, v in given.items() if v is not None},
     )
     schedules.check_temperature_bound(num_classes, where)
     return schedules
