@@ -148,6 +148,13 @@ class MaskedLMOptions:
 
 
 @dataclass
+class MaskingOptions:
+    """`task.masking` of the masked-LM task (its `prob` and `seed` are always written)."""
+
+    whole_word: bool = _f(False, "mask whole jieba words, not single characters")
+
+
+@dataclass
 class LossTermOptions:
     """A `loss.<term>` entry (its `kind`: hard, logits or match, is always written)."""
 

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from brewlab.errors import BrewlabError
+from brewlab.schema import MaskingOptions, options
 from brewlab.tasks.base import KINDS, SOURCES, Example, KindBase, load_task_data
 from brewlab.tasks.ner import TokenClassification
 from brewlab.tasks.pd98 import parse_tagged_line
@@ -188,7 +189,7 @@ class MaskedLM(KindBase):
     @staticmethod
     def encode(rows: Sequence[Example], tokenizer: Any, cfg: Mapping) -> list[dict[str, Any]]:
         masking = cfg["masking"]
-        whole_word = bool(masking.get("whole_word", False))
+        whole_word = bool(options(masking, MaskingOptions)["whole_word"])
         enc = tokenizer(
             [r["text"] for r in rows],
             truncation=True,
