@@ -26,13 +26,12 @@ import numpy as np
 
 from brewlab.errors import BrewlabError, bad_choice
 from brewlab.registry import Registry
-from brewlab.schema import AugmentationOptions, MaskedLMOptions, options
+from brewlab.schema import MaskedLMOptions, options
 
 log = logging.getLogger("brewlab")
 
 AUGMENTERS: Registry = Registry("augmentation.ops.<name>.kind")
 MODES = ("offline", "online")
-LANGUAGES = ("auto", "zh", "en")
 CHAR_ACTIONS = {
     "zh": ("swap", "delete", "insert", "substitute"),
     "en": ("swap", "delete", "insert", "substitute", "keyboard", "ocr"),
@@ -102,8 +101,6 @@ def check_config(aug_cfg: Mapping[str, Any]) -> None:
     """Startup check of the `augmentation` group (language-dependent action checks wait for the data)."""
     if aug_cfg.get("mode") not in MODES:
         raise bad_choice("augmentation.mode", aug_cfg.get("mode"), MODES)
-    if options(aug_cfg, AugmentationOptions)["language"] not in LANGUAGES:
-        raise bad_choice("augmentation.language", aug_cfg.get("language"), LANGUAGES)
     rate = aug_cfg.get("rate")
     if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not 0 < rate <= 1:
         raise BrewlabError(f"augmentation.rate={rate!r} must be a fraction in (0, 1]")

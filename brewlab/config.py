@@ -162,11 +162,9 @@ def validate(cfg: Mapping[str, Any]) -> None:
 
 
 def _check_student_kind(student: Mapping[str, Any], kind: Any) -> None:
-    from brewlab.models import STUDENT_KINDS, bigru_head
+    from brewlab.models import bigru_head
 
-    name = options(student, StudentOptions)["kind"]
-    if name not in STUDENT_KINDS:
-        raise bad_choice("student.kind", name, STUDENT_KINDS)
+    name = options(student, StudentOptions)["kind"]  # its choices are checked with the schema's
     if name == "bigru":
         bigru_head(kind)
         if student.get("init_from_teacher_layers"):

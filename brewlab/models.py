@@ -18,9 +18,6 @@ from brewlab.errors import BrewlabError
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
 
 
-STUDENT_KINDS = ("bert", "bigru")
-
-
 def _auto_class(kind: Any):
     import transformers
 
