@@ -307,7 +307,7 @@ def realdata_child(contender: str, overrides: list[str]) -> dict[str, Any]:
     device = rt.device
     base = teacher_base(cfg, rt)
     prep = prepare_task(cfg, rt.cache, tokenizer_from=base)
-    teacher = get_teacher(cfg, prep, base, "sdpa", rt)[0]
+    teacher = get_teacher(cfg, prep, base, "sdpa", rt).model
     if contender == "prepare":
         return {}
     seed_everything(int(cfg["seed"]))

@@ -10,7 +10,7 @@ kind brings a class with the same three properties and call.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,9 +41,18 @@ class ModelView:
 class HFAdaptor:
     """Adaptor for Hugging Face encoder models with a task head."""
 
+    stored = False  # outputs come from running the model (see brewlab.teacher_store.StoredView)
+
     def __init__(self, model: nn.Module, kind: Any) -> None:
         self.model = model
         self.kind = kind
+
+    store_entries: list[str] = []  # the teacher-store entries it reads: none
+
+    @property
+    def online(self) -> HFAdaptor:
+        """The adaptor that runs the model on any batch (evaluation): this one."""
+        return self
 
     @property
     def num_layers(self) -> int:
@@ -72,6 +81,30 @@ class HFAdaptor:
         )
 
 
+class LazyAdaptor(HFAdaptor):
+    """`HFAdaptor` over a model loaded on first use (a cached teacher whose outputs may all be in
+    the teacher store); its sizes come from the model's config, which loads no weights."""
+
+    def __init__(self, load: Callable[[], nn.Module], config: Callable[[], Any], kind: Any) -> None:
+        self._load, self._config, self.kind = load, config, kind
+
+    @property
+    def model(self) -> nn.Module:  # type: ignore[override]
+        return self._load()
+
+    @property
+    def num_layers(self) -> int:
+        return int(self._config().num_hidden_layers)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self._config().hidden_size)
+
+    @property
+    def num_heads(self) -> int:
+        return int(self._config().num_attention_heads)
+
+
 class TeacherEnsemble:
     """Several teacher adaptors seen as one: its logits are the teachers' logits combined by a
     `losses.TEACHER_COMBINERS` function, so every distiller (and the evaluation) can use an
@@ -82,9 +115,27 @@ class TeacherEnsemble:
 
         self.members = members
         self.kind = members[0].kind
+        self.combine_name, self.weight_list = combine, weights
         self.combine = TEACHER_COMBINERS.get(combine, "distiller.combine")
         self.weights = torch.tensor(weights if weights is not None else [1.0] * len(members), dtype=torch.float32)
-        self.model = nn.ModuleList([m.model for m in members])  # for .eval(), parameter counts, devices
+
+    @property
+    def model(self) -> nn.Module:
+        """The members' models as one module (for .eval(), parameter counts, devices)."""
+        return nn.ModuleList([m.model for m in self.members])
+
+    @property
+    def stored(self) -> bool:
+        return all(m.stored for m in self.members)
+
+    @property
+    def store_entries(self) -> list[str]:
+        return [name for m in self.members for name in m.store_entries]
+
+    @property
+    def online(self) -> TeacherEnsemble:
+        """The same ensemble over its members' models (for evaluation on any split)."""
+        return TeacherEnsemble([m.online for m in self.members], self.combine_name, self.weight_list)
 
     def __call__(self, batch: Mapping[str, torch.Tensor], hidden: bool = False, attention: bool = False) -> ModelView:
         if hidden or attention:

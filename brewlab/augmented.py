@@ -20,11 +20,14 @@ from brewlab.teachers import teacher_base
 log = logging.getLogger("brewlab")
 
 
-def augmented_training(cfg: Mapping[str, Any], prep: Prepared, rt: Runtime) -> tuple[Any, dict[str, Any]] | None:
+def augmented_training(
+    cfg: Mapping[str, Any], prep: Prepared, rt: Runtime
+) -> tuple[Any, dict[str, Any], list[dict[str, Any]] | None] | None:
     """The student's training batches: the task's examples plus `augmentation.copies` augmented
-    copies of each (labelled by the teacher through the KD losses), and a description for
-    metrics.json; None without augmentation. Offline copies are made once and cached on disk,
-    keyed by the training rows and the augmentation config; online ones are remade each epoch."""
+    copies of each (labelled by the teacher through the KD losses), a description for
+    metrics.json and the encoded examples (None when they change every epoch); None without
+    augmentation. Offline copies are made once and cached on disk, keyed by the training rows
+    and the augmentation config; online ones are remade each epoch."""
     from brewlab import augment
     from brewlab.data import FreshEachEpoch
 
@@ -52,6 +55,7 @@ def augmented_training(cfg: Mapping[str, Any], prep: Prepared, rt: Runtime) -> t
 
     bs, pad = int(cfg["trainer"]["batch_size"]), prep.tokenizer.pad_token_id
     info = {"ops": sorted(ops), "mode": aug_cfg["mode"], "copies": copies, "rate": aug_cfg["rate"], "language": language}
+    features = None
     if aug_cfg["mode"] == "online":
         batches = FreshEachEpoch(
             lambda epoch: mixed(augment.augment_rows(rows, kind, fn, copies, seed * 1_000_003 + epoch)),
@@ -87,7 +91,7 @@ def augmented_training(cfg: Mapping[str, Any], prep: Prepared, rt: Runtime) -> t
     info.update(original_examples=len(rows), augmented_examples=copies * len(rows))
     info["seconds"] = time.perf_counter() - started
     log.info("augmentation %s: %d original + %d augmented examples", "+".join(sorted(ops)), len(rows), copies * len(rows))
-    return batches, info
+    return batches, info, features
 
 
 def _unlabelled(feature: dict[str, Any]) -> dict[str, Any]:

@@ -177,6 +177,7 @@ class Distiller:
         self.log = log or (lambda metrics, step: None)
         use_cache = (
             self.teacher is not None
+            and not self.teacher.stored  # read from the teacher store on disk instead
             and bool(trainer_cfg["cache_teacher_outputs"])
             and inputs_repeat  # online augmentation: new inputs every epoch
             and not objective.matches
@@ -266,6 +267,10 @@ class Distiller:
         """Teacher-logit caches, saved in checkpoints so a resumed run reads what it cached."""
         return [self.cache]
 
+    def stores(self) -> list[str]:
+        """The teacher-store entries this distiller reads, named in its checkpoints."""
+        return self.teacher.store_entries if self.teacher is not None else []
+
     def fit(
         self,
         train_loader: Any,
@@ -290,8 +295,8 @@ class Distiller:
         device = next(iter(self.params)).device if self.params else torch.device("cpu")
         autocast, scaler = precision(str(cfg["precision"]), device)
         scheduler = self.schedules.lr_scheduler(self.optimizer, max(total, 1))
-        trained = Trained(self.modules(), self.optimizer, scheduler, scaler, self.caches(), self.params)
-        if self.teacher is not None:
+        trained = Trained(self.modules(), self.optimizer, scheduler, scaler, self.caches(), self.params, self.stores())
+        if self.teacher is not None and not self.teacher.stored:
             self.teacher.model.eval()
         guard = NonFiniteGuard(str(cfg["nonfinite"]))
         checkpointer = Checkpointer(checkpoints, cfg["checkpoint_every"], trained, guard)
@@ -411,3 +416,6 @@ class MultiTaskDistiller(Distiller):
 
     def caches(self) -> list[TeacherCache | None]:
         return [part.cache for part in self.parts.values()]
+
+    def stores(self) -> list[str]:
+        return [name for part in self.parts.values() for name in part.stores()]

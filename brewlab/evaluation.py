@@ -69,7 +69,7 @@ def measure(
 
 
 def teacher_metrics(
-    teachers: Sequence[tuple[Any, str, Path | None, dict[str, Any]]],
+    teachers: Sequence[Any],
     used: Any,
     prep: Prepared,
     base: str | None,
@@ -78,24 +78,29 @@ def teacher_metrics(
     predictions: Path | None = None,
 ) -> dict[str, Any]:
     """`teacher` (what the student learnt from: one model or the ensemble) and, for several
-    teachers, `teachers` (each member), with how each cached stage was made. The predictions of
-    the one the student learnt from go to `<predictions>/teacher/`."""
-    from brewlab.adaptors import HFAdaptor, TeacherEnsemble
+    teachers, `teachers` (each member), with how each cached stage was made. `teachers` are
+    `brewlab.teachers.Teacher`s and `used` the adaptor the student read them through (None: it
+    read none); a teacher read from the teacher store is measured once and its scores kept
+    there. The predictions of the one the student learnt from go to `<predictions>/teacher/`."""
+    from brewlab.adaptors import TeacherEnsemble
+    from brewlab.teacher_store import measured
 
+    ensemble = isinstance(used, TeacherEnsemble)
+    views = used.members if ensemble else [used] if used is not None else [t.adaptor(prep.kind) for t in teachers]
+    single = predictions / "teacher" if predictions and not ensemble else None
     members = []
-    single = predictions / "teacher" if predictions and not isinstance(used, TeacherEnsemble) else None
-    for model, source, directory, t_cfg in teachers:
-        entry = measure(HFAdaptor(model, prep.kind), prep, eval_bs, device, single) | {"source": source}
-        pretrained = base if t_cfg["kind"] == "pretrained_scratch" else None
-        for stage, stage_dir in (("training", directory), ("pretraining", pretrained)):
+    for teacher, view in zip(teachers, views, strict=True):
+        entry = measured(view, prep, eval_bs, device, single) | {"source": teacher.source}
+        pretrained = base if teacher.config["kind"] == "pretrained_scratch" else None
+        for stage, stage_dir in (("training", teacher.entry), ("pretraining", pretrained)):
             meta = Path(stage_dir) / TEACHER_META if stage_dir else None
             if meta is not None and meta.is_file():  # how the cached stage was made (time, steps, dev score)
                 entry[stage] = json.loads(meta.read_text(encoding="utf-8"))
         members.append(entry)
-    if isinstance(used, TeacherEnsemble):
-        ensemble = measure(used, prep, eval_bs, device, predictions and predictions / "teacher")
-        ensemble |= {"source": "ensemble", "members": len(members)}
-        return {"teacher": ensemble, "teachers": members}
+    if ensemble:
+        combined = measure(used.online, prep, eval_bs, device, predictions and predictions / "teacher")
+        combined |= {"source": "ensemble", "members": len(members)}
+        return {"teacher": combined, "teachers": members}
     return {"teacher": members[0]}
 
 

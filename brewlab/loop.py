@@ -180,6 +180,7 @@ class Trained:
     scaler: Any
     caches: list[Any]  # teacher-logit caches (or None), saved so a resumed run reads what it cached
     params: list[nn.Parameter]
+    stores: list[str] = field(default_factory=list)  # teacher-store entries read instead of caches
 
 
 class Checkpointer:
@@ -205,6 +206,11 @@ class Checkpointer:
         for cache, cached in zip(t.caches, checkpoint["teacher_caches"], strict=True):
             if cache is not None and cached is not None:
                 cache.load_state_dict(cached)
+        saved = checkpoint.get("teacher_store", [])  # absent from checkpoints older than the store
+        if t.stores and saved != t.stores:
+            log.warning("resuming at step %d: the checkpoint read teacher store entries %s, this run reads %s", checkpoint["step"], saved, t.stores)
+        elif t.stores:
+            log.info("resuming at step %d with teacher outputs from the store (%s)", checkpoint["step"], ", ".join(t.stores))
         return TrainState.restored(checkpoint), checkpoint["rng"]
 
     def due(self, step: int) -> bool:
@@ -225,6 +231,7 @@ class Checkpointer:
             "scheduler": t.scheduler.state_dict(),
             "scaler": t.scaler.state_dict(),
             "teacher_caches": [c.state_dict() if c is not None else None for c in t.caches],
+            "teacher_store": t.stores,
             "train_seconds": state.train_seconds + time.perf_counter() - self.started,
             "rng": rng_state(),
         }

@@ -26,7 +26,7 @@ from brewlab.files import publish_dir, write_json_atomic
 from brewlab.parallel import main_first
 from brewlab.prepare import Prepared, prepare_task, train_loader
 from brewlab.runtime import Runtime, keep_heap_compact, seed_everything
-from brewlab.schema import keyed
+from brewlab.schema import keyed, trainer_default
 from brewlab.stages import (
     Stage,
     attention_of,
@@ -36,6 +36,7 @@ from brewlab.stages import (
     labels_only_student,
     sdpa_again,
 )
+from brewlab.teacher_store import StorePlan
 from brewlab.teachers import get_teachers, teacher_base
 
 log = logging.getLogger("brewlab")
@@ -48,13 +49,17 @@ PREDICTIONS = "predictions"  # <run>/predictions/[<task>/]<teacher|student|label
 # config keys that do not change what a run computes (a resume may change them)
 NOT_TRAINING = ("logger", "resume", "study", "cache_dir")
 NOT_TRAINING_TRAINER = ("progress", "checkpoint_every", "checkpoints_kept", "log_every", "nonfinite", "heap_trim_every_s")
+# teacher-store settings, hashed only when set away from their defaults (runs made before the store keep their fingerprints)
+STORE_KEYS = {k: trainer_default(k) for k in ("teacher_store", "teacher_store_max_gb", "teacher_store_features")}
 
 
 def run_fingerprint(cfg: Mapping[str, Any]) -> str:
     """Hash of everything that shapes a run's results: a checkpoint or a finished run counts as
     this run's only when it matches."""
     kept = {k: v for k, v in cfg.items() if k not in NOT_TRAINING}
-    kept["trainer"] = {k: v for k, v in cfg["trainer"].items() if k not in NOT_TRAINING_TRAINER}
+    kept["trainer"] = {
+        k: v for k, v in cfg["trainer"].items() if k not in NOT_TRAINING_TRAINER and not (k in STORE_KEYS and v == STORE_KEYS[k])
+    }
     if not any((cfg.get("baselines") or {}).values()):  # runs without baselines keep their earlier fingerprint
         kept.pop("baselines", None)
     return Cache(cfg["cache_dir"]).key(keyed(kept))  # paths inside the cache count relative to it
@@ -129,21 +134,24 @@ def run(cfg: Mapping[str, Any], run_dir: Path, rt: Runtime) -> dict[str, Any]:
         augmented = augmented_training(cfg, preps[order[0]], rt) if named is None else None  # errors before teacher work
         teachers = {n: get_teachers(task_cfgs[n], preps[n], base, attn, rt) for n in order}
 
-    repeat = augmented is None or augmented[1]["mode"] != "online"  # online: new inputs every epoch
+    repeat = augmented is None or augmented[2] is not None  # online: new inputs every epoch
     seed_everything(seed)
     students: dict[str, Any] = {}
     parts: dict[str, Any] = {}
     part_name = d_cls.part_name(name, d_cfg)
     for n in order:
-        model = build_student(task_cfgs[n], preps[n], teachers[n][0][0], attn, device)
+        model = build_student(task_cfgs[n], preps[n], teachers[n][0], attn, device)
         if students:  # the tasks' students share the first one's encoder
             first = next(iter(students.values()))
             setattr(model, model.base_model_prefix, getattr(first, first.base_model_prefix))
         students[n] = model
         # a compiled student trains faster; it shares its parameters with `model`, which is saved
         trained = torch.compile(model) if trainer_cfg["compile"] else model
-        models = [t[0] for t in teachers[n]]
-        parts[n] = build_distiller(part_name, task_cfgs[n], trained, models, preps[n], cfg["loss"], trainer_cfg, rt.tracker, repeat)
+        features = preps[n].features["train"] if augmented is None else augmented[2]
+        store = StorePlan.of(trainer_cfg, rt.cache, n, preps[n], features)
+        parts[n] = build_distiller(
+            part_name, task_cfgs[n], trained, teachers[n], preps[n], cfg["loss"], trainer_cfg, rt.tracker, repeat, store
+        )
     distiller = d_cls.assemble(parts, trainer_cfg, instantiate(cfg["optim"], _partial_=True), rt.tracker.log)
     loaders = {
         n: augmented[0] if augmented else train_loader(preps[n].features["train"], trainer_cfg, preps[n].tokenizer.pad_token_id, seed, rt.shard)
@@ -157,10 +165,13 @@ def run(cfg: Mapping[str, Any], run_dir: Path, rt: Runtime) -> dict[str, Any]:
     plain = None
     if cfg["baselines"]["labels_only"]:  # every rank trains it, as it trains the student
         plain_store = checkpoint_store(cfg, run_dir, list(preps.values()), rt, "labels_only")
-        plain = labels_only_student(cfg, preps[order[0]], teachers[order[0]][0][0], attn, trainer_cfg, seed, rt, plain_store)
+        plain = labels_only_student(cfg, preps[order[0]], teachers[order[0]][0], attn, trainer_cfg, seed, rt, plain_store)
     if rt.rank != 0:  # the other data-parallel ranks hold the same student: rank 0 measures and saves
         return {}
-    sdpa_again(attn, [*(t[0] for n in order for t in teachers[n]), *students.values()])
+    sdpa_again(attn, list(students.values()))
+    if attn != "sdpa":
+        for t in (t for n in order for t in teachers[n]):
+            t.use_attention("sdpa")
     log.info("evaluating the teacher and the student on validation and test")
 
     metrics: dict[str, Any] = {
@@ -197,6 +208,10 @@ def run(cfg: Mapping[str, Any], run_dir: Path, rt: Runtime) -> dict[str, Any]:
     metrics["student"].update(
         train_seconds=result.train_seconds, steps=result.steps, best_step=result.best_step, final_losses=result.final_losses
     )
+    every = [t for n in order for t in teachers[n]]
+    metrics["teacher_store"] = {"entries": distiller.stores(), "teacher_loaded": any(t.loaded for t in every)}
+    if distiller.stores() and not metrics["teacher_store"]["teacher_loaded"]:
+        log.info("teacher: never loaded in this run; its outputs and scores came from the teacher store")
 
     build = Path(tempfile.mkdtemp(dir=run_dir, prefix=".student-"))
     for n in order:

@@ -21,6 +21,7 @@ from brewlab.errors import BrewlabError, bad_choice
 PRECISIONS = ("fp32", "bf16", "fp16")
 NONFINITE = ("stop", "skip")
 LOGGER_MODES = ("offline", "online", "disabled")
+FEATURE_PRECISIONS = ("fp32", "fp16", "bf16")
 
 
 def _f(default: Any, help: str, **rules: Any) -> Any:
@@ -73,7 +74,20 @@ class Trainer(Loop):
         200, "optimizer steps between checkpoints (also after every evaluation); null: evaluations only", ge=1
     )
     checkpoints_kept: int = _f(2, "newest checkpoints kept in <run dir>/checkpoints (removed once the run finishes)", ge=1)
-    cache_teacher_outputs: bool = _f(True, "reuse teacher logits across epochs when inputs repeat")
+    cache_teacher_outputs: bool = _f(
+        True, "without the store: keep teacher logits in memory across epochs of one run when inputs repeat"
+    )
+    teacher_store: bool = _f(
+        True,
+        "compute the teacher's outputs on the training data once and keep them on disk under the cache "
+        "(<cache>/teacher_outputs), read by every later epoch, job, seed and rank",
+    )
+    teacher_store_max_gb: float = _f(
+        20.0, "the largest teacher-output entry written (GB); a bigger one is skipped with a warning", gt=0
+    )
+    teacher_store_features: str = _f(
+        "fp32", "precision of stored hidden states and attention maps (logits are always fp32)", choices=FEATURE_PRECISIONS
+    )
     heap_trim_every_s: float | None = _f(
         5.0,
         "seconds between handing freed heap pages back to the OS (glibc malloc_trim; keeps peak RSS down with "
@@ -191,6 +205,11 @@ def keyed(tree: Any) -> Any:
         return out
 
     return walk(tree)
+
+
+def trainer_default(key: str) -> Any:
+    """The schema's default of one `trainer` key."""
+    return next(f.default for f in dataclasses.fields(Trainer) if f.name == key)
 
 
 def trainer_settings(**overrides: Any) -> dict[str, Any]:

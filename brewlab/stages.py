@@ -66,33 +66,43 @@ def build_distiller(
     name: str,
     cfg: Mapping[str, Any],
     student_model: Any,
-    teacher_models: Sequence[Any] | None,
+    teachers: Sequence[Any] | None,
     prep: Prepared,
     loss_cfg: Mapping[str, Any],
     trainer_cfg: Mapping[str, Any],
     tracker: Any,
     inputs_repeat: bool = True,
+    store: Any | None = None,
 ):
     """The named distiller over adaptors of the models; a many-teacher distiller gets its
     teachers as one `TeacherEnsemble` (combined as `distiller.combine`/`weights` say).
-    `inputs_repeat=False` (online augmentation: new inputs every epoch) keeps no teacher logits."""
+    `teachers` are `brewlab.teachers.Teacher`s (or models). With `store` (a
+    `teacher_store.StorePlan`), each teacher's outputs that the objective reads come from the
+    teacher store. `inputs_repeat=False` (online augmentation: new inputs every epoch) keeps no
+    teacher logits."""
     from hydra.utils import instantiate
 
     from brewlab.adaptors import HFAdaptor, TeacherEnsemble
     from brewlab.distillers import DISTILLERS
     from brewlab.objective import build_projections, parse_objective
     from brewlab.schedulers import build_schedules
+    from brewlab.teachers import Teacher
 
     distiller_cls = DISTILLERS.get(name, "distiller")
     student = HFAdaptor(student_model, prep.kind)
-    teacher = None
-    if distiller_cls.uses_teacher and teacher_models:
-        views = [HFAdaptor(model, prep.kind) for model in teacher_models]
-        d_cfg = cfg["distiller"]
-        many = distiller_cls.many_teachers
-        teacher = TeacherEnsemble(views, d_cfg["combine"], d_cfg.get("weights")) if many else views[0]
+    members = [Teacher.of(t) for t in teachers or ()] if distiller_cls.uses_teacher else []
+
+    def combined(views: list[Any]) -> Any:
+        if not distiller_cls.many_teachers:
+            return views[0]
+        return TeacherEnsemble(views, cfg["distiller"]["combine"], cfg["distiller"].get("weights"))
+
+    views = [t.adaptor(prep.kind) for t in members]
+    teacher = combined(views) if members else None
     objective = parse_objective(loss_cfg, teacher, student)
     log.info("objective (distiller=%s): %s", name, objective)
+    if members and store is not None and (objective.logit_terms or objective.matches):
+        teacher = combined([store.attach(view, t, objective.matches) for view, t in zip(views, members, strict=True)])
     # with the data read, every task's class count is known (an MLM's vocabulary too): the
     # temperature's bound is checked again before any KD step, where a temperature is used
     task_cfg = cfg.get("task") or {}  # harnesses may build a distiller from a partial config
@@ -177,7 +187,9 @@ def build_student(cfg: Mapping[str, Any], prep: Prepared, teacher: Any, attn: st
     else:
         model = build_scratch(s_cfg["arch"], prep.tokenizer, prep.kind, num_labels, attn)
     if s_cfg.get("init_from_teacher_layers"):
-        init_from_teacher_layers(model, teacher, [int(i) for i in s_cfg["init_from_teacher_layers"]])
+        from brewlab.teachers import Teacher
+
+        init_from_teacher_layers(model, Teacher.of(teacher).model, [int(i) for i in s_cfg["init_from_teacher_layers"]])
     return model.to(device)
 
 

@@ -3,8 +3,9 @@ pretraining its masked-LM base when it has one) and cached by everything that sh
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -76,16 +77,77 @@ def _merged(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def get_teachers(
-    cfg: Mapping[str, Any], prep: Prepared, base: str | None, attn: str, rt: Runtime
-) -> list[tuple[Any, str, Path | None, dict[str, Any]]]:
-    """(model, source, cache entry, config) of the run's teacher, or of each `distiller.teachers`
-    entry; every teacher must read the run's tokenizer."""
+class Teacher:
+    """A run's teacher: where it came from, its settings, and its model, loaded only when
+    something runs it (a teacher whose outputs are all in the teacher store is never loaded)."""
+
+    def __init__(
+        self,
+        source: str,
+        path: str | None,
+        config: Mapping[str, Any],
+        load: Callable[[], Any] | None = None,
+        model: Any | None = None,
+        entry: Path | None = None,
+    ) -> None:
+        self.source = source  # loaded, cache, trained (or given: a model handed in by a harness)
+        self.path = path  # its weights: a cache entry, a local model directory or a hub id
+        self.config = config
+        self.entry = entry  # its cache entry, when it was fine-tuned by brewlab
+        self._load, self._model = load, model
+        self._attention: str | None = None
+
+    @classmethod
+    def of(cls, model: Any) -> Teacher:
+        """A teacher model made by the caller (tests, harnesses)."""
+        return model if isinstance(model, Teacher) else cls("given", None, {}, model=model)
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    @property
+    def model(self) -> Any:
+        if self._model is None:
+            self._model = self._load()
+            log.info("teacher: loaded %s", self.path)
+            if self._attention is not None:
+                self.use_attention(self._attention)
+        return self._model
+
+    def use_attention(self, implementation: str) -> None:
+        """Run with this attention implementation from now on (now, or once it is loaded)."""
+        from brewlab.models import set_attention
+
+        if self._model is None:
+            self._attention = implementation
+        else:
+            set_attention(self._model, implementation)
+
+    def model_config(self) -> Any:
+        """The model's config (sizes, depth), read without loading its weights."""
+        if self._model is not None:
+            return self._model.config
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(self.path)
+
+    def adaptor(self, kind: Any) -> Any:
+        from brewlab.adaptors import HFAdaptor, LazyAdaptor
+
+        if self.loaded:
+            return HFAdaptor(self._model, kind)
+        return LazyAdaptor(lambda: self.model, functools.cache(self.model_config), kind)
+
+
+def get_teachers(cfg: Mapping[str, Any], prep: Prepared, base: str | None, attn: str, rt: Runtime) -> list[Teacher]:
+    """The run's teacher, or one per `distiller.teachers` entry; every teacher must read the
+    run's tokenizer."""
     from brewlab.models import load_tokenizer
 
     configs = teacher_configs(cfg)
     if configs is None:
-        return [(*get_teacher(cfg, prep, base, attn, rt), cfg["teacher"])]
+        return [get_teacher(cfg, prep, base, attn, rt)]
     out = []
     for i, t_cfg in enumerate(configs):
         stage = {**cfg, "teacher": t_cfg}
@@ -96,7 +158,7 @@ def get_teachers(
                 f"{key}={t_base!r} uses another vocabulary than the run's tokenizer (from teacher={cfg['teacher']['name']}); "
                 "every teacher must share it"
             )
-        out.append((*get_teacher(stage, prep, t_base, attn, rt, f"teacher{i}/"), t_cfg))
+        out.append(get_teacher(stage, prep, t_base, attn, rt, f"teacher{i}/"))
     return out
 
 
@@ -107,24 +169,29 @@ def get_teacher(
     attn: str,
     rt: Runtime,
     prefix: str = "teacher/",
-) -> tuple[Any, str, Path | None]:
-    """The teacher model, where it came from ('loaded', 'cache', 'trained') and its cache entry.
+) -> Teacher:
+    """The teacher: loaded as is from `base`, reused from the cache, or trained now.
 
     A teacher with `finetune: true` (always for `scratch`) is trained on the task with the
-    `trainer` distiller, starting from `base`, and cached by everything that shapes it."""
+    `trainer` distiller, starting from `base`, and cached by everything that shapes it. A loaded
+    or cached teacher's weights are read only when something runs it."""
     from brewlab.models import build_scratch, load_pretrained, set_attention
 
     t_cfg = cfg["teacher"]
     num_labels = prep.kind.num_labels(prep.label_names)
     finetune = t_cfg["kind"] == "scratch" or bool(options(t_cfg, TeacherOptions)["finetune"])
     if base is not None and not finetune:
-        model = load_pretrained(base, prep.kind, num_labels, attn)
-        if model.config.vocab_size < len(prep.tokenizer):
-            raise BrewlabError(
-                f"teacher.name_or_path={base!r}: vocabulary {model.config.vocab_size} "
-                f"is smaller than its tokenizer ({len(prep.tokenizer)})"
-            )
-        return model.to(rt.device).eval(), "loaded", None
+
+        def load_base() -> Any:
+            model = load_pretrained(base, prep.kind, num_labels, attn)
+            if model.config.vocab_size < len(prep.tokenizer):
+                raise BrewlabError(
+                    f"teacher.name_or_path={base!r}: vocabulary {model.config.vocab_size} "
+                    f"is smaller than its tokenizer ({len(prep.tokenizer)})"
+                )
+            return model.to(rt.device).eval()
+
+        return Teacher("loaded", base, t_cfg, load_base)
     key = rt.cache.key(
         {
             "teacher": teacher_identity(t_cfg),
@@ -134,25 +201,33 @@ def get_teacher(
         }
     )
     directory = rt.cache.entry("teachers", cfg["task"]["name"], key)
-    if (directory / TEACHER_META).is_file():
+
+    def train() -> Any:
+        log.info("teacher: training %s (cache key %s)", f"from {base}" if base else "from scratch", key)
+        torch.manual_seed(int(t_cfg["seed"]))
+        if base is None:
+            model = build_scratch(t_cfg["arch"], prep.tokenizer, prep.kind, num_labels)
+        else:
+            model = load_pretrained(base, prep.kind, num_labels, key="teacher base", new_head=True)
+        model = model.to(rt.device)
+        train_cfg = {**t_cfg["train"], "seed": stage_seed(t_cfg["train"], t_cfg)}
+        tracker = rt.with_tracker(PrefixedTracker(rt.tracker, prefix))
+        train_and_publish(prefix.rstrip("/"), cfg, model, prep, train_cfg, directory, key, tracker)
+        set_attention(model, attn)
+        return model.eval()
+
+    def load_cached() -> Any:
         try:
             model = load_pretrained(str(directory), prep.kind, num_labels, attn, key="teacher cache")
         except Exception as exc:  # noqa: BLE001 - damaged after it was published (any reader's error type)
             log.warning("teacher cache %s is unreadable (%s): training it again", directory, str(exc).splitlines()[0])
-        else:
-            log.info("teacher: reused cache %s", directory)
-            return model.to(rt.device).eval(), "cache", directory
-    log.info("teacher: training %s (cache key %s)", f"from {base}" if base else "from scratch", key)
-    torch.manual_seed(int(t_cfg["seed"]))
-    if base is None:
-        model = build_scratch(t_cfg["arch"], prep.tokenizer, prep.kind, num_labels)
-    else:
-        model = load_pretrained(base, prep.kind, num_labels, key="teacher base", new_head=True)
-    model = model.to(rt.device)
-    train_cfg = {**t_cfg["train"], "seed": stage_seed(t_cfg["train"], t_cfg)}
-    train_and_publish(prefix.rstrip("/"), cfg, model, prep, train_cfg, directory, key, rt.with_tracker(PrefixedTracker(rt.tracker, prefix)))
-    set_attention(model, attn)
-    return model.eval(), "trained", directory
+            return train()
+        return model.to(rt.device).eval()
+
+    if (directory / TEACHER_META).is_file():
+        log.info("teacher: reused cache %s", directory)
+        return Teacher("cache", str(directory), t_cfg, load_cached, entry=directory)
+    return Teacher("trained", str(directory), t_cfg, model=train(), entry=directory)
 
 
 def teacher_identity(t_cfg: Mapping[str, Any]) -> dict[str, Any]:

@@ -127,7 +127,8 @@ def _teacher(cache, tracker):
     rt = Runtime(torch.device("cpu"), Cache(cache), tracker, progress=False)
     prep = prepare_task(cfg, rt.cache)
     seed_everything(1)
-    return get_teacher(cfg, prep, None, "eager", rt)
+    teacher = get_teacher(cfg, prep, None, "eager", rt)
+    return teacher.model, teacher.source, teacher.entry
 
 
 def test_a_killed_teacher_stage_continues_from_its_checkpoint_to_the_same_teacher(tmp_path, caplog):
