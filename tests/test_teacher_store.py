@@ -1,0 +1,354 @@
+"""The teacher-output store: stored outputs equal the teacher's own, a second job never runs
+the teacher, parallel builders make one entry, damage and budgets are handled in one line."""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import math
+import multiprocessing
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import compose_run
+
+from brewlab.adaptors import HFAdaptor
+from brewlab.cache import Cache
+from brewlab.data import make_loader
+from brewlab.losses import hidden_mse, kd_ce
+from brewlab.teacher_store import StorePlan, StoreSkipped, StoredView, TeacherStore, Wanted
+
+HIDDEN = Wanted(hidden=(0, 2))
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory):
+    """The smoke task, encoded, and a random 4-layer teacher over it."""
+    from brewlab.models import build_scratch
+    from brewlab.prepare import prepare_task
+
+    cache = tmp_path_factory.mktemp("store-cache")
+    cfg = compose_run("debug=smoke", "logger=none", f"cache_dir={cache}")
+    prep = prepare_task(cfg, Cache(cache))
+    torch.manual_seed(0)
+    teacher = build_scratch(cfg["teacher"]["arch"], prep.tokenizer, prep.kind, 2, "eager").eval()
+    return cfg, prep, teacher
+
+
+class Counted:
+    """An adaptor that counts the teacher's forward passes (one per batch it is given)."""
+
+    def __init__(self, model, kind, record: Path | None = None) -> None:
+        self.view, self.calls, self.record = HFAdaptor(model, kind), 0, record
+        self.kind, self.model = kind, model
+
+    def __call__(self, batch, hidden=False, attention=False):
+        self.calls += 1
+        if self.record is not None:
+            with open(self.record, "a") as fh:
+                fh.write(f"{os.getpid()}\n")
+        return self.view(batch, hidden=hidden, attention=attention)
+
+
+def _store(tmp_path, batch_size=32, features="fp32", max_gb=20.0) -> TeacherStore:
+    return TeacherStore(Cache(tmp_path), max_gb, features, batch_size)
+
+
+def _open(store, directory, prep, teacher, wanted=HIDDEN, record=None):
+    counted = Counted(teacher, prep.kind, record)
+    entry = store.open(directory, wanted, prep.features["train"], lambda: counted, prep.tokenizer.pad_token_id)
+    return entry, counted
+
+
+def _batches(prep, size):
+    return list(make_loader(prep.features["train"], size, prep.tokenizer.pad_token_id, seed=3, train=True))
+
+
+def test_stored_outputs_give_the_same_losses_as_the_teacher_run_on_the_same_inputs(tmp_path, task):
+    """Built one example per batch and read in unpadded one-example batches, the teacher sees the
+    same input on both sides: the stored logits and hidden states are its own bits, so the KD
+    and hidden losses are identical (any mix-up of rows, offsets or layers would show)."""
+    _, prep, teacher = task
+    entry, _ = _open(_store(tmp_path, batch_size=1), tmp_path / "e", prep, teacher)
+    stored, online = StoredView(entry, HFAdaptor(teacher, prep.kind)), HFAdaptor(teacher, prep.kind)
+    from brewlab.data import PadCollator
+
+    collate = PadCollator(prep.tokenizer.pad_token_id)
+    torch.manual_seed(1)
+    for k in torch.randperm(len(prep.features["train"]))[:40].tolist():
+        batch = collate([{**prep.features["train"][k], "idx": k}])
+        with torch.no_grad():
+            want = online(batch, hidden=True)
+        got = stored(batch, hidden=True)
+        assert torch.equal(got.logits, want.logits)
+        student = torch.randn_like(want.logits)
+        assert torch.equal(kd_ce(student, got.logits, 4.0), kd_ce(student, want.logits, 4.0))
+        for layer in HIDDEN.hidden:
+            s = torch.randn_like(want.hidden[layer])
+            assert torch.equal(hidden_mse(s, got.hidden[layer]), hidden_mse(s, want.hidden[layer]))
+        assert got.hidden[1] is None  # only the matched layers are stored
+
+
+def test_stored_outputs_of_padded_training_batches_agree_to_rounding(tmp_path, task):
+    """Training batches pad differently from the store's length-sorted ones; float sums then run
+    in another order, so values agree to rounding, not bits. Padded positions are masked."""
+    _, prep, teacher = task
+    entry, _ = _open(_store(tmp_path), tmp_path / "e", prep, teacher)
+    stored, online = StoredView(entry, HFAdaptor(teacher, prep.kind)), HFAdaptor(teacher, prep.kind)
+    padded = 0
+    for batch in _batches(prep, 8):
+        mask = batch["attention_mask"].bool()
+        padded += int((~mask).sum())
+        with torch.no_grad():
+            want = online(batch, hidden=True)
+        got = stored(batch, hidden=True)
+        assert got.logits.shape == want.logits.shape
+        torch.testing.assert_close(got.logits, want.logits, rtol=1e-5, atol=1e-5)
+        for layer in HIDDEN.hidden:
+            assert got.hidden[layer].shape == want.hidden[layer].shape
+            torch.testing.assert_close(got.hidden[layer][mask], want.hidden[layer][mask], rtol=1e-4, atol=1e-4)
+            assert not got.hidden[layer][~mask].any()  # re-padded with zeros
+    assert padded > 0  # the batches were padded, so the comparison covers re-padding
+
+
+@pytest.mark.parametrize(("precision", "mantissa_bits"), [("fp16", 10), ("bf16", 7)])
+def test_half_precision_features_stay_within_their_rounding_bound(tmp_path, task, precision, mantissa_bits):
+    """Rounding to nearest with p stored mantissa bits errs by at most u = 2^-(p+1) relative
+    (normal numbers). For t' = t + e with |e| <= u|t|, the hidden MSE moves by at most
+    mean(2|s - t||e| + e^2) <= 2u mean(|s - t||t|) + u^2 mean(t^2), summed over the feature."""
+    _, prep, teacher = task
+    u = 2.0 ** -(mantissa_bits + 1)
+    exact, _ = _open(_store(tmp_path / "a"), tmp_path / "a" / "e", prep, teacher)
+    half, _ = _open(_store(tmp_path / "b", features=precision), tmp_path / "b" / "e", prep, teacher)
+    assert half.manifest["arrays"]["hidden.2"]["dtype"] == precision
+    assert half.manifest["arrays"]["logits"]["dtype"] == "fp32"  # logits are never rounded
+    idx = list(range(len(prep.features["train"])))
+    assert all(torch.equal(a, b) for a, b in zip(exact.rows("logits", idx), half.rows("logits", idx), strict=True))
+    torch.manual_seed(2)
+    for t, h in zip(exact.rows("hidden.2", idx[:30]), half.rows("hidden.2", idx[:30]), strict=True):
+        h = h.float()
+        assert (h - t).abs().le(u * t.abs() + 2.0**-24).all()  # 2^-24: fp16's subnormal step
+        s = torch.randn_like(t)
+        n = t.numel()
+        bound = (2 * u * ((s - t).abs() * t.abs()).sum() + u**2 * t.pow(2).sum()) / n + 1e-6
+        moved = (hidden_mse(s[None], h[None]) - hidden_mse(s[None], t[None])).abs()
+        assert moved <= bound
+
+
+def test_a_second_open_reads_without_running_the_teacher_and_a_new_layer_extends_the_entry(tmp_path, task):
+    _, prep, teacher = task
+    store, directory = _store(tmp_path), tmp_path / "e"
+    n = len(prep.features["train"])
+    _, first = _open(store, directory, prep, teacher, Wanted())
+    assert first.calls == math.ceil(n / 32)  # one forward per length-sorted batch of 32
+    logits_file = directory / "logits.bin"
+    written = logits_file.stat().st_mtime_ns
+    _, second = _open(store, directory, prep, teacher, Wanted())
+    assert second.calls == 0
+    entry, third = _open(store, directory, prep, teacher, Wanted(hidden=(2,)))
+    assert third.calls == math.ceil(n / 32)  # the new layer only
+    assert sorted(entry.manifest["arrays"]) == ["hidden.2", "logits"]
+    assert logits_file.stat().st_mtime_ns == written  # extended, not rewritten
+    assert entry.manifest["arrays"]["logits"]["bytes"] == n * 2 * 4  # (C,) fp32 rows, unpadded
+    lengths = [int(sum(f["attention_mask"])) for f in prep.features["train"]]
+    assert entry.manifest["arrays"]["hidden.2"]["bytes"] == sum(lengths) * teacher.config.hidden_size * 4
+
+
+def _build_in_child(directory: str, record: str, cache: str) -> None:
+    """One parallel job: the same teacher (same seed) and data, building the same entry."""
+    torch.set_num_threads(1)
+    from brewlab.models import build_scratch
+    from brewlab.prepare import prepare_task
+
+    cfg = compose_run("debug=smoke", "logger=none", f"cache_dir={cache}")
+    prep = prepare_task(cfg, Cache(cache))
+    torch.manual_seed(0)
+    teacher = build_scratch(cfg["teacher"]["arch"], prep.tokenizer, prep.kind, 2, "eager").eval()
+    _open(_store(Path(cache), batch_size=4), Path(directory), prep, teacher, HIDDEN, Path(record))
+
+
+def test_two_processes_opening_one_entry_compute_it_once(tmp_path, task):
+    _, prep, _ = task
+    directory, record = tmp_path / "store" / "e", tmp_path / "forwards.txt"
+    ctx = multiprocessing.get_context("spawn")
+    jobs = [ctx.Process(target=_build_in_child, args=(str(directory), str(record), str(tmp_path / "cache"))) for _ in range(2)]
+    for job in jobs:
+        job.start()
+    for job in jobs:
+        job.join(timeout=300)
+    assert [job.exitcode for job in jobs] == [0, 0]
+    pids = record.read_text().split()
+    assert len(pids) == math.ceil(len(prep.features["train"]) / 4)  # one build's forwards in all
+    assert len(set(pids)) == 1  # all by one process; the other waited, then read
+    manifest = json.loads((directory / "manifest.json").read_text())
+    assert sorted(manifest["arrays"]) == ["hidden.0", "hidden.2", "logits"]
+
+
+def test_a_truncated_array_is_named_in_one_line_and_computed_again(tmp_path, task, caplog):
+    _, prep, teacher = task
+    store, directory = _store(tmp_path), tmp_path / "e"
+    entry, _ = _open(store, directory, prep, teacher)
+    idx = list(range(len(prep.features["train"])))
+    before = [r.clone() for r in entry.rows("hidden.2", idx)]
+    full = (directory / "hidden.2.bin").stat().st_size
+    with open(directory / "hidden.2.bin", "r+b") as fh:
+        fh.truncate(full // 3)  # a kill or a full disk after publication
+    caplog.set_level(logging.INFO, logger="brewlab")
+    entry, counted = _open(store, directory, prep, teacher)
+    lines = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert lines == [f"teacher store e: hidden.2.bin holds {full // 3} of its {full} bytes (truncated or damaged): computing it again"]
+    assert counted.calls > 0 and (directory / "hidden.2.bin").stat().st_size == full
+    assert all(torch.equal(a, b) for a, b in zip(before, entry.rows("hidden.2", idx), strict=True))
+
+
+def _saved_teacher(tmp_path, prep, teacher):
+    from brewlab.models import save_model
+    from brewlab.teachers import Teacher
+
+    save_model(teacher, prep.tokenizer, tmp_path / "teacher")
+    return Teacher("cache", str(tmp_path / "teacher"), {}, model=teacher)
+
+
+def _plan(cfg, prep, cache, **trainer):
+    return StorePlan.of({**cfg["trainer"], **trainer}, Cache(cache), "reviews_zh", prep, prep.features["train"])
+
+
+def test_an_entry_above_the_budget_is_skipped_with_one_warning(tmp_path, task, caplog):
+    cfg, prep, teacher = task
+    t = _saved_teacher(tmp_path, prep, teacher)
+    view = HFAdaptor(teacher, prep.kind)
+    with pytest.raises(StoreSkipped):
+        _open(_store(tmp_path, max_gb=1e-6), tmp_path / "e", prep, teacher)
+    caplog.set_level(logging.INFO, logger="brewlab")
+    got = _plan(cfg, prep, tmp_path / "c", teacher_store_max_gb=1e-6).attach(view, t, [])
+    assert got is view  # the teacher is read online
+    (line,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    n = len(prep.features["train"])
+    assert f"would take {n * 2 * 4 / 1e9:.2f} GB, above trainer.teacher_store_max_gb=1e-06" in line
+    assert not (tmp_path / "c" / "teacher_outputs").exists() or not any(
+        p.is_dir() for p in (tmp_path / "c" / "teacher_outputs").iterdir()
+    )
+
+
+def test_a_full_disk_leaves_no_partial_entry_and_the_run_reads_the_teacher_online(tmp_path, task, monkeypatch, caplog):
+    cfg, prep, teacher = task
+    t = _saved_teacher(tmp_path, prep, teacher)
+    view = HFAdaptor(teacher, prep.kind)
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    caplog.set_level(logging.INFO, logger="brewlab")
+    assert _plan(cfg, prep, tmp_path / "c").attach(view, t, []) is view
+    assert any("no space left" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    left = [p for p in (tmp_path / "c" / "teacher_outputs").iterdir() if not p.name.endswith(".lock")]
+    assert left == []  # no entry directory, no temporary array
+
+
+def test_online_augmentation_bypasses_the_store_in_one_line(task, tmp_path, caplog):
+    cfg, prep, _ = task
+    caplog.set_level(logging.INFO, logger="brewlab")
+    assert StorePlan.of(cfg["trainer"], Cache(tmp_path), "reviews_zh", prep, None) is None
+    assert [r.getMessage() for r in caplog.records] == [
+        "teacher store: bypassed, online augmentation gives the teacher new inputs every epoch"
+    ]
+
+
+# ----------------------------------------------------------------------------- whole runs
+
+
+class _Tracker:
+    def __init__(self, crash_at: int | None = None) -> None:
+        self.crash_at = crash_at
+
+    def log(self, metrics, step):
+        if self.crash_at is not None and "train/loss" in metrics and step == self.crash_at:
+            raise _Crash
+
+
+class _Crash(Exception):
+    pass
+
+
+def _run(run_dir, cache, *overrides, tracker=None):
+    from brewlab.config import validate
+    from brewlab.pipeline import run
+    from brewlab.runtime import Runtime, seed_everything
+
+    cfg = compose_run("debug=smoke", "logger=none", f"cache_dir={cache}", "loss=kd+hidden", *overrides)
+    validate(cfg)
+    seed_everything(int(cfg["seed"]))
+    rt = Runtime(torch.device("cpu"), Cache(cache), tracker or _Tracker(), progress=False)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run(cfg, run_dir, rt)
+
+
+@pytest.fixture
+def counted_loads(monkeypatch):
+    """Teacher loads from disk, and the forward passes of every model so loaded."""
+    import brewlab.models
+
+    counts = {"loads": 0, "forwards": 0}
+    real = brewlab.models.load_pretrained
+
+    def load(*args, **kwargs):
+        model = real(*args, **kwargs)
+        if kwargs.get("key") == "teacher cache":
+            counts["loads"] += 1
+            model.register_forward_hook(lambda *a: counts.__setitem__("forwards", counts["forwards"] + 1))
+        return model
+
+    monkeypatch.setattr(brewlab.models, "load_pretrained", load)
+    return counts
+
+
+def test_later_jobs_of_a_sweep_never_load_the_teacher(tmp_path, counted_loads, caplog):
+    caplog.set_level(logging.INFO, logger="brewlab")
+    cache = tmp_path / "cache"
+    first = _run(tmp_path / "a", cache)  # trains the teacher, fills the store
+    assert first["teacher_store"]["entries"] and first["teacher_store"]["teacher_loaded"]
+    counted_loads.update(loads=0, forwards=0)
+    again = _run(tmp_path / "b", cache)  # the same job again
+    other_seed = _run(tmp_path / "c", cache, "seed=7")
+    assert counted_loads == {"loads": 0, "forwards": 0}
+    for m in (again, other_seed):
+        assert m["teacher_store"] == {"entries": first["teacher_store"]["entries"], "teacher_loaded": False}
+        assert m["teacher"]["test"] == first["teacher"]["test"]
+    assert again["student"]["final_losses"] == first["student"]["final_losses"]
+    assert "teacher: never loaded in this run; its outputs and scores came from the teacher store" in caplog.text
+    assert (tmp_path / "c" / "predictions" / "teacher" / "test.jsonl").read_text() == (
+        tmp_path / "a" / "predictions" / "teacher" / "test.jsonl"
+    ).read_text()
+
+
+def test_store_on_and_off_give_the_same_run_to_rounding(tmp_path):
+    cache = tmp_path / "cache"
+    on = _run(tmp_path / "on", cache)
+    off = _run(tmp_path / "off", cache, "trainer.teacher_store=false")
+    assert off["teacher_store"]["entries"] == [] and on["teacher_store"]["entries"]
+    assert on["student"]["final_losses"].keys() == off["student"]["final_losses"].keys()
+    for name, value in on["student"]["final_losses"].items():
+        assert value == pytest.approx(off["student"]["final_losses"][name], rel=1e-5)
+
+
+def test_a_resumed_run_reads_the_store_and_its_checkpoints_carry_no_logits(tmp_path, caplog):
+    cache = tmp_path / "cache"
+    whole = _run(tmp_path / "whole", cache, "trainer.checkpoint_every=2", "trainer.log_every=1")
+    with pytest.raises(_Crash):
+        _run(tmp_path / "cut", cache, "trainer.checkpoint_every=2", "trainer.log_every=1", tracker=_Tracker(crash_at=5))
+    (kept,) = [p for p in (tmp_path / "cut" / "checkpoints").glob("step-*.pt") if p.name == "step-00000004.pt"]
+    state = torch.load(kept, weights_only=False)
+    assert state["teacher_caches"] == [None] and state["teacher_store"] == whole["teacher_store"]["entries"]
+    caplog.set_level(logging.INFO, logger="brewlab")
+    resumed = _run(tmp_path / "cut", cache, "trainer.checkpoint_every=2", "trainer.log_every=1")
+    (entry,) = whole["teacher_store"]["entries"]
+    assert f"resuming at step 4 with teacher outputs from the store ({entry})" in caplog.text
+    assert resumed["student"]["final_losses"] == whole["student"]["final_losses"]
+    speed = "examples_per_second"  # a timing: the only figure that may differ
+    assert {k: v for k, v in resumed["student"]["test"].items() if k != speed} == {
+        k: v for k, v in whole["student"]["test"].items() if k != speed
+    }
