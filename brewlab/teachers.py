@@ -221,12 +221,14 @@ def get_teacher(
             model = load_pretrained(str(directory), prep.kind, num_labels, attn, key="teacher cache")
         except Exception as exc:  # noqa: BLE001 - damaged after it was published (any reader's error type)
             log.warning("teacher cache %s is unreadable (%s): training it again", directory, str(exc).splitlines()[0])
+            cached.source = "trained"
             return train()
         return model.to(rt.device).eval()
 
     if (directory / TEACHER_META).is_file():
         log.info("teacher: reused cache %s", directory)
-        return Teacher("cache", str(directory), t_cfg, load_cached, entry=directory)
+        cached = Teacher("cache", str(directory), t_cfg, load_cached, entry=directory)
+        return cached
     return Teacher("trained", str(directory), t_cfg, model=train(), entry=directory)
 
 

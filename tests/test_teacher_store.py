@@ -19,7 +19,7 @@ from brewlab.adaptors import HFAdaptor
 from brewlab.cache import Cache
 from brewlab.data import make_loader
 from brewlab.losses import hidden_mse, kd_ce
-from brewlab.teacher_store import StorePlan, StoreSkipped, StoredView, TeacherStore, Wanted
+from brewlab.teacher_store import StoredView, StorePlan, StoreSkipped, TeacherStore, Wanted
 
 HIDDEN = Wanted(hidden=(0, 2))
 
@@ -352,3 +352,26 @@ def test_a_resumed_run_reads_the_store_and_its_checkpoints_carry_no_logits(tmp_p
     assert {k: v for k, v in resumed["student"]["test"].items() if k != speed} == {
         k: v for k, v in whole["student"]["test"].items() if k != speed
     }
+
+
+def test_several_teachers_keep_one_entry_each_and_a_second_run_loads_none(tmp_path, counted_loads):
+    cache = tmp_path / "cache"
+    two = ("distiller=multi_teacher", "distiller.teachers=[{seed:1},{seed:2}]", "loss=kd")
+    first = _run(tmp_path / "a", cache, *two)
+    entries = first["teacher_store"]["entries"]
+    assert len(entries) == len(set(entries)) == 2  # keyed by each teacher's weights
+    assert sorted(p.name for p in (cache / "teacher_outputs").iterdir() if p.is_dir()) == sorted(entries)
+    counted_loads.update(loads=0, forwards=0)
+    again = _run(tmp_path / "b", cache, *two)
+    assert again["teacher_store"]["entries"] == entries
+    assert again["student"]["final_losses"] == first["student"]["final_losses"]
+    # the ensemble's own scores need its members run on validation and test (its members' are stored)
+    assert counted_loads["loads"] == 2 and counted_loads["forwards"] > 0
+
+
+def test_a_multi_task_run_keeps_one_entry_per_task(tmp_path):
+    cache = tmp_path / "cache"
+    metrics = _run(tmp_path / "a", cache, "distiller=multi_task", "loss=kd")
+    entries = metrics["teacher_store"]["entries"]
+    assert len(entries) == len(metrics["task"]["tasks"]) == 2
+    assert {e.rsplit("-", 1)[0] for e in entries} == set(metrics["task"]["tasks"])
