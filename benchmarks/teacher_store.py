@@ -47,7 +47,7 @@ def run(args: list[str], cache: Path, env: dict[str, str] | None = None) -> floa
 def jobs_of(sweep: Path) -> dict[tuple[str, int], dict]:
     """Each finished job's metrics by (loss, seed)."""
     out = {}
-    for path in sweep.glob("*/metrics.json"):
+    for path in sweep.rglob("metrics.json"):
         metrics = json.loads(path.read_text(encoding="utf-8"))
         out["+".join(metrics["loss"]), int(metrics["seed"])] = metrics
     return out

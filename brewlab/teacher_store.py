@@ -341,7 +341,7 @@ class TeacherStore:
             for n in names:
                 with open(tmp[n], "wb") as fh:
                     if sizes[n]:
-                        os.posix_fallocate(fh.fileno(), 0, sizes[n])  # a full disk fails here, before any row
+                        _reserve(fh.fileno(), sizes[n])
                 storage = _STORAGE[DTYPES[dtypes[n]]]
                 flat = np.memmap(tmp[n], dtype=storage, mode="r+") if sizes[n] else np.zeros(0, storage)
                 maps[n] = (flat, np.concatenate([[0], np.cumsum(row_sizes(rows[n], lengths))]))
@@ -377,6 +377,17 @@ class TeacherStore:
             directory.name, ", ".join(names), len(lengths), seconds, sum(sizes.values()) / 1e6,
         )
         return {n: {"dtype": dtypes[n], "row": rows[n], "bytes": sizes[n], "seconds": round(seconds, 3)} for n in names}
+
+
+def _reserve(fd: int, size: int) -> None:
+    """Claim `size` bytes of disk for a file, so a full disk fails here, before any row is
+    written (a file system without fallocate gets a sparse file instead)."""
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+        os.ftruncate(fd, size)
 
 
 def _device_of(teacher: Any) -> torch.device:
@@ -465,14 +476,15 @@ def measured(view: Any, prep: Any, eval_bs: int, device: torch.device, predictio
     if not view.stored:
         return measure(view.online, prep, eval_bs, device, predictions)
     kept = view.entry.directory / f"evaluation-bs{eval_bs}"
-    if not (kept / "measure.json").is_file():
-        build = Path(view.entry.directory / f".evaluation-{os.getpid()}")
-        shutil.rmtree(build, ignore_errors=True)
-        entry = measure(view.online, prep, eval_bs, device, build / "predictions")
-        write_json_atomic(build / "measure.json", entry)
-        publish_dir(build, kept)
-    else:
-        log.info("teacher evaluation: read from the teacher store %s", kept)
+    with _locked(view.entry.directory.with_name(view.entry.name + ".lock")):  # one job measures, the others read
+        if not (kept / "measure.json").is_file():
+            build = view.entry.directory / f".evaluation-{os.getpid()}"
+            shutil.rmtree(build, ignore_errors=True)
+            entry = measure(view.online, prep, eval_bs, device, build / "predictions")
+            write_json_atomic(build / "measure.json", entry)
+            publish_dir(build, kept)
+        else:
+            log.info("teacher evaluation: read from the teacher store %s", kept)
     if predictions is not None:
         shutil.copytree(kept / "predictions", predictions, dirs_exist_ok=True)
     return json.loads((kept / "measure.json").read_text(encoding="utf-8"))
