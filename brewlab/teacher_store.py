@@ -441,7 +441,7 @@ class StorePlan:
             log.info("teacher store: bypassed, online augmentation gives the teacher new inputs every epoch")
             return None
         if not prep.kind.cache_teacher_logits:
-            log.info("teacher store: bypassed, task kind %s masks its inputs anew every epoch", type(prep.kind).__name__)
+            log.info("teacher store: bypassed, task kind %s keeps no teacher logits (too large per example)", type(prep.kind).__name__)
             return None
         store = TeacherStore(
             cache, float(trainer_cfg["teacher_store_max_gb"]), str(trainer_cfg["teacher_store_features"]), int(trainer_cfg["eval_batch_size"])

@@ -60,6 +60,8 @@ def test_two_gloo_ranks_train_like_one_process_with_the_global_batch(tmp_path, c
     for term, value in single["student"]["final_losses"].items():
         assert ddp["student"]["final_losses"][term] == pytest.approx(value, rel=rel, abs=1e-5)
     assert ddp["student"]["validation"]["accuracy"] == pytest.approx(single["student"]["validation"]["accuracy"])
+    # both ranks read the teacher-store entry the single process made (same teacher, same data)
+    assert ddp["teacher_store"]["entries"] == single["teacher_store"]["entries"] != []
     # one set of outputs: one run directory, one summary printed, one W&B run
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp", "single", "tmp"]
     assert not list((tmp_path / "tmp").glob("brewlab-rank*"))  # rank 1's scratch directory is gone
