@@ -99,6 +99,7 @@ class Entry:
         self.directory, self.lengths = directory, lengths
         self.manifest = dict(manifest)
         self._maps: dict[str, tuple[torch.Tensor, np.ndarray, list[int | None]]] = {}
+        self._token_starts: torch.Tensor | None = None  # each example's first token in the token-major arrays
 
     @property
     def name(self) -> str:
@@ -118,6 +119,27 @@ class Entry:
             sizes = row_sizes(spec["row"], self.lengths)
             self._maps[name] = (tensor, np.concatenate([[0], np.cumsum(sizes)]), spec["row"])
         return self._maps[name]
+
+    def batch(self, name: str, idx: torch.Tensor, width: int, fill: float) -> torch.Tensor:
+        """The rows of `idx` as one batch, each padded with `fill` to `width` along its token
+        dimensions. Rows of fixed size, and rows whose only token dimension is the first (a
+        (L, D) hidden state, (L, C) token logits), are gathered in one indexing operation."""
+        flat, _, row = self._array(name)
+        tokens = [a for a, d in enumerate(row) if d is None]
+        fixed = [d for d in row if d is not None]
+        if not tokens:
+            return flat.view(-1, *fixed).index_select(0, idx)
+        if tokens != [0]:
+            return _padded(self.rows(name, idx.tolist()), tuple(tokens), width, fill)
+        if self._token_starts is None:
+            self._token_starts = torch.from_numpy(np.concatenate([[0], np.cumsum(self.lengths)])).long()
+        lengths = torch.from_numpy(self.lengths)[idx]
+        positions = torch.arange(width)
+        valid = positions[None, :] < lengths[:, None]
+        source = (self._token_starts[idx][:, None] + positions[None, :])[valid]
+        out = torch.full((len(idx), width, *fixed), fill, dtype=flat.dtype)
+        out[valid] = flat.view(-1, *fixed).index_select(0, source)
+        return out
 
     def rows(self, name: str, idx: Sequence[int]) -> list[torch.Tensor]:
         """The stored rows of `idx` (unpadded, the stored dtype)."""
@@ -166,17 +188,14 @@ class StoredView:
         return self.online.num_heads
 
     def __call__(self, batch: Mapping[str, torch.Tensor], hidden: bool = False, attention: bool = False) -> ModelView:
-        idx = batch["idx"].tolist()
+        idx = batch["idx"].cpu()
         width = batch["attention_mask"].shape[1]
-        axis = self.kind.seq_axis
-        logits = _padded(self.entry.rows("logits", idx), axis, width, self.kind.logit_pad)
+        logits = self.entry.batch("logits", idx, width, self.kind.logit_pad)
         n = self.num_layers
 
-        def features(feature: str, count: int, axes: tuple[int, ...]) -> tuple[torch.Tensor | None, ...]:
-            return tuple(
-                _padded(self.entry.rows(f"{feature}.{i}", idx), axes, width, 0.0).float() if self.entry.has(f"{feature}.{i}") else None
-                for i in range(count)
-            )
+        def features(feature: str, count: int) -> tuple[torch.Tensor | None, ...]:
+            names = [f"{feature}.{i}" for i in range(count)]
+            return tuple(self.entry.batch(f, idx, width, 0.0).float() if self.entry.has(f) else None for f in names)
 
         device = batch["attention_mask"].device
         view = ModelView(
@@ -185,8 +204,8 @@ class StoredView:
             logits_mask=self.kind.logits_mask(batch),
             class_mask=self.kind.class_mask(batch),
             labels=batch.get("labels"),
-            hidden=features("hidden", n + 1, (0,)) if hidden else None,
-            attention=features("attention", n, (1, 2)) if attention else None,
+            hidden=features("hidden", n + 1) if hidden else None,
+            attention=features("attention", n) if attention else None,
         )
         if device.type != "cpu":
             view.hidden = view.hidden and tuple(h.to(device) if h is not None else None for h in view.hidden)
@@ -194,11 +213,8 @@ class StoredView:
         return view
 
 
-def _padded(rows: list[torch.Tensor], axes: int | tuple[int, ...] | None, width: int, fill: float) -> torch.Tensor:
+def _padded(rows: list[torch.Tensor], axes: tuple[int, ...], width: int, fill: float) -> torch.Tensor:
     """Rows of unequal length stacked into one batch, padded along `axes` to `width`."""
-    if axes is None:
-        return torch.stack(rows)
-    axes = (axes,) if isinstance(axes, int) else axes
     shape = list(rows[0].shape)
     for a in axes:
         shape[a] = width

@@ -375,3 +375,38 @@ def test_a_multi_task_run_keeps_one_entry_per_task(tmp_path):
     entries = metrics["teacher_store"]["entries"]
     assert len(entries) == len(metrics["task"]["tasks"]) == 2
     assert {e.rsplit("-", 1)[0] for e in entries} == set(metrics["task"]["tasks"])
+
+
+class _TokenTeacher:
+    """A stand-in teacher whose logit at (example k, token p, class c) is k + p / 100 + c / 1000,
+    laid out as `(L, C)` rows (`seq_axis=0`, NER) or `(C, L)` rows (`seq_axis=1`, MRC)."""
+
+    def __init__(self, seq_axis: int) -> None:
+        from types import SimpleNamespace
+
+        self.kind = SimpleNamespace(seq_axis=seq_axis)
+        self.model = torch.nn.Linear(1, 1)
+
+    def __call__(self, batch, hidden=False, attention=False):
+        from brewlab.adaptors import ModelView
+
+        b, w = batch["input_ids"].shape
+        value = batch["idx"][:, None, None] + torch.arange(w)[None, :, None] / 100 + torch.arange(3)[None, None, :] / 1000
+        logits = value.float() if self.kind.seq_axis == 0 else value.float().transpose(1, 2)
+        return ModelView(logits=logits, mask=batch["attention_mask"])
+
+
+@pytest.mark.parametrize("seq_axis", [0, 1])
+def test_token_logits_come_back_at_their_example_and_position_padded_with_the_fill(tmp_path, seq_axis):
+    features = [{"input_ids": [5] * n, "attention_mask": [1] * n} for n in (3, 7, 1, 5, 7, 2)]
+    store = TeacherStore(Cache(tmp_path), 1.0, "fp32", 4)
+    entry = store.open(tmp_path / "e", Wanted(), features, lambda: _TokenTeacher(seq_axis), 0)
+    idx, width = torch.tensor([4, 0, 2]), 8
+    got = entry.batch("logits", idx, width, -9.0)
+    assert got.shape == ((3, 8, 3) if seq_axis == 0 else (3, 3, 8))
+    for i, k in enumerate(idx.tolist()):
+        length = len(features[k]["input_ids"])
+        for p in range(width):
+            row = got[i, p] if seq_axis == 0 else got[i, :, p]
+            want = [k + p / 100 + c / 1000 for c in range(3)] if p < length else [-9.0] * 3
+            assert row.tolist() == pytest.approx(want, abs=1e-6)
