@@ -276,7 +276,10 @@ class TeacherStore:
             if missing:
                 built = self._build(directory, manifest, missing, features, lengths, teacher(), pad_id)
                 manifest = {**manifest, "arrays": {**manifest["arrays"], **built}}
-                write_json_atomic(directory / MANIFEST, manifest)
+                try:
+                    write_json_atomic(directory / MANIFEST, manifest)
+                except OSError as exc:  # the arrays just written stay unlisted, so unread
+                    raise StoreSkipped(f"teacher store: cannot write {directory / MANIFEST} ({exc}); training reads the teacher online") from None
         return Entry(directory, lengths, manifest)
 
     def _checked(self, directory: Path, lengths: np.ndarray) -> dict[str, Any]:
@@ -350,9 +353,9 @@ class TeacherStore:
                 f"teacher store: the entry would take {total / 1e9:.2f} GB, above trainer.teacher_store_max_gb="
                 f"{self.max_bytes / 1e9:g}; training reads the teacher online (raise the setting to store it)"
             )
-        directory.mkdir(parents=True, exist_ok=True)
         tmp = {n: directory / f".{n}.bin.tmp" for n in names}
         try:
+            directory.mkdir(parents=True, exist_ok=True)
             maps = {}
             for n in names:
                 with open(tmp[n], "wb") as fh:
@@ -493,14 +496,21 @@ def measured(view: Any, prep: Any, eval_bs: int, device: torch.device, predictio
         return measure(view.online, prep, eval_bs, device, predictions)
     kept = view.entry.directory / f"evaluation-bs{eval_bs}"
     with _locked(view.entry.directory.with_name(view.entry.name + ".lock")):  # one job measures, the others read
-        if not (kept / "measure.json").is_file():
-            build = view.entry.directory / f".evaluation-{os.getpid()}"
+        if (kept / "measure.json").is_file() and (predictions is None or (kept / "predictions").is_dir()):
+            log.info("teacher evaluation: read from the teacher store %s", kept)
+            if predictions is not None:
+                shutil.copytree(kept / "predictions", predictions, dirs_exist_ok=True)
+            return json.loads((kept / "measure.json").read_text(encoding="utf-8"))
+        entry = measure(view.online, prep, eval_bs, device, predictions)
+        build = view.entry.directory / f".evaluation-{os.getpid()}"
+        try:  # kept for later runs; a full disk costs them a measurement, never this run its result
             shutil.rmtree(build, ignore_errors=True)
-            entry = measure(view.online, prep, eval_bs, device, build / "predictions")
+            build.mkdir()
+            if predictions is not None:
+                shutil.copytree(predictions, build / "predictions")
             write_json_atomic(build / "measure.json", entry)
             publish_dir(build, kept)
-        else:
-            log.info("teacher evaluation: read from the teacher store %s", kept)
-    if predictions is not None:
-        shutil.copytree(kept / "predictions", predictions, dirs_exist_ok=True)
-    return json.loads((kept / "measure.json").read_text(encoding="utf-8"))
+        except OSError as exc:
+            shutil.rmtree(build, ignore_errors=True)
+            log.warning("teacher store %s: cannot keep the teacher's scores (%s)", view.entry.name, exc)
+        return entry

@@ -410,3 +410,38 @@ def test_token_logits_come_back_at_their_example_and_position_padded_with_the_fi
             row = got[i, p] if seq_axis == 0 else got[i, :, p]
             want = [k + p / 100 + c / 1000 for c in range(3)] if p < length else [-9.0] * 3
             assert row.tolist() == pytest.approx(want, abs=1e-6)
+
+
+def _no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_full_disk_when_listing_new_arrays_skips_the_store(tmp_path, task, monkeypatch, caplog):
+    import brewlab.teacher_store as ts
+
+    cfg, prep, teacher = task
+    t = _saved_teacher(tmp_path, prep, teacher)
+    view = HFAdaptor(teacher, prep.kind)
+    monkeypatch.setattr(ts, "write_json_atomic", _no_space)
+    caplog.set_level(logging.INFO, logger="brewlab")
+    assert _plan(cfg, prep, tmp_path / "c").attach(view, t, []) is view  # the teacher is read online
+    assert any("cannot write" in r.getMessage() and "manifest.json" in r.getMessage() for r in caplog.records)
+    (directory,) = [p for p in (tmp_path / "c" / "teacher_outputs").iterdir() if p.is_dir()]
+    assert not (directory / "manifest.json").exists()  # arrays written but never listed, so never read
+
+
+def test_a_full_disk_when_keeping_the_teachers_scores_costs_the_run_nothing(tmp_path, task, monkeypatch, caplog):
+    import brewlab.teacher_store as ts
+
+    _, prep, teacher = task
+    entry, _ = _open(_store(tmp_path), tmp_path / "e", prep, teacher)
+    view = StoredView(entry, HFAdaptor(teacher, prep.kind))
+    monkeypatch.setattr(ts, "write_json_atomic", _no_space)
+    got = ts.measured(view, prep, 32, torch.device("cpu"), tmp_path / "predictions")
+    assert 0.0 <= got["test"]["accuracy"] <= 1.0 and (tmp_path / "predictions" / "test.jsonl").is_file()
+    assert "cannot keep the teacher's scores" in caplog.text
+    assert sorted(p.name for p in (tmp_path / "e").iterdir() if p.is_dir()) == []  # no half-kept evaluation
+    monkeypatch.undo()
+    kept = ts.measured(view, prep, 32, torch.device("cpu"), tmp_path / "again")
+    assert (tmp_path / "e" / "evaluation-bs32" / "measure.json").is_file()
+    assert kept["test"]["accuracy"] == got["test"]["accuracy"]
