@@ -42,12 +42,11 @@ class HFAdaptor:
     """Adaptor for Hugging Face encoder models with a task head."""
 
     stored = False  # outputs come from running the model (see brewlab.teacher_store.StoredView)
+    store_entries: list[str] = []  # the teacher-store entries it reads: none
 
     def __init__(self, model: nn.Module, kind: Any) -> None:
         self.model = model
         self.kind = kind
-
-    store_entries: list[str] = []  # the teacher-store entries it reads: none
 
     @property
     def online(self) -> HFAdaptor:

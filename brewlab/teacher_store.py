@@ -116,8 +116,7 @@ class Entry:
             tensor = torch.from_numpy(flat)
             if dtype is torch.bfloat16:
                 tensor = tensor.view(torch.bfloat16)
-            sizes = row_sizes(spec["row"], self.lengths)
-            self._maps[name] = (tensor, np.concatenate([[0], np.cumsum(sizes)]), spec["row"])
+            self._maps[name] = (tensor, row_offsets(spec["row"], self.lengths), spec["row"])
         return self._maps[name]
 
     def batch(self, name: str, idx: torch.Tensor, width: int, fill: float) -> torch.Tensor:
@@ -132,7 +131,7 @@ class Entry:
         if tokens != [0]:
             return _padded(self.rows(name, idx.tolist()), tuple(tokens), width, fill)
         if self._token_starts is None:
-            self._token_starts = torch.from_numpy(np.concatenate([[0], np.cumsum(self.lengths)])).long()
+            self._token_starts = torch.from_numpy(row_offsets([None], self.lengths))
         lengths = torch.from_numpy(self.lengths)[idx]
         positions = torch.arange(width)
         valid = positions[None, :] < lengths[:, None]
@@ -155,6 +154,11 @@ def row_sizes(row: Sequence[int | None], lengths: np.ndarray) -> np.ndarray:
     """Elements of each example's row: the fixed dimensions times its length per `None`."""
     fixed = math.prod(d for d in row if d is not None)
     return fixed * lengths.astype(np.int64) ** sum(d is None for d in row)
+
+
+def row_offsets(row: Sequence[int | None], lengths: np.ndarray) -> np.ndarray:
+    """Where each example's row starts in its flat array (and, last, the array's size)."""
+    return np.concatenate([[0], np.cumsum(row_sizes(row, lengths))])
 
 
 class StoredView:
@@ -193,12 +197,13 @@ class StoredView:
         logits = self.entry.batch("logits", idx, width, self.kind.logit_pad)
         n = self.num_layers
 
+        device = batch["attention_mask"].device
+
         def features(feature: str, count: int) -> tuple[torch.Tensor | None, ...]:
             names = [f"{feature}.{i}" for i in range(count)]
-            return tuple(self.entry.batch(f, idx, width, 0.0).float() if self.entry.has(f) else None for f in names)
+            return tuple(self.entry.batch(f, idx, width, 0.0).float().to(device) if self.entry.has(f) else None for f in names)
 
-        device = batch["attention_mask"].device
-        view = ModelView(
+        return ModelView(
             logits=logits.to(device),
             mask=batch["attention_mask"],
             logits_mask=self.kind.logits_mask(batch),
@@ -207,10 +212,6 @@ class StoredView:
             hidden=features("hidden", n + 1) if hidden else None,
             attention=features("attention", n) if attention else None,
         )
-        if device.type != "cpu":
-            view.hidden = view.hidden and tuple(h.to(device) if h is not None else None for h in view.hidden)
-            view.attention = view.attention and tuple(a.to(device) if a is not None else None for a in view.attention)
-        return view
 
 
 def _padded(rows: list[torch.Tensor], axes: tuple[int, ...], width: int, fill: float) -> torch.Tensor:
@@ -363,7 +364,7 @@ class TeacherStore:
                         _reserve(fh.fileno(), sizes[n])
                 storage = _STORAGE[DTYPES[dtypes[n]]]
                 flat = np.memmap(tmp[n], dtype=storage, mode="r+") if sizes[n] else np.zeros(0, storage)
-                maps[n] = (flat, np.concatenate([[0], np.cumsum(row_sizes(rows[n], lengths))]))
+                maps[n] = (flat, row_offsets(rows[n], lengths))
             for chunk, out in (first, *(forward(c) for c in chunks[1:])):
                 for n in names:
                     flat, offsets = maps[n]
