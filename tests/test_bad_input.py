@@ -100,6 +100,8 @@ CASES = [
     ),
     (["resume=maybe"], 2, ["resume='maybe' is not valid; choose one of: auto, false, true"]),
     (["trainer.nonfinite=ignore"], 2, ["trainer.nonfinite='ignore' is not valid; choose one of: skip, stop"]),
+    (["trainer.teacher_store_features=fp8"], 2, ["trainer.teacher_store_features='fp8' is not valid; choose one of: bf16, fp16, fp32"]),
+    (["trainer.teacher_store_max_gb=0"], 2, ["trainer.teacher_store_max_gb=0 must be a number > 0"]),
     (["trainer.checkpoint_every=0"], 2, ["trainer.checkpoint_every=0 must be a number >= 1"]),
     (["trainer.length_pool=0"], 2, ["trainer.length_pool=0 must be a number >= 1"]),
     (
