@@ -2,7 +2,7 @@
 (`trainer.teacher_store=false`), and a stored job's training step against the labels-only floor.
 
 Usage: python benchmarks/teacher_store.py [--cache DIR] [--out DIR] [--losses kd,kd+hidden,kd+nst]
-       [--seeds 1,2,3] [--jobs 2] [--rounds 2] [overrides...]
+       [--seeds 1,2,3] [--jobs 2] [--rounds 2] [--parts sweep,floor] [overrides...]
 
 1. Sweep: `run.py -m loss=<losses> seed=<seeds>` through the joblib launcher (`--jobs` processes,
    one torch thread each), first with the store off, then with it on from an empty store (its
@@ -70,6 +70,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="1,2,3")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--parts", default="sweep,floor", help="sweep, floor or both (the last line needs both)")
     args, overrides = parser.parse_known_args()
     base = TASK + overrides
     shutil.rmtree(args.out, ignore_errors=True)
@@ -77,6 +78,21 @@ def main() -> None:
     prep = run([*base, "loss=hard", "distiller=trainer", "trainer.max_steps=1", f"hydra.run.dir={args.out / 'prepare'}"], args.cache)
     print(f"teacher ready in the cache ({prep:.0f} s, not timed)")
 
+    parts = set(args.parts.split(","))
+    if "sweep" in parts:
+        off, on, mb, equal = sweep(args, base)
+    if "floor" in parts:
+        kd_ratio, hidden_ratio = floor(args, base)
+    if parts >= {"sweep", "floor"}:
+        print(
+            f"sweep_speedup={off / on:.2f} kd_floor_ratio={kd_ratio:.3f} hidden_floor_ratio={hidden_ratio:.3f} "
+            f"store_mb={mb:.0f} accuracy_equal={'true' if equal else 'false'}"
+        )
+
+
+def sweep(args: argparse.Namespace, base: list[str]) -> tuple[float, float, float, bool]:
+    """Wall seconds of the sweep with the store off and on, the store's MB, and whether every
+    job's test accuracy is equal between the two."""
     sweep = [f"loss={args.losses}", f"seed={args.seeds}", "hydra/launcher=joblib", f"hydra.launcher.n_jobs={args.jobs}"]
     one_thread = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # `--jobs` processes share the cores
     off = run(["-m", *base, *sweep, "trainer.teacher_store=false", f"hydra.sweep.dir={args.out / 'off'}"], args.cache, one_thread)
@@ -95,7 +111,11 @@ def main() -> None:
         loaded = jobs_on[key]["teacher_store"]["teacher_loaded"]
         equal &= a == b
         print(f"  loss={key[0]} seed={key[1]}: test accuracy off {100 * a:.2f} on {100 * b:.2f} (diff {100 * (b - a):+.2f}), teacher loaded: {loaded}")
+    return off, on, mb, equal
 
+
+def floor(args: argparse.Namespace, base: list[str]) -> tuple[float, float]:
+    """A stored KD and a stored KD + hidden step against a labels-only step, jobs one at a time."""
     steps: dict[str, list[float]] = {"labels": [], "kd": [], "hidden": []}
     jobs = {"labels": ["distiller=trainer", "loss=hard"], "kd": ["loss=kd"], "hidden": ["loss=kd+hidden"]}
     for r in range(args.rounds):
@@ -107,11 +127,8 @@ def main() -> None:
     floor = {k: statistics.median(v) for k, v in steps.items()}
     for name, values in steps.items():
         print(f"  {name}: {1000 * floor[name]:.2f} ms per step (median of {', '.join(f'{1000 * v:.2f}' for v in values)})")
-    kd_ratio, hidden_ratio = floor["kd"] / floor["labels"], floor["hidden"] / floor["labels"]
-    print(
-        f"sweep_speedup={off / on:.2f} kd_floor_ratio={kd_ratio:.3f} hidden_floor_ratio={hidden_ratio:.3f} "
-        f"store_mb={mb:.0f} accuracy_equal={'true' if equal else 'false'}"
-    )
+    print(f"  floor ratios: kd {floor['kd'] / floor['labels']:.3f}, kd + hidden {floor['hidden'] / floor['labels']:.3f}")
+    return floor["kd"] / floor["labels"], floor["hidden"] / floor["labels"]
 
 
 if __name__ == "__main__":

@@ -220,8 +220,9 @@ class Distiller:
                 parts[term.name] = value
                 total_loss = total_loss + kd_w * term.weight * value
         mask = padding_mask(s_view.mask) if obj.matches else None
+        tokens = ValidTokens(mask) if mask is not None else None
         for term in obj.matches:
-            value = self._match(term, s_view, t_view, mask)
+            value = self._match(term, s_view, t_view, mask, tokens)
             parts[term.name] = value
             total_loss = total_loss + term.weight * value
         return total_loss, parts
@@ -238,12 +239,23 @@ class Distiller:
         return t_view
 
     def _match(
-        self, term: MatchTerm, s_view: ModelView, t_view: ModelView | None, mask: torch.Tensor | None
+        self,
+        term: MatchTerm,
+        s_view: ModelView,
+        t_view: ModelView | None,
+        mask: torch.Tensor | None,
+        tokens: ValidTokens | None = None,
     ) -> torch.Tensor:
         s_feats = getattr(s_view, term.feature)
         t_feats = getattr(t_view, term.feature)
         fn = MATCH_LOSSES.get(term.fn_name)
         values = []
+        if tokens is not None and MATCH_LOSSES.props(term.fn_name).per_token:
+            # padding is never projected nor compared: the loss sees the valid tokens as one row
+            for t_layer, s_layer in term.pairs:
+                s_part = self._project(term, s_layer, tokens.of(s_feats[s_layer]))
+                values.append(fn(s_part[None], tokens.of_teacher(t_feats, t_layer)[None]))
+            return torch.stack(values).mean()
         for t_layer, s_layer in term.pairs:
             s_parts = [self._project(term, layer, s_feats[layer]) for layer in layers_of(s_layer)]
             t_parts = [t_feats[layer] for layer in layers_of(t_layer)]
@@ -320,6 +332,24 @@ class Distiller:
         for module in trained.modules:
             module.eval()
         return FitResult(metric, best_step, state.step, seconds, state.history, state.values)
+
+
+class ValidTokens:
+    """A batch's valid (unpadded) positions, for the match losses that read each token alone:
+    features become (N, D) rows of the valid tokens, example by example in order, which is the
+    token order of the teacher store's rows."""
+
+    def __init__(self, mask: torch.Tensor) -> None:
+        self.index = mask.reshape(-1).nonzero().squeeze(1)
+
+    def of(self, feature: torch.Tensor) -> torch.Tensor:
+        """The valid rows of a (B, L, D) feature, as (N, D)."""
+        return feature.reshape(-1, feature.shape[-1]).index_select(0, self.index)
+
+    def of_teacher(self, features: Any, layer: int) -> torch.Tensor:
+        """The valid rows of the teacher's feature `layer`; a stored teacher reads them packed."""
+        packed = getattr(features, "tokens", None)
+        return packed(layer) if packed is not None else self.of(features[layer])
 
 
 def padding_mask(mask: torch.Tensor) -> torch.Tensor | None:

@@ -44,12 +44,16 @@ class MatchProps:
       layer with the next one, as flow between layers).
     same_size: teacher and student feature sizes must be equal (a projection bridges them).
     same_heads: the attention maps are compared head by head, so the head counts must agree.
+    per_token: the loss is a mean over valid tokens of a value of each token alone, so it equals
+      the same loss on the valid tokens only, packed as one unpadded row (1, N, D); the distiller
+      then projects and compares real tokens only, never the padding.
     """
 
     feature: str = "hidden"
     layers: str = "single"
     same_size: bool = False
     same_heads: bool = False
+    per_token: bool = False
 
     @property
     def paired(self) -> bool:
@@ -259,7 +263,7 @@ def _hidden_pair(feat_s: Tensor, feat_t: Tensor, mask: Tensor | None, what: str)
     return feat_s, feat_t.detach(), valid
 
 
-@MATCH_LOSSES.register("hidden_mse", MatchProps(same_size=True))
+@MATCH_LOSSES.register("hidden_mse", MatchProps(same_size=True, per_token=True))
 def hidden_mse(feat_s: Tensor, feat_t: Tensor, mask: Tensor | None = None) -> Tensor:
     """sum over valid tokens of ||s_i - t_i||^2 / (n_valid_tokens * D), for (B, L, D) inputs.
 
@@ -273,7 +277,7 @@ def hidden_mse(feat_s: Tensor, feat_t: Tensor, mask: Tensor | None = None) -> Te
     return squares / (valid.sum().clamp(min=1) * s.shape[-1]).to(s.dtype)
 
 
-@MATCH_LOSSES.register("cos", MatchProps(same_size=True))
+@MATCH_LOSSES.register("cos", MatchProps(same_size=True, per_token=True))
 def cos(feat_s: Tensor, feat_t: Tensor, mask: Tensor | None = None) -> Tensor:
     """Mean over valid tokens of 1 - cos(s_i, t_i), for (B, L, D) inputs.
 

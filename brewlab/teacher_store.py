@@ -130,15 +130,23 @@ class Entry:
             return flat.view(-1, *fixed).index_select(0, idx)
         if tokens != [0]:
             return _padded(self.rows(name, idx.tolist()), tuple(tokens), width, fill)
+        valid = torch.arange(width)[None, :] < torch.from_numpy(self.lengths)[idx][:, None]
+        out = torch.full((len(idx), width, *fixed), fill, dtype=flat.dtype)
+        out[valid] = self.tokens(name, idx)
+        return out
+
+    def tokens(self, name: str, idx: torch.Tensor) -> torch.Tensor:
+        """The rows of `idx` laid end to end along their (first) token dimension: (N, *fixed)
+        for N tokens in all, with no padding, in one indexing operation."""
+        flat, _, row = self._array(name)
+        if row[0] is not None or None in row[1:]:
+            raise ValueError(f"teacher store: {name} rows are not token-major {tuple(row)}")
         if self._token_starts is None:
             self._token_starts = torch.from_numpy(row_offsets([None], self.lengths))
         lengths = torch.from_numpy(self.lengths)[idx]
-        positions = torch.arange(width)
-        valid = positions[None, :] < lengths[:, None]
-        source = (self._token_starts[idx][:, None] + positions[None, :])[valid]
-        out = torch.full((len(idx), width, *fixed), fill, dtype=flat.dtype)
-        out[valid] = flat.view(-1, *fixed).index_select(0, source)
-        return out
+        firsts = torch.cumsum(lengths, 0) - lengths  # where each row starts in the output
+        source = torch.arange(int(lengths.sum())) + torch.repeat_interleave(self._token_starts[idx] - firsts, lengths)
+        return flat.view(-1, *row[1:]).index_select(0, source)
 
     def rows(self, name: str, idx: Sequence[int]) -> list[torch.Tensor]:
         """The stored rows of `idx` (unpadded, the stored dtype)."""
@@ -199,9 +207,8 @@ class StoredView:
 
         device = batch["attention_mask"].device
 
-        def features(feature: str, count: int) -> tuple[torch.Tensor | None, ...]:
-            names = [f"{feature}.{i}" for i in range(count)]
-            return tuple(self.entry.batch(f, idx, width, 0.0).float().to(device) if self.entry.has(f) else None for f in names)
+        def features(feature: str, count: int) -> StoredFeatures:
+            return StoredFeatures(self.entry, feature, count, idx, width, device)
 
         return ModelView(
             logits=logits.to(device),
@@ -212,6 +219,40 @@ class StoredView:
             hidden=features("hidden", n + 1) if hidden else None,
             attention=features("attention", n) if attention else None,
         )
+
+
+class StoredFeatures(Sequence):
+    """One feature's layers for a batch, read from the store when a loss asks for a layer (a
+    layer the entry lacks is None): padded to the batch, or as valid tokens only (`tokens`)."""
+
+    def __init__(self, entry: Entry, feature: str, count: int, idx: torch.Tensor, width: int, device: torch.device) -> None:
+        self.entry, self.feature, self.count = entry, feature, count
+        self.idx, self.width, self.device = idx, width, device
+        self._padded: dict[str, torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, layer: int) -> torch.Tensor | None:  # type: ignore[override]
+        name = self._name(layer)
+        if name is None:
+            return None
+        if name not in self._padded:
+            self._padded[name] = self.entry.batch(name, self.idx, self.width, 0.0).float().to(self.device)
+        return self._padded[name]
+
+    def tokens(self, layer: int) -> torch.Tensor:
+        """Layer `layer` of the batch's valid tokens, (N, D), example by example."""
+        name = self._name(layer)
+        if name is None:
+            raise KeyError(f"teacher store entry {self.entry.name} has no {self.feature}.{layer}")
+        return self.entry.tokens(name, self.idx).float().to(self.device)
+
+    def _name(self, layer: int) -> str | None:
+        if not -self.count <= layer < self.count:
+            raise IndexError(f"{self.feature} layer {layer} of {self.count}")
+        name = f"{self.feature}.{layer % self.count}"
+        return name if self.entry.has(name) else None
 
 
 def _padded(rows: list[torch.Tensor], axes: tuple[int, ...], width: int, fill: float) -> torch.Tensor:

@@ -197,6 +197,32 @@ def test_fit_trains_student_and_projections_never_the_teacher():
     assert last < first
 
 
+@pytest.mark.parametrize("fn", ["hidden_mse", "cos"])
+def test_per_token_matches_project_only_the_valid_tokens(fn):
+    """hidden_mse and cos read each token alone: the distiller hands them the 28 valid tokens of
+    the 4 x 9 batch (8 are padding), projected, and the term is the per-token formula's mean
+    over those tokens, written out here token by token."""
+    d = make("general", {"hid": {**hidden_term(1.0), "fn": fn}})
+    rows = []
+    for proj in d.projections.values():
+        proj.register_forward_hook(lambda module, args, out: rows.append(tuple(args[0].shape)))
+    b = batch()
+    _, parts = d.compute_loss(b, 0, 10)
+    assert rows == [(28, 16)] * 3  # embeddings and both layers, valid tokens only
+    with torch.no_grad():
+        s = d.student(b, hidden=True).hidden
+        t = d.teacher(b, hidden=True).hidden
+    per_pair = []
+    for t_layer, s_layer in d.objective.matches[0].pairs:
+        proj = d.projections[f"hid_{s_layer}"]
+        values = []
+        for i, j in b["attention_mask"].nonzero().tolist():
+            p, q = proj(s[s_layer][i, j]), t[t_layer][i, j]
+            values.append(((p - q) ** 2).mean() if fn == "hidden_mse" else 1 - p.dot(q) / (p.norm() * q.norm()))
+        per_pair.append(torch.stack(values).mean())
+    assert parts["hid"].item() == pytest.approx(torch.stack(per_pair).mean().item(), rel=1e-5)
+
+
 def test_trainer_uses_labels_only():
     d = make("trainer", KD_HARD)
     total, parts = d.compute_loss(batch(), 0, 10)

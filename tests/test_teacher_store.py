@@ -114,6 +114,28 @@ def test_stored_outputs_of_padded_training_batches_agree_to_rounding(tmp_path, t
     assert padded > 0  # the batches were padded, so the comparison covers re-padding
 
 
+def test_valid_tokens_read_packed_are_the_padded_batch_valid_rows(tmp_path, task):
+    """A stored layer read as valid tokens only is, bit for bit, the padded read's valid rows in
+    row-major order (example by example), and the online teacher's packed rows come out alike."""
+    from brewlab.distillers import ValidTokens
+
+    _, prep, teacher = task
+    entry, _ = _open(_store(tmp_path), tmp_path / "e", prep, teacher)
+    stored = StoredView(entry, HFAdaptor(teacher, prep.kind))
+    for batch in _batches(prep, 8)[:6]:
+        mask = batch["attention_mask"].bool()
+        view = stored(batch, hidden=True)
+        tokens = ValidTokens(batch["attention_mask"])
+        for layer in HIDDEN.hidden:
+            packed = view.hidden.tokens(layer)
+            assert packed.shape == (int(mask.sum()), view.hidden[layer].shape[-1])
+            assert torch.equal(packed, view.hidden[layer][mask])
+            assert torch.equal(tokens.of_teacher(view.hidden, layer), packed)
+            assert torch.equal(tokens.of_teacher(tuple(view.hidden), layer), packed)  # an online teacher's tuple
+    with pytest.raises(KeyError, match="has no hidden.1"):
+        view.hidden.tokens(1)
+
+
 @pytest.mark.parametrize(("precision", "mantissa_bits"), [("fp16", 10), ("bf16", 7)])
 def test_half_precision_features_stay_within_their_rounding_bound(tmp_path, task, precision, mantissa_bits):
     """Rounding to nearest with p stored mantissa bits errs by at most u = 2^-(p+1) relative
