@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
@@ -184,6 +184,19 @@ class Distiller:
             and kind.cache_teacher_logits  # a kind may have logits too large to keep
         )
         self.cache = TeacherCache(kind.seq_axis, kind.logit_pad) if use_cache else None
+        # (example indices, logits, attention mask) batches that fill the cache before training;
+        # None: the cache fills from the training batches as epoch 1 runs the teacher
+        self.cache_source: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] | None = None
+
+    def fill_caches(self) -> None:
+        """Fill an empty teacher-logit cache up front from `cache_source` (a resumed run restores
+        its cache from the checkpoint instead)."""
+        if self.cache is None or len(self.cache) or self.cache_source is None:
+            return
+        started = time.perf_counter()
+        for idx, logits, mask in self.cache_source():
+            self.cache.put(idx, logits, mask)
+        log.info("teacher logits: %d examples computed up front, in length-sorted batches, in %.1f s", len(self.cache), time.perf_counter() - started)
 
     # -- objective -----------------------------------------------------------------------
 
@@ -313,6 +326,7 @@ class Distiller:
         guard = NonFiniteGuard(str(cfg["nonfinite"]))
         checkpointer = Checkpointer(checkpoints, cfg["checkpoint_every"], trained, guard)
         restored = checkpointer.restore()
+        self.fill_caches()
         bar = progress_bar(total, enabled=progress, initial=restored[0].step)
         hooks = (
             guard,
@@ -446,6 +460,10 @@ class MultiTaskDistiller(Distiller):
 
     def caches(self) -> list[TeacherCache | None]:
         return [part.cache for part in self.parts.values()]
+
+    def fill_caches(self) -> None:
+        for part in self.parts.values():
+            part.fill_caches()
 
     def stores(self) -> list[str]:
         return [name for part in self.parts.values() for name in part.stores()]

@@ -150,7 +150,7 @@ def run(cfg: Mapping[str, Any], run_dir: Path, rt: Runtime) -> dict[str, Any]:
         features = preps[n].features["train"] if augmented is None else augmented[2]
         store = StorePlan.of(trainer_cfg, rt.cache, n, preps[n], features)
         parts[n] = build_distiller(
-            part_name, task_cfgs[n], trained, teachers[n], preps[n], cfg["loss"], trainer_cfg, rt.tracker, repeat, store
+            part_name, task_cfgs[n], trained, teachers[n], preps[n], cfg["loss"], trainer_cfg, rt.tracker, repeat, store, features
         )
     distiller = d_cls.assemble(parts, trainer_cfg, instantiate(cfg["optim"], _partial_=True), rt.tracker.log)
     loaders = {

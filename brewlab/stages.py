@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -73,13 +74,16 @@ def build_distiller(
     tracker: Any,
     inputs_repeat: bool = True,
     store: Any | None = None,
+    features: Sequence[Mapping[str, Any]] | None = None,
 ):
     """The named distiller over adaptors of the models; a many-teacher distiller gets its
     teachers as one `TeacherEnsemble` (combined as `distiller.combine`/`weights` say).
     `teachers` are `brewlab.teachers.Teacher`s (or models). With `store` (a
     `teacher_store.StorePlan`), each teacher's outputs that the objective reads come from the
     teacher store. `inputs_repeat=False` (online augmentation: new inputs every epoch) keeps no
-    teacher logits."""
+    teacher logits. With the training `features` and no store, the teacher's logits kept in
+    memory are computed before training in the store's canonical batches, so they are the same
+    bits as stored ones."""
     from hydra.utils import instantiate
 
     from brewlab.adaptors import HFAdaptor, TeacherEnsemble
@@ -108,7 +112,7 @@ def build_distiller(
     task_cfg = cfg.get("task") or {}  # harnesses may build a distiller from a partial config
     classes = prep.kind.logit_classes(task_cfg, prep.label_names, len(prep.tokenizer)) if teacher else None
     projections = build_projections(objective.matches, teacher, student) if teacher else None
-    return distiller_cls(
+    distiller = distiller_cls(
         student=student,
         objective=objective,
         schedules=build_schedules(cfg["scheduler"], classes, f"task {task_cfg.get('name', '?')}"),
@@ -120,6 +124,19 @@ def build_distiller(
         log=tracker.log,
         inputs_repeat=inputs_repeat,
     )
+    if features is not None and distiller.cache is not None:
+        distiller.cache_source = partial(canonical_logits, distiller.teacher, features, int(trainer_cfg["eval_batch_size"]), prep.tokenizer.pad_token_id)
+    return distiller
+
+
+def canonical_logits(
+    teacher: Any, features: Sequence[Mapping[str, Any]], batch_size: int, pad_id: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """The teacher's logits on `features` in the teacher store's batches, for a logit cache."""
+    from brewlab.teacher_store import canonical_outputs
+
+    for chunk, out, mask in canonical_outputs(teacher, features, ["logits"], batch_size, pad_id):
+        yield torch.tensor(chunk), out["logits"], mask
 
 
 def train_loop(

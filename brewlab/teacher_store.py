@@ -10,9 +10,12 @@ after it, so a kill or a full disk never leaves a half array in an entry, and a 
 that needs another layer adds that array to the same entry. One process builds an entry at a
 time (a file lock); the others wait, then read. Reads are memory-mapped.
 
-The store runs the teacher in length-sorted batches, not in the training batches, so its logits
-are the teacher's own fp32 outputs for each example but can differ from an online forward of a
-differently padded batch in the last bits (about 1e-7 here), as two online batchings do.
+The store runs the teacher in canonical batches (`canonical_outputs`), not in the training
+batches: on a CPU an example's outputs change in their last bits with the shape of the batch it
+is run in, and these batches make every kept teacher output a function of the example alone.
+The in-memory logit cache of a run without the store is filled the same way, so the two train
+the same student bit for bit; a teacher run online on each training batch (intermediate matches
+without the store) agrees with the store to rounding only.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -361,30 +365,10 @@ class TeacherStore:
         teacher: Any,
         pad_id: int,
     ) -> dict[str, Any]:
-        """Compute the arrays `names` over every example, in length-sorted batches."""
-        from brewlab.data import PadCollator
-
+        """Compute the arrays `names` over every example, in canonical batches."""
         started = time.perf_counter()
-        collate = PadCollator(pad_id)
-        order = np.argsort(lengths, kind="stable")
-        chunks = [order[i : i + self.batch_size].tolist() for i in range(0, len(order), self.batch_size)]
-        need_hidden = any(n.startswith("hidden.") for n in names)
-        need_attention = any(n.startswith("attention.") for n in names)
-        teacher.model.eval()
-
-        def forward(chunk: list[int]) -> tuple[list[int], dict[str, torch.Tensor]]:
-            batch = collate([{**features[k], "idx": k} for k in chunk])
-            batch = {k: v.to(_device_of(teacher)) for k, v in batch.items()}
-            with torch.inference_mode():
-                view = teacher(batch, hidden=need_hidden, attention=need_attention)
-            out = {"logits": view.logits.float()}
-            for name in names:
-                feature, _, layer = name.partition(".")
-                if layer:
-                    out[name] = getattr(view, feature)[int(layer)]
-            return chunk, out
-
-        first = forward(chunks[0])  # gives each array's row shape, so its size is known before writing
+        outputs = canonical_outputs(teacher, features, names, self.batch_size, pad_id)
+        first = next(outputs)  # gives each array's row shape, so its size is known before writing
         rows = {name: _row_template(name, first[1][name], teacher.kind.seq_axis) for name in names}
         dtypes = {name: "fp32" if name == "logits" else self.feature_dtype for name in names}
         sizes = {n: int(row_sizes(rows[n], lengths).sum()) * DTYPES[dtypes[n]].itemsize for n in names}
@@ -406,7 +390,7 @@ class TeacherStore:
                 storage = _STORAGE[DTYPES[dtypes[n]]]
                 flat = np.memmap(tmp[n], dtype=storage, mode="r+") if sizes[n] else np.zeros(0, storage)
                 maps[n] = (flat, row_offsets(rows[n], lengths))
-            for chunk, out in (first, *(forward(c) for c in chunks[1:])):
+            for chunk, out, _ in itertools.chain([first], outputs):
                 for n in names:
                     flat, offsets = maps[n]
                     target = torch.from_numpy(flat)
@@ -449,6 +433,38 @@ def _reserve(fd: int, size: int) -> None:
         if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
             raise
         os.ftruncate(fd, size)
+
+
+def canonical_outputs(
+    teacher: Any, features: Sequence[Mapping[str, Any]], names: Sequence[str], batch_size: int, pad_id: int
+) -> Iterator[tuple[list[int], dict[str, torch.Tensor], torch.Tensor]]:
+    """The teacher's outputs `names` ("logits", "hidden.<layer>", "attention.<layer>") on every
+    example, batch by batch, with each batch's example indices and attention mask.
+
+    Batches are the examples in length order, `batch_size` at a time, padded to their longest.
+    On a CPU an example's outputs depend in their last bits on the shape of the batch it is run
+    in, so every teacher output that is kept (the store, the in-memory logit cache) is computed
+    in these batches: it is then a function of the example alone, never of the seed or of the
+    training batch the example falls in, and a stored run matches an unstored one bit for bit."""
+    from brewlab.data import PadCollator
+
+    collate = PadCollator(pad_id)
+    order = np.argsort([len(f["input_ids"]) for f in features], kind="stable")
+    need_hidden = any(n.startswith("hidden.") for n in names)
+    need_attention = any(n.startswith("attention.") for n in names)
+    teacher.model.eval()
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size].tolist()
+        batch = collate([{**features[k], "idx": k} for k in chunk])
+        batch = {k: v.to(_device_of(teacher)) for k, v in batch.items()}
+        with torch.inference_mode():
+            view = teacher(batch, hidden=need_hidden, attention=need_attention)
+        out = {"logits": view.logits.float()}
+        for name in names:
+            feature, _, layer = name.partition(".")
+            if layer:
+                out[name] = getattr(view, feature)[int(layer)]
+        yield chunk, out, batch["attention_mask"]
 
 
 def _device_of(teacher: Any) -> torch.device:

@@ -9,11 +9,13 @@ import logging
 import math
 import multiprocessing
 import os
+import re
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import compose_run
+from safetensors.torch import load_file
 
 from brewlab.adaptors import HFAdaptor
 from brewlab.cache import Cache
@@ -355,6 +357,40 @@ def test_store_on_and_off_give_the_same_run_to_rounding(tmp_path):
     assert on["student"]["final_losses"].keys() == off["student"]["final_losses"].keys()
     for name, value in on["student"]["final_losses"].items():
         assert value == pytest.approx(off["student"]["final_losses"][name], rel=1e-5)
+
+
+def test_the_in_memory_logit_cache_holds_the_stores_bits(tmp_path, task):
+    """Without the store, a run's kept logits come from the same canonical batches: every
+    example's cached row is the stored row, bit for bit."""
+    from brewlab.distillers import TeacherCache
+    from brewlab.stages import canonical_logits
+
+    _, prep, teacher = task
+    features = prep.features["train"]
+    entry, _ = _open(_store(tmp_path, batch_size=32), tmp_path / "e", prep, teacher, wanted=Wanted())
+    cache = TeacherCache(prep.kind.seq_axis, prep.kind.logit_pad)
+    for idx, logits, mask in canonical_logits(HFAdaptor(teacher, prep.kind), features, 32, prep.tokenizer.pad_token_id):
+        cache.put(idx, logits, mask)
+    everything = torch.arange(len(features))
+    stored = entry.batch("logits", everything, 0, prep.kind.logit_pad)
+    assert len(cache) == len(features) and torch.equal(cache.get(everything, stored), stored)
+
+
+def test_a_logit_objective_trains_the_same_bits_with_the_store_on_and_off(tmp_path, caplog):
+    """Kept teacher logits are computed in the store's batches whether they go to disk or stay in
+    memory, so a KD run without the store trains the very same student as one with it."""
+    caplog.set_level(logging.INFO, logger="brewlab")
+    cache = tmp_path / "cache"
+    on = _run(tmp_path / "on", cache, "loss=kd", "trainer.batch_size=5")
+    off = _run(tmp_path / "off", cache, "loss=kd", "trainer.batch_size=5", "trainer.teacher_store=false")
+    assert off["teacher_store"]["entries"] == [] and on["teacher_store"]["entries"]
+    assert off["student"]["final_losses"] == on["student"]["final_losses"]
+    assert off["student"]["test"]["accuracy"] == on["student"]["test"]["accuracy"]
+    trained = [load_file(tmp_path / side / "student" / "model.safetensors") for side in ("on", "off")]
+    assert trained[0].keys() == trained[1].keys()
+    assert all(torch.equal(trained[0][k], trained[1][k]) for k in trained[0])
+    train = re.search(r"task \S+: \{'train': (\d+)", caplog.text).group(1)
+    assert f"teacher logits: {train} examples computed up front, in length-sorted batches" in caplog.text
 
 
 def test_a_resumed_run_reads_the_store_and_its_checkpoints_carry_no_logits(tmp_path, caplog):
