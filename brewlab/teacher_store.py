@@ -8,7 +8,8 @@ unpadded and found by its length, and `manifest.json` listing the arrays that ar
 array is written aside, on space reserved up front, and renamed in; the manifest is rewritten
 after it, so a kill or a full disk never leaves a half array in an entry, and a later objective
 that needs another layer adds that array to the same entry. One process builds an entry at a
-time (a file lock); the others wait, then read. Reads are memory-mapped.
+time (a file lock); the others wait, lending it their threads, then read. Reads are
+memory-mapped.
 
 The store runs the teacher in canonical batches (`canonical_outputs`), not in the training
 batches: on a CPU an example's outputs change in their last bits with the shape of the batch it
@@ -29,6 +30,7 @@ import logging
 import math
 import os
 import shutil
+import socket
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -285,11 +287,72 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             log.info("teacher store: waiting for another process to finish %s", path.with_suffix("").name)
-            fcntl.flock(fh, fcntl.LOCK_EX)
+            with _waiting(path):
+                fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+@contextmanager
+def _waiting(lock: Path) -> Iterator[None]:
+    """Say, while this process waits for `lock`, how many threads it leaves idle."""
+    directory = lock.with_name(lock.name + ".waiting")
+    mine = directory / f"{socket.gethostname()}-{os.getpid()}"
+    try:
+        directory.mkdir(exist_ok=True)
+        mine.write_text(str(torch.get_num_threads()))
+    except OSError:  # only a hint to the lock's holder: waiting works without it
+        yield
+        return
+    try:
+        yield
+    finally:
+        mine.unlink(missing_ok=True)
+
+
+def waiting_threads(lock: Path) -> int:
+    """The threads of the live processes on this machine that wait for `lock`."""
+    host, total = socket.gethostname(), 0
+    for path in lock.with_name(lock.name + ".waiting").glob(f"{host}-*"):
+        try:
+            pid, threads = int(path.name.rsplit("-", 1)[1]), int(path.read_text())
+            os.kill(pid, 0)  # still there (a killed waiter leaves its file behind)
+        except (OSError, ValueError):
+            continue
+        total += threads
+    return total
+
+
+class Borrowed:
+    """While one process computes what others wait for, their threads would sit idle: it takes
+    them (up to its CPUs) batch by batch and gives them back when done. The thread count does
+    not change the teacher's outputs; only the batch shapes do."""
+
+    def __init__(self, lock: Path) -> None:
+        self.lock, self.own, self.most = lock, torch.get_num_threads(), torch.get_num_threads()
+        self.cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or self.own
+
+    def __enter__(self) -> Borrowed:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        torch.set_num_threads(self.own)
+
+    def each(self, items: Iterator[Any]) -> Iterator[Any]:
+        """`items`, each computed with this process's threads and those of the waiting ones."""
+        while True:
+            threads = max(self.own, min(self.cpus, self.own + waiting_threads(self.lock)))
+            if threads != torch.get_num_threads():
+                torch.set_num_threads(threads)
+            if threads > self.most:
+                self.most = threads
+                log.info("teacher store: computing with %d threads while other processes wait for it", threads)
+            try:
+                yield next(items)
+            except StopIteration:
+                return
 
 
 class TeacherStore:
@@ -316,11 +379,13 @@ class TeacherStore:
         """The entry holding every array in `wanted`, computing the missing ones with `teacher()`
         (an adaptor, called only then). Raises `StoreSkipped` when it cannot be held."""
         lengths = np.array([int(sum(f["attention_mask"])) if "attention_mask" in f else len(f["input_ids"]) for f in features])
-        with _locked(directory.with_name(directory.name + ".lock")):
+        lock = directory.with_name(directory.name + ".lock")
+        with _locked(lock):
             manifest = self._checked(directory, lengths)
             missing = [a for a in wanted.arrays() if a not in manifest["arrays"]]
             if missing:
-                built = self._build(directory, manifest, missing, features, lengths, teacher(), pad_id)
+                with Borrowed(lock) as threads:
+                    built = self._build(directory, manifest, missing, features, lengths, teacher(), pad_id, threads)
                 manifest = {**manifest, "arrays": {**manifest["arrays"], **built}}
                 try:
                     write_json_atomic(directory / MANIFEST, manifest)
@@ -364,10 +429,12 @@ class TeacherStore:
         lengths: np.ndarray,
         teacher: Any,
         pad_id: int,
+        threads: Borrowed,
     ) -> dict[str, Any]:
-        """Compute the arrays `names` over every example, in canonical batches."""
+        """Compute the arrays `names` over every example, in canonical batches, with the threads
+        of the processes waiting for them."""
         started = time.perf_counter()
-        outputs = canonical_outputs(teacher, features, names, self.batch_size, pad_id)
+        outputs = threads.each(canonical_outputs(teacher, features, names, self.batch_size, pad_id))
         first = next(outputs)  # gives each array's row shape, so its size is known before writing
         rows = {name: _row_template(name, first[1][name], teacher.kind.seq_axis) for name in names}
         dtypes = {name: "fp32" if name == "logits" else self.feature_dtype for name in names}

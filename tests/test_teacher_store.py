@@ -211,6 +211,47 @@ def test_two_processes_opening_one_entry_compute_it_once(tmp_path, task):
     assert sorted(manifest["arrays"]) == ["hidden.0", "hidden.2", "logits"]
 
 
+def _wait_for(lock: str) -> None:
+    """A parallel job with one thread that finds the entry being built: it waits for the lock."""
+    from brewlab.teacher_store import _locked
+
+    torch.set_num_threads(1)
+    with _locked(Path(lock)):
+        pass
+
+
+def test_a_builder_takes_the_threads_of_the_processes_waiting_for_it(tmp_path):
+    """A job that waits for an entry lends its thread to the job computing it, up to the CPUs;
+    a waiter that died (its file left behind) lends nothing, and the threads come back after."""
+    import socket
+
+    from brewlab.teacher_store import Borrowed, _locked, waiting_threads
+
+    lock, own = tmp_path / "e.lock", torch.get_num_threads()
+    cpus = len(os.sched_getaffinity(0))
+    (tmp_path / "e.lock.waiting").mkdir()
+    (tmp_path / "e.lock.waiting" / f"{socket.gethostname()}-{2**22 + 7}").write_text("4")  # no such process
+    torch.set_num_threads(1)
+    try:
+        with _locked(lock):
+            waiter = multiprocessing.get_context("spawn").Process(target=_wait_for, args=(str(lock),))
+            waiter.start()
+            for _ in range(600):
+                if waiting_threads(lock):
+                    break
+                waiter.join(timeout=0.1)
+            assert waiting_threads(lock) == 1
+            seen = []
+            with Borrowed(lock) as threads:
+                for _ in threads.each(iter(range(3))):
+                    seen.append(torch.get_num_threads())
+            assert seen == [min(cpus, 2)] * 3 and torch.get_num_threads() == 1
+        waiter.join(timeout=60)
+        assert waiter.exitcode == 0 and waiting_threads(lock) == 0
+    finally:
+        torch.set_num_threads(own)
+
+
 def test_a_truncated_array_is_named_in_one_line_and_computed_again(tmp_path, task, caplog):
     _, prep, teacher = task
     store, directory = _store(tmp_path), tmp_path / "e"
