@@ -75,7 +75,9 @@ class Trainer(Loop):
     )
     checkpoints_kept: int = _f(2, "newest checkpoints kept in <run dir>/checkpoints (removed once the run finishes)", ge=1)
     cache_teacher_outputs: bool = _f(
-        True, "without the store: keep teacher logits in memory across epochs of one run when inputs repeat"
+        True,
+        "without the store: keep teacher logits in memory for one run when inputs repeat (computed before training, "
+        "in the store's canonical batches)",
     )
     teacher_store: bool = _f(
         True,

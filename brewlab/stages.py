@@ -253,6 +253,14 @@ class PrefixedTracker:
         self.tracker.log({self.prefix + k: v for k, v in metrics.items()}, step)
 
 
+def stage_optim(optim_cfg: Mapping[str, Any], train_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The optimizer a cached stage (teacher, pretraining) trains with: the run's `optim` group
+    at the stage's own `train.lr` when it has one. It is part of the stage's cache key: a teacher
+    trained with other optimizer settings is another teacher."""
+    lr = optim_cfg["lr"] if train_cfg["lr"] is None else train_cfg["lr"]
+    return {**optim_cfg, "lr": lr}
+
+
 def train_and_publish(
     name: str,
     cfg: Mapping[str, Any],
@@ -273,8 +281,7 @@ def train_and_publish(
     from brewlab.checkpoint import CheckpointStore
     from brewlab.models import save_model
 
-    lr = cfg["optim"]["lr"] if train_cfg["lr"] is None else train_cfg["lr"]
-    stage_cfg = {**cfg, "optim": {**cfg["optim"], "lr": lr}}
+    stage_cfg = {**cfg, "optim": stage_optim(cfg["optim"], train_cfg)}
     loop_cfg = {**train_cfg, "checkpoint_every": cfg["trainer"]["checkpoint_every"]}
     store = CheckpointStore(
         rt.cache.checkpoints_of(directory), stable_hash([key, prep.data_id]), keep=int(cfg["trainer"]["checkpoints_kept"])

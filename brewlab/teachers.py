@@ -17,7 +17,7 @@ from brewlab.errors import BrewlabError
 from brewlab.prepare import Prepared, prepare_task
 from brewlab.runtime import Runtime
 from brewlab.schema import TeacherOptions, keyed, options
-from brewlab.stages import PrefixedTracker, train_and_publish
+from brewlab.stages import PrefixedTracker, stage_optim, train_and_publish
 
 log = logging.getLogger("brewlab")
 
@@ -34,7 +34,7 @@ def teacher_base(cfg: Mapping[str, Any], rt: Runtime) -> str | None:
     from brewlab.models import build_scratch
 
     p_cfg = t_cfg["pretrain"]
-    key = rt.cache.key(keyed({"arch": t_cfg["arch"], "pretrain": p_cfg}))
+    key = rt.cache.key(keyed({"arch": t_cfg["arch"], "pretrain": p_cfg, "optim": stage_optim(cfg["optim"], p_cfg["train"])}))
     directory = rt.cache.entry("pretrained", p_cfg["task"]["name"], key)
     if (directory / TEACHER_META).is_file():
         log.info("pretrained masked LM: reused cache %s", directory)
@@ -198,6 +198,7 @@ def get_teacher(
             "task": cfg["task"],  # everything that shapes the data
             "tokenizer": prep.tokenizer_id,
             "init": "teacher-seed",  # weights are initialised from teacher.seed, not the run's seed
+            "optim": stage_optim(cfg["optim"], t_cfg["train"]),
         }
     )
     directory = rt.cache.entry("teachers", cfg["task"]["name"], key)

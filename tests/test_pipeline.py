@@ -95,6 +95,12 @@ def test_teacher_cache_reused_and_hf_teacher_from_directory(cli, tmp_path):
     assert (teacher_dir / "model.safetensors").stat().st_mtime_ns == stamp
     for key in ("accuracy", "macro_f1"):
         assert read_metrics(second)["teacher"]["test"][key] == read_metrics(first)["teacher"]["test"][key]
+    # the student's learning rate leaves the teacher alone (its stage has its own train.lr);
+    # any other optimizer setting trains another teacher
+    _, student_lr = cli("debug=smoke", "logger=none", "optim.lr=3e-4", name="student_lr", cache=cache)
+    assert read_metrics(student_lr)["teacher"]["source"] == "cache"
+    _, decay = cli("debug=smoke", "logger=none", "optim.weight_decay=0.05", name="decay", cache=cache)
+    assert read_metrics(decay)["teacher"]["source"] == "trained"
     # the same model through teacher=hf from its local directory
     _, third = cli(
         "debug=smoke", "logger=none", "teacher=hf", f"teacher.name_or_path={teacher_dir}", name="third", cache=cache

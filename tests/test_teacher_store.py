@@ -453,6 +453,25 @@ def test_a_resumed_run_reads_the_store_and_its_checkpoints_carry_no_logits(tmp_p
     }
 
 
+def test_without_the_store_a_resumed_run_takes_its_logits_from_the_checkpoint(tmp_path, caplog):
+    """The in-memory logit cache, filled before training, travels in the checkpoint: a resumed
+    run reads it from there, never computes it again, and ends where an uncut run ends."""
+    cache, flags = tmp_path / "cache", ("loss=kd", "trainer.teacher_store=false", "trainer.checkpoint_every=2", "trainer.log_every=1")
+    caplog.set_level(logging.INFO, logger="brewlab")
+    whole = _run(tmp_path / "whole", cache, *flags)
+    with pytest.raises(_Crash):
+        _run(tmp_path / "cut", cache, *flags, tracker=_Tracker(crash_at=5))
+    assert caplog.text.count("examples computed up front") == 2
+    state = torch.load(tmp_path / "cut" / "checkpoints" / "step-00000004.pt", weights_only=False)
+    (kept,) = state["teacher_caches"]
+    assert len(kept["where"]) == int(re.search(r"task \S+: \{'train': (\d+)", caplog.text).group(1))
+    caplog.clear()
+    resumed = _run(tmp_path / "cut", cache, *flags)
+    assert "step-00000004.pt (step 4)" in caplog.text and "examples computed up front" not in caplog.text
+    assert resumed["student"]["final_losses"] == whole["student"]["final_losses"]
+    assert resumed["student"]["test"]["accuracy"] == whole["student"]["test"]["accuracy"]
+
+
 def test_several_teachers_keep_one_entry_each_and_a_second_run_loads_none(tmp_path, counted_loads):
     cache = tmp_path / "cache"
     two = ("distiller=multi_teacher", "distiller.teachers=[{seed:1},{seed:2}]", "loss=kd")
