@@ -20,29 +20,33 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 Where = tuple[str, str]  # (file path suffix, function name)
-FIT: Where = ("brewlab/distillers.py", "fit")
+LOOP_FN: Where = ("brewlab/loop.py", "run_loop")  # the training loop every stage runs
 # stage -> where its time is the cumulative time (only through calls from `via`, when given)
 STAGES: dict[str, tuple[Where, Where | None]] = {
     "prepare data (read, tokenise or load cached features)": (("brewlab/prepare.py", "prepare_task"), None),
     "teachers (from the cache)": (("brewlab/teachers.py", "get_teachers"), None),
-    "distillation loop": (FIT, None),
+    "teacher store (compute or open its entries)": (("brewlab/teacher_store.py", "attach"), None),
+    "training (every fit: the student, a labels-only baseline)": (("brewlab/distillers.py", "fit"), None),
     "final scores (teacher and student, dev and test)": (("brewlab/evaluation.py", "measure"), None),
     "saving the student": (("brewlab/models.py", "save_model"), None),
 }
-LOOP: dict[str, list[tuple[Where, Where | None]]] = {
-    "teacher forward (or cached logits)": [
+FIT_PARTS: dict[str, list[tuple[Where, Where | None]]] = {
+    "teacher forward (or kept logits)": [
+        (("brewlab/distillers.py", "fill_caches"), None),  # the logits computed up front (store off)
         (("brewlab/distillers.py", "_teacher_outputs"), None),
-        (("brewlab/distillers.py", "get"), None),  # TeacherCache.get: cached logits padded to the batch
+        (("brewlab/distillers.py", "get"), None),  # TeacherCache.get: kept logits padded to the batch
+        (("brewlab/teacher_store.py", "__call__"), None),  # StoredView: outputs read from the store
     ],
-    "backward": [(("torch/_tensor.py", "backward"), FIT)],
+    "backward": [(("torch/_tensor.py", "backward"), LOOP_FN)],
     "optimizer, clipping, LR schedule": [
-        (("torch/amp/grad_scaler.py", "step"), FIT),
-        (("torch/nn/utils/clip_grad.py", "_no_grad_wrapper"), FIT),
-        (("torch/optim/lr_scheduler.py", "step"), FIT),
+        (("torch/amp/grad_scaler.py", "step"), LOOP_FN),
+        (("torch/nn/utils/clip_grad.py", "_no_grad_wrapper"), LOOP_FN),
+        (("torch/optim/lr_scheduler.py", "step"), LOOP_FN),
+        (("torch/optim/optimizer.py", "zero_grad"), LOOP_FN),
     ],
-    "batching (padding, moving to device)": [(("brewlab/prepare.py", "<genexpr>"), FIT)],
-    "logging (W&B)": [(("brewlab/tracking.py", "log"), FIT)],
-    "dev evaluation (and keeping the best)": [(("brewlab/distillers.py", "run_eval"), FIT)],
+    "batching (collating, moving to device)": [(("brewlab/prepare.py", "<genexpr>"), LOOP_FN)],  # DeviceLoader
+    "logging (W&B)": [(("brewlab/loop.py", "after_step"), LOOP_FN)],
+    "dev evaluation (and keeping the best)": [(("brewlab/loop.py", "__call__"), LOOP_FN)],
 }
 
 
@@ -78,14 +82,15 @@ def main() -> None:
         stats = profile(sys.argv[1:])
     wall = stats.total_tt
     rows = {name: cumulative(stats, *spec) for name, spec in STAGES.items()}
-    loop = {name: sum(cumulative(stats, *spec) for spec in specs) for name, specs in LOOP.items()}
-    steps = cumulative(stats, ("brewlab/distillers.py", "compute_loss"), FIT)
-    loop["student forward + losses"] = steps - loop["teacher forward (or cached logits)"]
-    loop["loop bookkeeping (the rest)"] = rows["distillation loop"] - sum(loop.values())
+    loop = {name: sum(cumulative(stats, *spec) for spec in specs) for name, specs in FIT_PARTS.items()}
+    steps = cumulative(stats, ("brewlab/distillers.py", "compute_loss"), LOOP_FN)
+    online = loop["teacher forward (or kept logits)"] - cumulative(stats, ("brewlab/distillers.py", "fill_caches"))
+    loop["student forward + losses"] = steps - online
+    loop["loop bookkeeping (the rest)"] = rows["training (every fit: the student, a labels-only baseline)"] - sum(loop.values())
     print("| stage | seconds | share |\n|---|---|---|")
     for name, secs in rows.items():
         print(f"| {name} | {secs:.1f} | {100 * secs / wall:.0f}% |")
-        if name == "distillation loop":
+        if name == "training (every fit: the student, a labels-only baseline)":
             for part, part_secs in loop.items():
                 print(f"| - {part} | {part_secs:.1f} | {100 * part_secs / wall:.0f}% |")
     rest = wall - sum(rows.values())
