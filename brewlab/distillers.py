@@ -8,6 +8,7 @@ best student and save in the same way. Models are reached only through adaptors.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -354,7 +355,13 @@ class ValidTokens:
     token order of the teacher store's rows."""
 
     def __init__(self, mask: torch.Tensor) -> None:
-        self.index = mask.reshape(-1).nonzero().squeeze(1)
+        self.mask = mask
+
+    @functools.cached_property
+    def index(self) -> torch.Tensor:
+        """Found on first use: on an accelerator `nonzero` is a host sync, which an objective
+        without per-token terms never pays."""
+        return self.mask.reshape(-1).nonzero().squeeze(1)
 
     def of(self, feature: torch.Tensor) -> torch.Tensor:
         """The valid rows of a (B, L, D) feature, as (N, D)."""
