@@ -19,7 +19,9 @@ run: install
 
 test: install-dev
 	$(PYTHON) -m ruff check .
+	lint-imports
 	$(PYTHON) -m pytest -n 2
 
 lint:
 	$(PYTHON) -m ruff check .
+	lint-imports

@@ -15,7 +15,7 @@ import brewlab  # noqa: F401  (registers the typed config groups before Hydra co
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
-    from brewlab.pipeline import run_job
+    from brewlab.run.pipeline import run_job
 
     return run_job(cfg)
 
@@ -23,8 +23,8 @@ def main(cfg: DictConfig) -> float:
 def check_output_dirs(argv: list[str]) -> None:
     """An output directory given on the command line must be writable: one line, exit 2, before
     Hydra would fail on it with a traceback."""
-    from brewlab.config import check_writable
-    from brewlab.errors import BrewlabError
+    from brewlab.core.errors import BrewlabError
+    from brewlab.run.validate import check_writable
 
     for arg in argv:
         key, _, path = arg.partition("=")

@@ -97,9 +97,9 @@ def bert(arch: dict[str, int], vocab: int, seed: int) -> Any:
 
 def brewlab_contender(teacher: Any, student: Any) -> Any:
     """brewlab's `general` distiller, built as the pipeline builds it."""
-    from brewlab.schema import trainer_settings
-    from brewlab.stages import build_distiller
-    from brewlab.tasks import KINDS
+    from brewlab.config.schema import trainer_settings
+    from brewlab.data.tasks import KINDS
+    from brewlab.stages.stage import build_distiller
 
     cfg = {
         "distiller": {"name": "general"},
@@ -210,7 +210,7 @@ def bench_overhead(shapes: dict[str, Any], rounds: int, steps: int) -> float:
 def compose_run(overrides: list[str]) -> dict[str, Any]:
     from hydra import compose, initialize_config_dir
 
-    from brewlab.config import to_plain, validate
+    from brewlab.run.validate import to_plain, validate
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = to_plain(compose("config", overrides=["logger=none", "trainer.progress=false", *overrides]))
@@ -278,14 +278,14 @@ def padded_baseline(teacher: Any, student: Any, prep: Any, cfg: dict[str, Any], 
 
 def realdata_child(contender: str, overrides: list[str]) -> dict[str, Any]:
     """One contender, alone in this process (so its peak RSS is its own)."""
-    from brewlab.adaptors import HFAdaptor
-    from brewlab.errors import BrewlabError
-    from brewlab.evaluation import evaluate
-    from brewlab.models import set_attention
-    from brewlab.prepare import prepare_task, train_loader
-    from brewlab.runtime import Runtime, keep_heap_compact, seed_everything
-    from brewlab.stages import build_distiller, build_student
-    from brewlab.teachers import get_teacher, teacher_base
+    from brewlab.core.errors import BrewlabError
+    from brewlab.data.prepare import prepare_task, train_loader
+    from brewlab.eval.evaluation import evaluate
+    from brewlab.models.adaptors import HFAdaptor
+    from brewlab.models.build import set_attention
+    from brewlab.stages.stage import build_distiller, build_student
+    from brewlab.stages.teachers import get_teacher, teacher_base
+    from brewlab.train.runtime import Runtime, keep_heap_compact, seed_everything
 
     cfg = compose_run(overrides)
     sched, trainer = cfg["scheduler"], cfg["trainer"]

@@ -20,22 +20,22 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 Where = tuple[str, str]  # (file path suffix, function name)
-LOOP_FN: Where = ("brewlab/loop.py", "run_loop")  # the training loop every stage runs
+LOOP_FN: Where = ("brewlab/train/loop.py", "run_loop")  # the training loop every stage runs
 # stage -> where its time is the cumulative time (only through calls from `via`, when given)
 STAGES: dict[str, tuple[Where, Where | None]] = {
-    "prepare data (read, tokenise or load cached features)": (("brewlab/prepare.py", "prepare_task"), None),
-    "teachers (from the cache)": (("brewlab/teachers.py", "get_teachers"), None),
-    "teacher store (compute or open its entries)": (("brewlab/teacher_store.py", "attach"), None),
-    "training (every fit: the student, a labels-only baseline)": (("brewlab/distillers.py", "fit"), None),
-    "final scores (teacher and student, dev and test)": (("brewlab/evaluation.py", "measure"), None),
-    "saving the student": (("brewlab/models.py", "save_model"), None),
+    "prepare data (read, tokenise or load cached features)": (("brewlab/data/prepare.py", "prepare_task"), None),
+    "teachers (from the cache)": (("brewlab/stages/teachers.py", "get_teachers"), None),
+    "teacher store (compute or open its entries)": (("brewlab/distill/teacher_store.py", "attach"), None),
+    "training (every fit: the student, a labels-only baseline)": (("brewlab/distill/distillers.py", "fit"), None),
+    "final scores (teacher and student, dev and test)": (("brewlab/eval/evaluation.py", "measure"), None),
+    "saving the student": (("brewlab/models/build.py", "save_model"), None),
 }
 FIT_PARTS: dict[str, list[tuple[Where, Where | None]]] = {
     "teacher forward (or kept logits)": [
-        (("brewlab/distillers.py", "fill_caches"), None),  # the logits computed up front (store off)
-        (("brewlab/distillers.py", "_teacher_outputs"), None),
-        (("brewlab/distillers.py", "get"), None),  # TeacherCache.get: kept logits padded to the batch
-        (("brewlab/teacher_store.py", "__call__"), None),  # StoredView: outputs read from the store
+        (("brewlab/distill/distillers.py", "fill_caches"), None),  # the logits computed up front (store off)
+        (("brewlab/distill/distillers.py", "_teacher_outputs"), None),
+        (("brewlab/distill/distillers.py", "get"), None),  # TeacherCache.get: kept logits padded to the batch
+        (("brewlab/distill/teacher_store.py", "__call__"), None),  # StoredView: outputs read from the store
     ],
     "backward": [(("torch/_tensor.py", "backward"), LOOP_FN)],
     "optimizer, clipping, LR schedule": [
@@ -44,9 +44,9 @@ FIT_PARTS: dict[str, list[tuple[Where, Where | None]]] = {
         (("torch/optim/lr_scheduler.py", "step"), LOOP_FN),
         (("torch/optim/optimizer.py", "zero_grad"), LOOP_FN),
     ],
-    "batching (collating, moving to device)": [(("brewlab/prepare.py", "<genexpr>"), LOOP_FN)],  # DeviceLoader
-    "logging (W&B)": [(("brewlab/loop.py", "after_step"), LOOP_FN)],
-    "dev evaluation (and keeping the best)": [(("brewlab/loop.py", "__call__"), LOOP_FN)],
+    "batching (collating, moving to device)": [(("brewlab/data/prepare.py", "<genexpr>"), LOOP_FN)],  # DeviceLoader
+    "logging (W&B)": [(("brewlab/train/loop.py", "after_step"), LOOP_FN)],
+    "dev evaluation (and keeping the best)": [(("brewlab/train/loop.py", "__call__"), LOOP_FN)],
 }
 
 
@@ -77,14 +77,14 @@ def main() -> None:
         print(__doc__)
         return
     stats = profile(sys.argv[1:])
-    if cumulative(stats, ("brewlab/stages.py", "train_and_publish")) > 0:
+    if cumulative(stats, ("brewlab/stages/stage.py", "train_and_publish")) > 0:
         print("(a teacher was trained, not read from the cache: profiling again with it cached)", flush=True)
         stats = profile(sys.argv[1:])
     wall = stats.total_tt
     rows = {name: cumulative(stats, *spec) for name, spec in STAGES.items()}
     loop = {name: sum(cumulative(stats, *spec) for spec in specs) for name, specs in FIT_PARTS.items()}
-    steps = cumulative(stats, ("brewlab/distillers.py", "compute_loss"), LOOP_FN)
-    online = loop["teacher forward (or kept logits)"] - cumulative(stats, ("brewlab/distillers.py", "fill_caches"))
+    steps = cumulative(stats, ("brewlab/distill/distillers.py", "compute_loss"), LOOP_FN)
+    online = loop["teacher forward (or kept logits)"] - cumulative(stats, ("brewlab/distill/distillers.py", "fill_caches"))
     loop["student forward + losses"] = steps - online
     loop["loop bookkeeping (the rest)"] = rows["training (every fit: the student, a labels-only baseline)"] - sum(loop.values())
     print("| stage | seconds | share |\n|---|---|---|")

@@ -4,4 +4,4 @@ __version__ = "0.1.0"
 
 # the typed config groups (trainer, logger, teacher stages) exist for Hydra as soon as brewlab is
 # imported, so run.py, the scripts and any user's compose() all find them
-from brewlab import schema as _schema  # noqa: E402,F401
+from brewlab.config import schema as _schema  # noqa: E402,F401

@@ -1,4 +1,4 @@
-"""A linear baseline any teacher should beat (see brewlab/baselines.py for the methods).
+"""A linear baseline any teacher should beat (see brewlab/eval/baselines.py for the methods).
 
 Usage: python scripts/linear_baseline.py [task=reviews_zh] [other task overrides...]
 Reads the task's splits through brewlab's own loader (same split, same seed as every run) and
@@ -21,10 +21,10 @@ def main() -> None:
         return
     from hydra import compose, initialize_config_dir
 
-    from brewlab.baselines import linear_baseline
-    from brewlab.config import to_plain
-    from brewlab.errors import BrewlabError
-    from brewlab.tasks import load_task_data
+    from brewlab.core.errors import BrewlabError
+    from brewlab.data.tasks import load_task_data
+    from brewlab.eval.baselines import linear_baseline
+    from brewlab.run.validate import to_plain
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = to_plain(compose("config", overrides=sys.argv[1:]))

@@ -67,7 +67,7 @@ def compose_run(*overrides: str) -> dict:
     of the suite; in-process, so the test can inspect or edit it)."""
     from hydra import compose, initialize_config_dir
 
-    from brewlab.config import to_plain
+    from brewlab.run.validate import to_plain
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         return to_plain(compose("config", overrides=list(overrides)))

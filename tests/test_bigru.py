@@ -7,11 +7,11 @@ import pytest
 import torch
 from conftest import compose_run, read_metrics
 
-from brewlab.bigru import BiGRUConfig
-from brewlab.config import validate
-from brewlab.errors import BrewlabError
-from brewlab.models import bigru_head, load_pretrained, save_model
-from brewlab.tasks import KINDS
+from brewlab.core.errors import BrewlabError
+from brewlab.data.tasks import KINDS
+from brewlab.models.bigru import BiGRUConfig
+from brewlab.models.build import bigru_head, load_pretrained, save_model
+from brewlab.run.validate import validate
 
 HEADS = ["classification", "token_classification", "span_extraction"]
 
@@ -54,8 +54,8 @@ def test_padding_does_not_change_outputs(kind_name):
 
 @pytest.mark.parametrize("kind_name", HEADS)
 def test_save_and_reload_gives_identical_predictions(kind_name, tmp_path):
-    from brewlab.models import load_tokenizer
-    from brewlab.vocab import build_char_tokenizer
+    from brewlab.models.build import load_tokenizer
+    from brewlab.models.vocab import build_char_tokenizer
 
     model = model_for(kind_name, seed=3)
     tokenizer = build_char_tokenizer(["abcdefghijklmnopqrstuvwxy"], 1, None)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import compose_run
 
-from brewlab.config import validate
+from brewlab.run.validate import validate
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir())
@@ -94,7 +94,7 @@ def test_every_job_of_every_study_composes_and_validates(study):
 def test_cache_keys_do_not_depend_on_where_the_cache_lives():
     """cmrc_pd98 (held out of the pretraining corpus) names a path inside the cache; the
     pretrained masked LM must keep its key when the cache moves (BREWLAB_CACHE, another cwd)."""
-    from brewlab.cache import Cache
+    from brewlab.core.cache import Cache
 
     keys = set()
     for where in (".cache/brewlab", "/elsewhere/cache"):
@@ -107,13 +107,13 @@ def test_cache_keys_do_not_depend_on_where_the_cache_lives():
 
 
 def test_the_schema_keeps_the_cache_keys_and_fingerprints_made_before_it():
-    """Pinned from the code before brewlab/schema.py (commit e712acd): teachers, masked LMs and
+    """Pinned from the code before brewlab/config/schema.py (commit e712acd): teachers, masked LMs and
     finished runs made then are still found, because the loop keys the schema added to teacher
     stages are hashed only when set away from their defaults."""
-    from brewlab.cache import Cache, stable_hash
-    from brewlab.pipeline import run_fingerprint
-    from brewlab.schema import keyed
-    from brewlab.teachers import teacher_identity
+    from brewlab.config.schema import keyed
+    from brewlab.core.cache import Cache, stable_hash
+    from brewlab.run.pipeline import run_fingerprint
+    from brewlab.stages.teachers import teacher_identity
 
     default = compose_run("cache_dir=/c")
     assert stable_hash(teacher_identity(default["teacher"])) == "094b977bc0a0"

@@ -7,15 +7,15 @@ import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification
 
-from brewlab.adaptors import HFAdaptor
-from brewlab.config import Shape
-from brewlab.distillers import DISTILLERS, TeacherCache
-from brewlab.errors import BrewlabError
-from brewlab.models import count_parameters, init_from_teacher_layers
-from brewlab.objective import build_projections, parse_objective, uniform_pairs
-from brewlab.schedulers import build_schedules
-from brewlab.schema import trainer_settings
-from brewlab.tasks.classification import Classification
+from brewlab.config.schema import trainer_settings
+from brewlab.core.errors import BrewlabError
+from brewlab.data.tasks.classification import Classification
+from brewlab.distill.distillers import DISTILLERS, TeacherCache
+from brewlab.distill.objective import build_projections, parse_objective, uniform_pairs
+from brewlab.distill.schedulers import build_schedules
+from brewlab.models.adaptors import HFAdaptor
+from brewlab.models.build import count_parameters, init_from_teacher_layers
+from brewlab.models.shape import Shape
 
 
 def tiny(layers: int, hidden: int, heads: int = 2, seed: int = 0) -> BertForSequenceClassification:
@@ -268,7 +268,7 @@ def test_teacher_cache_reads_checkpoints_of_the_older_row_layout():
 
 
 def test_only_an_unpadded_batch_drops_its_mask():
-    from brewlab.distillers import padding_mask
+    from brewlab.distill.distillers import padding_mask
 
     padded = torch.tensor([[1, 1, 0], [1, 1, 1]])
     assert padding_mask(torch.ones(2, 3, dtype=torch.long)) is None
@@ -276,7 +276,7 @@ def test_only_an_unpadded_batch_drops_its_mask():
 
 
 def test_the_objective_prints_the_formula_it_computes():
-    from brewlab.objective import LogitTerm, MatchTerm, Objective
+    from brewlab.distill.objective import LogitTerm, MatchTerm, Objective
 
     kd = LogitTerm("kd", None, 1.0, True, "kl")
     nst = MatchTerm("nst", "nst", "hidden", [(2, 1), (4, 2)], 0.5, None)

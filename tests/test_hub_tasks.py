@@ -65,7 +65,7 @@ def test_article_per_row_hub_uploads_are_flattened(monkeypatch):
     import datasets
     from omegaconf import OmegaConf
 
-    from brewlab.tasks import load_task_data
+    from brewlab.data.tasks import load_task_data
 
     def article(i: int) -> dict:
         context = f"台達電子成立於{1971 + i}年。"
@@ -96,8 +96,8 @@ HUB_ROWS = {  # one row per hub data set, in its own column names
 def test_classification_hub_formats_read_from_local_files(task, tmp_path):
     from omegaconf import OmegaConf
 
-    from brewlab.files import write_jsonl
-    from brewlab.tasks import load_task_data
+    from brewlab.core.files import write_jsonl
+    from brewlab.data.tasks import load_task_data
 
     row = HUB_ROWS[task]
     files = {}

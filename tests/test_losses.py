@@ -1,4 +1,4 @@
-"""Tests for brewlab.losses: every loss against a written-out scalar-loop reference."""
+"""Tests for brewlab.distill.losses: every loss against a written-out scalar-loop reference."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from brewlab.errors import BrewlabError
-from brewlab.losses import LOGIT_LOSSES, MATCH_LOSSES, probability_shift
+from brewlab.core.errors import BrewlabError
+from brewlab.distill.losses import LOGIT_LOSSES, MATCH_LOSSES, probability_shift
 
 DT = torch.float64
 

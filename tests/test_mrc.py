@@ -12,14 +12,14 @@ import torch
 import yaml
 from conftest import read_metrics
 
-from brewlab.errors import BrewlabError
-from brewlab.tasks import KINDS, SPLITS, load_task_data
-from brewlab.tasks.cmrc_pd98 import cmrc_pd98, pd98_files
-from brewlab.tasks.mrc import MASKED, check_config
-from brewlab.tasks.mrc_metrics import answer_metrics, mixed_segmentation, score_en, score_zh
-from brewlab.tasks.pd98 import parse_tagged_line
-from brewlab.tasks.readers import read_local
-from brewlab.vocab import build_char_tokenizer
+from brewlab.core.errors import BrewlabError
+from brewlab.data.tasks import KINDS, SPLITS, load_task_data
+from brewlab.data.tasks.cmrc_pd98 import cmrc_pd98, pd98_files
+from brewlab.data.tasks.mrc import MASKED, check_config
+from brewlab.data.tasks.mrc_metrics import answer_metrics, mixed_segmentation, score_en, score_zh
+from brewlab.data.tasks.pd98 import parse_tagged_line
+from brewlab.data.tasks.readers import read_local
+from brewlab.models.vocab import build_char_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -117,7 +117,7 @@ def test_position_kd_ignores_everything_outside_the_passage(fn):
     more padding is added, its scale."""
     from types import SimpleNamespace
 
-    from brewlab.losses import LOGIT_LOSSES
+    from brewlab.distill.losses import LOGIT_LOSSES
 
     loss = LOGIT_LOSSES.get(fn)
     context = torch.tensor([[0, 0, 1, 1, 1, 0], [0, 1, 1, 0, 0, 0]])
@@ -317,11 +317,11 @@ def test_kd_losses_schedules_shift_and_teacher_cache_on_position_logits(tmp_path
 
     from conftest import compose_run
 
-    from brewlab.cache import Cache
-    from brewlab.data import make_loader
-    from brewlab.models import build_scratch
-    from brewlab.prepare import prepare_task
-    from brewlab.stages import build_distiller, build_student
+    from brewlab.core.cache import Cache
+    from brewlab.data.batching import make_loader
+    from brewlab.data.prepare import prepare_task
+    from brewlab.models.build import build_scratch
+    from brewlab.stages.stage import build_distiller, build_student
 
     overrides = ["task=cmrc", f"task.data.train_file={FIXTURES / 'train.json'}", "debug=smoke", "logger=none"]
     cfg = compose_run(*overrides, f"cache_dir={tmp_path}")
@@ -411,7 +411,7 @@ def test_local_cmrc_files_end_to_end_and_reload(cli):
 def test_flat_hub_rows_of_cmrc_end_to_end(cli, tmp_path):
     """hfl/cmrc2018's own layout (one question per row: id, context, question, answers{text,
     answer_start}) as JSON lines runs the same pipeline."""
-    from brewlab.files import write_jsonl
+    from brewlab.core.files import write_jsonl
 
     files = {}
     for split, name in (("train", "train.json"), ("validation", "dev.json")):

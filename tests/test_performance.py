@@ -16,15 +16,15 @@ import torch
 from conftest import compose_run
 from transformers import BertConfig, BertForSequenceClassification, BertForTokenClassification
 
-from brewlab.adaptors import HFAdaptor
-from brewlab.cache import Cache
-from brewlab.data import make_loader
-from brewlab.distillers import DISTILLERS
-from brewlab.objective import parse_objective
-from brewlab.prepare import prepare_task
-from brewlab.schedulers import build_schedules
-from brewlab.schema import trainer_settings
-from brewlab.tasks import KINDS
+from brewlab.config.schema import trainer_settings
+from brewlab.core.cache import Cache
+from brewlab.data.batching import make_loader
+from brewlab.data.prepare import prepare_task
+from brewlab.data.tasks import KINDS
+from brewlab.distill.distillers import DISTILLERS
+from brewlab.distill.objective import parse_objective
+from brewlab.distill.schedulers import build_schedules
+from brewlab.models.adaptors import HFAdaptor
 
 ROOT = Path(__file__).resolve().parents[1]
 KD_HARD = {"kd": {"kind": "logits", "fn": "ce", "weight": 1.0}, "hard": {"kind": "hard", "weight": 0.5}}
@@ -147,7 +147,7 @@ def test_heap_trimmer_runs_once_per_process_and_releases_freed_memory():
     import platform
     import threading
 
-    from brewlab.runtime import keep_heap_compact
+    from brewlab.train.runtime import keep_heap_compact
 
     assert keep_heap_compact(None) is False  # null: allocator untouched
     if platform.libc_ver()[0] != "glibc":

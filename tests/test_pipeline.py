@@ -30,7 +30,7 @@ def _reload_and_compare(run_dir):
     """The saved student loads with from_pretrained and gives the predictions behind metrics.json."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from brewlab.tasks import load_task_data
+    from brewlab.data.tasks import load_task_data
 
     model = AutoModelForSequenceClassification.from_pretrained(run_dir / "student").eval()
     tok = AutoTokenizer.from_pretrained(run_dir / "student")

@@ -8,14 +8,14 @@ import textwrap
 
 from conftest import read_metrics
 
-from brewlab.config import Shape
-from brewlab.losses import MATCH_LOSSES
-from brewlab.objective import parse_objective
+from brewlab.distill.losses import MATCH_LOSSES
+from brewlab.distill.objective import parse_objective
+from brewlab.models.shape import Shape
 
 PAIR_LOSS = '''
 import json, os
 
-from brewlab.losses import MATCH_LOSSES, MatchProps
+from brewlab.distill.losses import MATCH_LOSSES, MatchProps
 
 
 @MATCH_LOSSES.register("toy_pair", MatchProps(layers="consecutive"))
@@ -85,8 +85,8 @@ import os
 
 import torch
 
-from brewlab.distillers import DISTILLERS, GeneralDistiller
-from brewlab.tasks import SOURCES
+from brewlab.distill.distillers import DISTILLERS, GeneralDistiller
+from brewlab.data.tasks import SOURCES
 
 
 @SOURCES.register("toy_parity")

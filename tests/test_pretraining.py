@@ -10,8 +10,8 @@ import pytest
 import torch
 from conftest import read_metrics
 
-from brewlab.losses import LOGIT_LOSSES
-from brewlab.tasks.mlm import IGNORE, MaskedLM, chunk_text, mask_tokens
+from brewlab.data.tasks.mlm import IGNORE, MaskedLM, chunk_text, mask_tokens
+from brewlab.distill.losses import LOGIT_LOSSES
 
 ROOT = Path(__file__).resolve().parents[1]
 MASK, SPECIAL = 4, 5  # ids 0..4 are special in the fixture vocabulary
@@ -59,7 +59,7 @@ def test_whole_word_masking_takes_every_piece_of_a_chosen_word():
 
 
 def test_encode_masks_jieba_words_of_chinese_text():
-    from brewlab.vocab import build_char_tokenizer
+    from brewlab.models.vocab import build_char_tokenizer
 
     texts = ["中华人民共和国成立以来经济发展很快。", "今天北京的天气非常好，我们去公园散步吧。"] * 20
     tok = build_char_tokenizer(texts, 1, None)
@@ -116,8 +116,8 @@ def test_chunk_text_cuts_at_sentence_ends():
 def test_corpus_holds_out_every_evaluation_text(tmp_path):
     from conftest import compose_run
 
-    from brewlab.tasks import load_task_data
-    from brewlab.tasks.mlm import corpus_paragraphs
+    from brewlab.data.tasks import load_task_data
+    from brewlab.data.tasks.mlm import corpus_paragraphs
 
     cfg = compose_run("teacher=pretrained_scratch", f"cache_dir={tmp_path}")
     mlm = cfg["teacher"]["pretrain"]["task"]

@@ -15,16 +15,16 @@ import torch
 from conftest import read_metrics
 from transformers import BertConfig, BertForSequenceClassification
 
-from brewlab.adaptors import HFAdaptor
-from brewlab.checkpoint import CheckpointStore
-from brewlab.data import make_loader
-from brewlab.distillers import DISTILLERS
-from brewlab.errors import BrewlabError
-from brewlab.objective import parse_objective
-from brewlab.runtime import seed_everything
-from brewlab.schedulers import build_schedules
-from brewlab.schema import trainer_settings
-from brewlab.tasks import KINDS
+from brewlab.config.schema import trainer_settings
+from brewlab.core.errors import BrewlabError
+from brewlab.data.batching import make_loader
+from brewlab.data.tasks import KINDS
+from brewlab.distill.distillers import DISTILLERS
+from brewlab.distill.objective import parse_objective
+from brewlab.distill.schedulers import build_schedules
+from brewlab.models.adaptors import HFAdaptor
+from brewlab.train.checkpoint import CheckpointStore
+from brewlab.train.runtime import seed_everything
 
 ROOT = Path(__file__).resolve().parents[1]
 KD_HARD = {"kd": {"kind": "logits", "fn": "ce", "weight": 1.0}, "hard": {"kind": "hard", "weight": 0.5}}
@@ -118,10 +118,10 @@ class _Tracker:
 def _teacher(cache, tracker):
     from conftest import compose_run
 
-    from brewlab.cache import Cache
-    from brewlab.prepare import prepare_task
-    from brewlab.runtime import Runtime
-    from brewlab.teachers import get_teacher
+    from brewlab.core.cache import Cache
+    from brewlab.data.prepare import prepare_task
+    from brewlab.stages.teachers import get_teacher
+    from brewlab.train.runtime import Runtime
 
     cfg = compose_run("debug=smoke", "logger=none", f"cache_dir={cache}", "trainer.checkpoint_every=2")
     rt = Runtime(torch.device("cpu"), Cache(cache), tracker, progress=False)
@@ -163,7 +163,7 @@ def test_checkpoints_keep_the_newest_two_and_skip_an_unreadable_one(tmp_path, ca
 
 def test_data_parallel_ranks_resume_from_the_newest_step_they_all_hold(tmp_path):
     # rank 0 was killed after saving step 6, rank 1 before: both must continue from step 4
-    from brewlab.parallel import common_step
+    from brewlab.core.parallel import common_step
 
     held = {0: [2, 4, 6], 1: [2, 4]}
     offered = []

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from brewlab.report import main
+from brewlab.report.report import main
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -191,7 +191,7 @@ def test_unknown_metric_is_one_line_error(sweep: Path, capsys: pytest.CaptureFix
 def test_cli_on_empty_dir_exits_2(tmp_path: Path) -> None:
     """The real entry point, in a subprocess: one line on stderr, exit 2, no traceback."""
     proc = subprocess.run(
-        [sys.executable, "-m", "brewlab.report", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "brewlab.report.report", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=60
     )
     assert proc.returncode == 2
     assert proc.stderr.strip() == (
@@ -231,7 +231,7 @@ def test_overrides_shared_by_every_job_are_stated_once(tmp_path: Path) -> None:
 
 
 def test_value_axis_zooms_only_for_close_results_far_from_zero() -> None:
-    from brewlab.report import y_limits
+    from brewlab.report.report import y_limits
 
     low, high = y_limits([80.55, 80.36], [0.18, 0.36], [80.93])
     assert 79.0 < low < 80.0 and 81.0 < high < 82.5  # every bar, error bar and the teacher inside

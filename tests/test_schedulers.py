@@ -1,4 +1,4 @@
-"""Tests for brewlab.schedulers: documented values at chosen steps, hand-computed
+"""Tests for brewlab.distill.schedulers: documented values at chosen steps, hand-computed
 temperatures, mask handling and config validation."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from types import MappingProxyType
 import pytest
 import torch
 
-from brewlab.errors import BrewlabError
-from brewlab.schedulers import (
+from brewlab.core.errors import BrewlabError
+from brewlab.distill.schedulers import (
     LR_SCHEDULES,
     TEMPERATURES,
     WEIGHT_SCHEDULES,

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from conftest import run_cli
 
-from brewlab import report
-from brewlab.significance import Records, RecordsError, compare, holm, read_records
-from brewlab.tasks import KINDS
-from brewlab.tasks.ner import entity_scores
+from brewlab.data.tasks import KINDS
+from brewlab.data.tasks.ner import entity_scores
+from brewlab.eval.significance import Records, RecordsError, compare, holm, read_records
+from brewlab.report import report
 
 
 def _records(num, den=None) -> Records:
@@ -108,7 +108,7 @@ def test_records_of_ner_give_seqeval_micro_f1_as_a_ratio():
 
 
 def test_records_of_mrc_hold_the_span_and_the_official_scores():
-    from brewlab.tasks.mrc import SpanExtraction
+    from brewlab.data.tasks.mrc import SpanExtraction
 
     offsets = [None, (0, 1), (1, 2), (2, 3), (3, 4)]
     feature = {"_example": 0, "_offsets": offsets, "_decode": {"n_best_size": 5, "max_answer_length": 5, "language": "zh"}}

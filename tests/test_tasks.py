@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from brewlab.data import LengthGroupedBatches, PadCollator
-from brewlab.errors import BrewlabError
-from brewlab.files import write_jsonl
-from brewlab.tasks import load_task_data
-from brewlab.tasks.readers import package_file
-from brewlab.vocab import SPECIAL_TOKENS, build_char_tokenizer
+from brewlab.core.errors import BrewlabError
+from brewlab.core.files import write_jsonl
+from brewlab.data.batching import LengthGroupedBatches, PadCollator
+from brewlab.data.tasks import load_task_data
+from brewlab.data.tasks.readers import package_file
+from brewlab.models.vocab import SPECIAL_TOKENS, build_char_tokenizer
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -93,7 +93,7 @@ def test_length_grouped_batches_cover_every_example_once():
 def test_trainer_length_pool_sets_how_alike_the_training_batches_are():
     import random
 
-    from brewlab.prepare import train_loader
+    from brewlab.data.prepare import train_loader
 
     features = [{"input_ids": [2] * n, "labels": 0, "idx": i} for i, n in enumerate([3, 60, 9, 45, 17, 33, 5, 52] * 16)]
     trainer = {"batch_size": 4, "length_pool": 1}
@@ -127,7 +127,7 @@ def test_pad_collator_rounds_widths_up_but_never_past_the_cap():
 
 
 def test_training_loader_batches_have_few_distinct_widths():
-    from brewlab.data import PAD_MULTIPLE, make_loader
+    from brewlab.data.batching import PAD_MULTIPLE, make_loader
 
     features = [{"input_ids": list(range(n)), "idx": i} for i, n in enumerate(range(1, 62))]
     widths = {b["input_ids"].shape[1] for b in make_loader(features, 4, 0, seed=0, train=True)}
@@ -149,7 +149,7 @@ def test_macro_f1_matches_scikit_learn_without_importing_it():
     import numpy as np
     from sklearn.metrics import f1_score
 
-    from brewlab.tasks.classification import macro_f1
+    from brewlab.data.tasks.classification import macro_f1
 
     rng = np.random.default_rng(0)
     for n_classes in (2, 3, 7):
@@ -162,7 +162,7 @@ def test_macro_f1_matches_scikit_learn_without_importing_it():
             assert macro_f1(labels, preds, n_classes) == pytest.approx(expected, abs=1e-12)
     assert macro_f1(np.array([0, 1, 1]), np.array([0, 1, 1]), 3) == pytest.approx(2 / 3)  # class 2 absent: 0
     probe = (
-        "import sys, numpy as np; from brewlab.tasks.classification import Classification as C;"
+        "import sys, numpy as np; from brewlab.data.tasks.classification import Classification as C;"
         "m = C.score([np.array([0.1, 0.9]), np.array([0.8, 0.2])], [{'labels': 1}, {'labels': 1}], [{}, {}], ['a', 'b']);"
         "print(m['accuracy'], round(m['macro_f1'], 6), 'sklearn' in sys.modules)"
     )
@@ -171,13 +171,13 @@ def test_macro_f1_matches_scikit_learn_without_importing_it():
 
 
 def test_a_kind_that_does_not_derive_from_kind_base_is_refused_in_one_line(monkeypatch):
-    from brewlab.tasks import KINDS, KindBase, kind_of
+    from brewlab.data.tasks import KINDS, KindBase, kind_of
 
     class Plain:  # a plugin's kind written without the base: its optional hooks would be missing
         pass
 
     monkeypatch.setitem(KINDS._items, "plain_kind", Plain)
-    with pytest.raises(BrewlabError, match=r"^task\.kind=plain_kind: the registered kind .*Plain.* must derive from brewlab\.tasks\.KindBase$"):
+    with pytest.raises(BrewlabError, match=r"^task\.kind=plain_kind: the registered kind .*Plain.* must derive from brewlab\.data\.tasks\.KindBase$"):
         kind_of("plain_kind")
     # the defaults a kind gets for the hooks it leaves out
     assert KindBase.describe({}, []) == {} and KindBase.compact("logits", {}) == "logits"

@@ -17,11 +17,11 @@ import torch
 from conftest import compose_run
 from safetensors.torch import load_file
 
-from brewlab.adaptors import HFAdaptor
-from brewlab.cache import Cache
-from brewlab.data import make_loader
-from brewlab.losses import hidden_mse, kd_ce
-from brewlab.teacher_store import StoredView, StorePlan, StoreSkipped, TeacherStore, Wanted
+from brewlab.core.cache import Cache
+from brewlab.data.batching import make_loader
+from brewlab.distill.losses import hidden_mse, kd_ce
+from brewlab.distill.teacher_store import StoredView, StorePlan, StoreSkipped, TeacherStore, Wanted
+from brewlab.models.adaptors import HFAdaptor
 
 HIDDEN = Wanted(hidden=(0, 2))
 
@@ -29,8 +29,8 @@ HIDDEN = Wanted(hidden=(0, 2))
 @pytest.fixture(scope="module")
 def task(tmp_path_factory):
     """The smoke task, encoded, and a random 4-layer teacher over it."""
-    from brewlab.models import build_scratch
-    from brewlab.prepare import prepare_task
+    from brewlab.data.prepare import prepare_task
+    from brewlab.models.build import build_scratch
 
     cache = tmp_path_factory.mktemp("store-cache")
     cfg = compose_run("debug=smoke", "logger=none", f"cache_dir={cache}")
@@ -76,7 +76,7 @@ def test_stored_outputs_give_the_same_losses_as_the_teacher_run_on_the_same_inpu
     _, prep, teacher = task
     entry, _ = _open(_store(tmp_path, batch_size=1), tmp_path / "e", prep, teacher)
     stored, online = StoredView(entry, HFAdaptor(teacher, prep.kind)), HFAdaptor(teacher, prep.kind)
-    from brewlab.data import PadCollator
+    from brewlab.data.batching import PadCollator
 
     collate = PadCollator(prep.tokenizer.pad_token_id)
     torch.manual_seed(1)
@@ -119,7 +119,7 @@ def test_stored_outputs_of_padded_training_batches_agree_to_rounding(tmp_path, t
 def test_valid_tokens_read_packed_are_the_padded_batch_valid_rows(tmp_path, task):
     """A stored layer read as valid tokens only is, bit for bit, the padded read's valid rows in
     row-major order (example by example), and the online teacher's packed rows come out alike."""
-    from brewlab.distillers import ValidTokens
+    from brewlab.distill.distillers import ValidTokens
 
     _, prep, teacher = task
     entry, _ = _open(_store(tmp_path), tmp_path / "e", prep, teacher)
@@ -184,8 +184,8 @@ def test_a_second_open_reads_without_running_the_teacher_and_a_new_layer_extends
 def _build_in_child(directory: str, record: str, cache: str) -> None:
     """One parallel job: the same teacher (same seed) and data, building the same entry."""
     torch.set_num_threads(1)
-    from brewlab.models import build_scratch
-    from brewlab.prepare import prepare_task
+    from brewlab.data.prepare import prepare_task
+    from brewlab.models.build import build_scratch
 
     cfg = compose_run("debug=smoke", "logger=none", f"cache_dir={cache}")
     prep = prepare_task(cfg, Cache(cache))
@@ -213,10 +213,10 @@ def test_two_processes_opening_one_entry_compute_it_once(tmp_path, task):
 
 def _wait_for(lock: str) -> None:
     """A parallel job with one thread that finds the entry being built: it waits for the lock."""
-    from brewlab.teacher_store import _locked
+    from brewlab.distill.teacher_store import locked
 
     torch.set_num_threads(1)
-    with _locked(Path(lock)):
+    with locked(Path(lock)):
         pass
 
 
@@ -225,7 +225,7 @@ def test_a_builder_takes_the_threads_of_the_processes_waiting_for_it(tmp_path):
     a waiter that died (its file left behind) lends nothing, and the threads come back after."""
     import socket
 
-    from brewlab.teacher_store import Borrowed, _locked, waiting_threads
+    from brewlab.distill.teacher_store import Borrowed, locked, waiting_threads
 
     lock, own = tmp_path / "e.lock", torch.get_num_threads()
     cpus = len(os.sched_getaffinity(0))
@@ -233,7 +233,7 @@ def test_a_builder_takes_the_threads_of_the_processes_waiting_for_it(tmp_path):
     (tmp_path / "e.lock.waiting" / f"{socket.gethostname()}-{2**22 + 7}").write_text("4")  # no such process
     torch.set_num_threads(1)
     try:
-        with _locked(lock):
+        with locked(lock):
             waiter = multiprocessing.get_context("spawn").Process(target=_wait_for, args=(str(lock),))
             waiter.start()
             for _ in range(600):
@@ -270,8 +270,8 @@ def test_a_truncated_array_is_named_in_one_line_and_computed_again(tmp_path, tas
 
 
 def _saved_teacher(tmp_path, prep, teacher):
-    from brewlab.models import save_model
-    from brewlab.teachers import Teacher
+    from brewlab.models.build import save_model
+    from brewlab.models.teacher import Teacher
 
     save_model(teacher, prep.tokenizer, tmp_path / "teacher")
     return Teacher("cache", str(tmp_path / "teacher"), {}, model=teacher)
@@ -340,9 +340,9 @@ class _Crash(Exception):
 
 
 def _run(run_dir, cache, *overrides, tracker=None):
-    from brewlab.config import validate
-    from brewlab.pipeline import run
-    from brewlab.runtime import Runtime, seed_everything
+    from brewlab.run.pipeline import run
+    from brewlab.run.validate import validate
+    from brewlab.train.runtime import Runtime, seed_everything
 
     cfg = compose_run("debug=smoke", "logger=none", f"cache_dir={cache}", "loss=kd+hidden", *overrides)
     validate(cfg)
@@ -355,10 +355,10 @@ def _run(run_dir, cache, *overrides, tracker=None):
 @pytest.fixture
 def counted_loads(monkeypatch):
     """Teacher loads from disk, and the forward passes of every model so loaded."""
-    import brewlab.models
+    import brewlab.models.build
 
     counts = {"loads": 0, "forwards": 0}
-    real = brewlab.models.load_pretrained
+    real = brewlab.models.build.load_pretrained
 
     def load(*args, **kwargs):
         model = real(*args, **kwargs)
@@ -367,7 +367,7 @@ def counted_loads(monkeypatch):
             model.register_forward_hook(lambda *a: counts.__setitem__("forwards", counts["forwards"] + 1))
         return model
 
-    monkeypatch.setattr(brewlab.models, "load_pretrained", load)
+    monkeypatch.setattr(brewlab.models.build, "load_pretrained", load)
     return counts
 
 
@@ -403,8 +403,8 @@ def test_store_on_and_off_give_the_same_run_to_rounding(tmp_path):
 def test_the_in_memory_logit_cache_holds_the_stores_bits(tmp_path, task):
     """Without the store, a run's kept logits come from the same canonical batches: every
     example's cached row is the stored row, bit for bit."""
-    from brewlab.distillers import TeacherCache
-    from brewlab.stages import canonical_logits
+    from brewlab.distill.distillers import TeacherCache
+    from brewlab.stages.stage import canonical_logits
 
     _, prep, teacher = task
     features = prep.features["train"]
@@ -506,7 +506,7 @@ class _TokenTeacher:
         self.model = torch.nn.Linear(1, 1)
 
     def __call__(self, batch, hidden=False, attention=False):
-        from brewlab.adaptors import ModelView
+        from brewlab.models.adaptors import ModelView
 
         b, w = batch["input_ids"].shape
         value = batch["idx"][:, None, None] + torch.arange(w)[None, :, None] / 100 + torch.arange(3)[None, None, :] / 1000
@@ -535,7 +535,7 @@ def _no_space(*args, **kwargs):
 
 
 def test_a_full_disk_when_listing_new_arrays_skips_the_store(tmp_path, task, monkeypatch, caplog):
-    import brewlab.teacher_store as ts
+    import brewlab.distill.teacher_store as ts
 
     cfg, prep, teacher = task
     t = _saved_teacher(tmp_path, prep, teacher)
@@ -549,17 +549,17 @@ def test_a_full_disk_when_listing_new_arrays_skips_the_store(tmp_path, task, mon
 
 
 def test_a_full_disk_when_keeping_the_teachers_scores_costs_the_run_nothing(tmp_path, task, monkeypatch, caplog):
-    import brewlab.teacher_store as ts
+    import brewlab.eval.evaluation as ev
 
     _, prep, teacher = task
     entry, _ = _open(_store(tmp_path), tmp_path / "e", prep, teacher)
     view = StoredView(entry, HFAdaptor(teacher, prep.kind))
-    monkeypatch.setattr(ts, "write_json_atomic", _no_space)
-    got = ts.measured(view, prep, 32, torch.device("cpu"), tmp_path / "predictions")
+    monkeypatch.setattr(ev, "write_json_atomic", _no_space)
+    got = ev.measure_teacher(view, prep, 32, torch.device("cpu"), tmp_path / "predictions")
     assert 0.0 <= got["test"]["accuracy"] <= 1.0 and (tmp_path / "predictions" / "test.jsonl").is_file()
     assert "cannot keep the teacher's scores" in caplog.text
     assert sorted(p.name for p in (tmp_path / "e").iterdir() if p.is_dir()) == []  # no half-kept evaluation
     monkeypatch.undo()
-    kept = ts.measured(view, prep, 32, torch.device("cpu"), tmp_path / "again")
+    kept = ev.measure_teacher(view, prep, 32, torch.device("cpu"), tmp_path / "again")
     assert (tmp_path / "e" / "evaluation-bs32" / "measure.json").is_file()
     assert kept["test"]["accuracy"] == got["test"]["accuracy"]

@@ -8,12 +8,12 @@ import torch
 from conftest import read_metrics
 from test_distillers import KD_HARD, batch, tiny
 
-from brewlab.adaptors import HFAdaptor
-from brewlab.distillers import DISTILLERS
-from brewlab.objective import parse_objective
-from brewlab.schedulers import build_schedules
-from brewlab.schema import trainer_settings
-from brewlab.tasks.classification import Classification
+from brewlab.config.schema import trainer_settings
+from brewlab.data.tasks.classification import Classification
+from brewlab.distill.distillers import DISTILLERS
+from brewlab.distill.objective import parse_objective
+from brewlab.distill.schedulers import build_schedules
+from brewlab.models.adaptors import HFAdaptor
 
 
 def no_dropout(model: torch.nn.Module) -> torch.nn.Module:

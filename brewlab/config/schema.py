@@ -1,0 +1,261 @@
+"""The typed schema of the config groups whose keys do not vary by preset: the training loop
+(`trainer`, and `teacher.train` / `teacher.pretrain.train` for the teacher's own stages), the
+logger and the top-level keys.
+
+Each field carries its default and its help, like `transformers.TrainingArguments`, and is the
+only place that default is written: the group's YAML starts from the schema (`defaults: [schema]`)
+and code reads keys without fallbacks. Hydra checks types when it composes (a bad type is named
+with its key before anything runs); `check` adds ranges and choices from each field's metadata.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from brewlab.core.errors import BrewlabError, bad_choice
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+NONFINITE = ("stop", "skip")
+LOGGER_MODES = ("offline", "online", "disabled")
+FEATURE_PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+def _f(default: Any, help: str, **rules: Any) -> Any:
+    """A schema field: default, help and the rules `check` applies (ge, gt, choices, integer)."""
+    return field(default=default, metadata={"help": help, **rules})
+
+
+@dataclass
+class Loop:
+    """What one training loop reads, in the student's stage (`trainer`) and the teacher's."""
+
+    epochs: int = _f(3, "passes over the training data", ge=1)
+    batch_size: int = _f(32, "training examples per batch", ge=1)
+    length_pool: int = _f(
+        8,
+        "training batches are cut from shuffled pools of this many length-sorted batches: bigger pools pad "
+        "less but make batches of alike examples (1 = no grouping)",
+        ge=1,
+    )
+    eval_batch_size: int = _f(32, "dev and test batch size", ge=1)
+    max_steps: int | None = _f(None, "stop after this many optimizer steps (null: run all epochs)", ge=1)
+    eval_every: int | None = _f(None, "evaluate on validation every N steps (null: each epoch); the best is kept", ge=1)
+    log_every: int = _f(50, "steps between logged losses (the only host sync in the loop)", ge=1)
+    grad_clip: float | None = _f(1.0, "max gradient norm over the trained parameters (null: no clipping)", gt=0)
+    grad_accum: int = _f(1, "batches per optimizer step (effective batch = batch_size x grad_accum)", ge=1)
+    precision: str = _f(
+        "fp32", "autocast for teacher and student forwards (fp16 adds a gradient scaler)", choices=PRECISIONS
+    )
+    nonfinite: str = _f(
+        "stop",
+        "stop: a NaN/inf loss ends the run, checkpoints untouched; skip: drop that batch and go on",
+        choices=NONFINITE,
+    )
+
+
+@dataclass
+class StageTrain(Loop):
+    """A teacher stage (`teacher.train`, `teacher.pretrain.train`): its own rate and seed."""
+
+    lr: float | None = _f(None, "this stage's learning rate (null: optim.lr)", gt=0)
+    seed: int | None = _f(None, "this stage's seed (null: teacher.seed)")
+
+
+@dataclass
+class Trainer(Loop):
+    """The student's loop, plus what only the run as a whole decides."""
+
+    compile: bool = _f(False, "torch.compile the student (needs a C++ compiler on the CPU; pays off on long runs)")
+    checkpoint_every: int | None = _f(
+        200, "optimizer steps between checkpoints (also after every evaluation); null: evaluations only", ge=1
+    )
+    checkpoints_kept: int = _f(2, "newest checkpoints kept in <run dir>/checkpoints (removed once the run finishes)", ge=1)
+    cache_teacher_outputs: bool = _f(
+        True,
+        "without the store: keep teacher logits in memory for one run when inputs repeat (computed before training, "
+        "in the store's canonical batches)",
+    )
+    teacher_store: bool = _f(
+        True,
+        "compute the teacher's outputs on the training data once and keep them on disk under the cache "
+        "(<cache>/teacher_outputs), read by every later epoch, job, seed and rank",
+    )
+    teacher_store_max_gb: float = _f(
+        20.0, "the largest teacher-output entry written (GB); a bigger one is skipped with a warning", gt=0
+    )
+    teacher_store_features: str = _f(
+        "fp32", "precision of stored hidden states and attention maps (logits are always fp32)", choices=FEATURE_PRECISIONS
+    )
+    heap_trim_every_s: float | None = _f(
+        5.0,
+        "seconds between handing freed heap pages back to the OS (glibc malloc_trim; keeps peak RSS down with "
+        "dynamic padding); null: never",
+        gt=0,
+    )
+    device: str = _f("auto", "auto (cuda when available, else cpu), cpu, cuda or cuda:<index>")
+    progress: bool = _f(True, "show progress bars")
+
+
+@dataclass
+class Logger:
+    """Experiment tracking; `name` picks the tracker (see brewlab/train/tracking.py)."""
+
+    name: str = _f("none", "tracker: wandb or none")
+    mode: str = _f("offline", "W&B mode (the WANDB_MODE variable wins); online needs credentials", choices=LOGGER_MODES)
+    project: str = _f("brewlab", "W&B project")
+    entity: str | None = _f(None, "W&B entity (team or user); null: the account's default")
+    init_timeout: float = _f(60.0, "seconds to reach W&B online before falling back to offline", gt=0)
+
+
+@dataclass
+class TopLevel:
+    """Keys at the top of the composed config (not structured, so `check` tests their types;
+    their defaults are in conf/config.yaml)."""
+
+    seed: int = _f(dataclasses.MISSING, "the student's seed: initialisation, data order, dropout", integer=True)
+
+
+# Keys that presets of the other groups may leave out: their defaults live here, and code reads
+# such a section through `options` (the composed config, and so every fingerprint, is unchanged).
+
+
+@dataclass
+class StudentOptions:
+    kind: str = _f("bert", "bert: a BERT encoder built from `arch`; bigru: a BiGRU of `arch`", choices=("bert", "bigru"))
+
+
+@dataclass
+class TeacherOptions:
+    finetune: bool = _f(False, "train the teacher on the task first (always true for teacher=scratch)")
+
+
+@dataclass
+class TaskOptions:
+    train_fraction: float = _f(1.0, "keep this share of the training split (fixed seed)", gt=0)
+    label_field: str = _f("label", "the label's column in the source rows (classification)")
+
+
+@dataclass
+class SplitOptions:
+    seed: int = _f(1234, "seed that carves missing validation/test splits and draws train_fraction's subset", integer=True)
+
+
+@dataclass
+class TokenizerOptions:
+    min_freq: int = _f(1, "a character enters the built vocabulary once it occurs this often", ge=1)
+
+
+@dataclass
+class AugmentationOptions:
+    language: str = _f("auto", "the text's language for the augmenters (auto: detected from the data)", choices=("auto", "zh", "en"))
+
+
+@dataclass
+class MaskedLMOptions:
+    """An `augmentation.ops.<name>` of kind mlm."""
+
+    top_k: int = _f(8, "a replacement is drawn from the masked LM's k most likely tokens", ge=1)
+    batch_size: int = _f(32, "texts per masked-LM forward", ge=1)
+    max_length: int = _f(256, "tokens per text the masked LM reads (capped by its position embeddings)", ge=1)
+
+
+@dataclass
+class MaskingOptions:
+    """`task.masking` of the masked-LM task (its `prob` and `seed` are always written)."""
+
+    whole_word: bool = _f(False, "mask whole jieba words, not single characters")
+
+
+@dataclass
+class LossTermOptions:
+    """A `loss.<term>` entry (its `kind`: hard, logits or match, is always written)."""
+
+    weight: float = _f(1.0, "the term's weight in the total loss", ge=0)
+    fn: str | None = _f(None, "logits: ce, kl or mse (null: ce); match: the registered match loss")
+    t2_scaling: bool = _f(False, "logits: multiply by T^2 (Hinton's gradient correction)")
+    layers: Any = _f("uniform", "match: uniform, or a list of {teacher: i, student: j} pairs")
+    proj: str | None = _f(None, "match: projection of student features to the teacher's size (linear, relu, tanh)")
+
+
+def options(values: Mapping[str, Any] | None, schema: type) -> dict[str, Any]:
+    """A config section with the keys of `schema` it leaves out filled from their defaults."""
+    return {**{f.name: f.default for f in dataclasses.fields(schema)}, **(values or {})}
+
+
+# loop keys that teacher stages did not write before this schema: a stage's cache key and a run's
+# fingerprint count them only when set away from the default, so entries made before stay valid
+UNKEYED_AT_DEFAULT = ("grad_accum", "precision", "nonfinite", "seed")
+
+
+def keyed(tree: Any) -> Any:
+    """`tree` (a config or part of one) as it is hashed: every stage section (`train: {...}`)
+    without the keys of UNKEYED_AT_DEFAULT left at their defaults."""
+    defaults = {f.name: f.default for f in dataclasses.fields(StageTrain)}
+
+    def walk(node: Any) -> Any:
+        if not isinstance(node, Mapping):
+            return node
+        out = {}
+        for key, value in node.items():
+            if key == "train" and isinstance(value, Mapping) and "lr" in value:
+                value = {k: v for k, v in value.items() if not (k in UNKEYED_AT_DEFAULT and v == defaults[k])}
+            out[key] = walk(value)
+        return out
+
+    return walk(tree)
+
+
+def trainer_default(key: str) -> Any:
+    """The schema's default of one `trainer` key."""
+    return next(f.default for f in dataclasses.fields(Trainer) if f.name == key)
+
+
+def trainer_settings(**overrides: Any) -> dict[str, Any]:
+    """The `trainer` section with its defaults and `overrides`, for code that builds a
+    distiller by hand (benchmarks, tests) instead of composing a whole run."""
+    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(Trainer)})
+    if unknown:
+        raise BrewlabError(f"trainer has no keys {unknown}")
+    return {**dataclasses.asdict(Trainer()), **overrides}
+
+
+def register() -> None:
+    """Make the schemas available to Hydra as `trainer/schema` and `logger/schema`."""
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    store.store(group="trainer", name="schema", node=Trainer)
+    store.store(group="logger", name="schema", node=Logger)
+    store.store(group="schema", name="stage_train", node=StageTrain)
+
+
+def check(key: str, values: Mapping[str, Any], schema: type) -> None:
+    """Ranges and choices of `values` (one composed section) by `schema`'s field rules."""
+    for spec in dataclasses.fields(schema):
+        if spec.name not in values:
+            continue
+        value, rules, name = values[spec.name], spec.metadata, f"{key}.{spec.name}" if key else spec.name
+        if value is None:
+            continue
+        if "choices" in rules and value not in rules["choices"]:
+            raise bad_choice(name, value, rules["choices"])
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if rules.get("integer") and not (isinstance(value, int) and not isinstance(value, bool)):
+            raise BrewlabError(f"{name}={value!r} must be an integer")
+        for rule, ok, text in (("ge", lambda v, m: v >= m, ">="), ("gt", lambda v, m: v > m, ">")):
+            if rule in rules and (not number or math.isnan(value) or not ok(value, rules[rule])):
+                raise BrewlabError(f"{name}={_shown(value)} must be a number {text} {rules[rule]}")
+
+
+def _shown(value: Any) -> str:
+    """The value as the user wrote it (Hydra turns a float field's 0 into 0.0)."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return repr(value)
+
+
+register()
