@@ -40,11 +40,11 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import torch
+import torch.nn.functional as F
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+from brewlab.config.compose import ROOT, compose_run
+from brewlab.run.validate import validate
 
 FULL = {
     "teacher": {"num_hidden_layers": 4, "hidden_size": 256, "num_attention_heads": 4, "intermediate_size": 1024},
@@ -207,13 +207,8 @@ def bench_overhead(shapes: dict[str, Any], rounds: int, steps: int) -> float:
 # ----------------------------------------------------------------------------- 2./3. real data
 
 
-def compose_run(overrides: list[str]) -> dict[str, Any]:
-    from hydra import compose, initialize_config_dir
-
-    from brewlab.run.validate import to_plain, validate
-
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = to_plain(compose("config", overrides=["logger=none", "trainer.progress=false", *overrides]))
+def composed(overrides: list[str]) -> dict[str, Any]:
+    cfg = compose_run("logger=none", "trainer.progress=false", *overrides)
     validate(cfg)
     return cfg
 
@@ -287,7 +282,7 @@ def realdata_child(contender: str, overrides: list[str]) -> dict[str, Any]:
     from brewlab.stages.teachers import get_teacher, teacher_base
     from brewlab.train.runtime import Runtime, keep_heap_compact, seed_everything
 
-    cfg = compose_run(overrides)
+    cfg = composed(overrides)
     sched, trainer = cfg["scheduler"], cfg["trainer"]
     plain_run = (
         all(t.get("kind") != "match" and not t.get("t2_scaling") for t in cfg["loss"].values())

@@ -35,7 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+from brewlab.config.compose import ROOT
+
 BASE = [
     "debug=smoke",
     "trainer.max_steps=null",

@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from brewlab.config.compose import ROOT
 
 Where = tuple[str, str]  # (file path suffix, function name)
 LOOP_FN: Where = ("brewlab/train/loop.py", "run_loop")  # the training loop every stage runs

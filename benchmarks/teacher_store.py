@@ -30,7 +30,8 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from brewlab.config.compose import ROOT
+
 TASK = ["task=mr_en", "teacher=minilm", "distiller=general", "logger=none", "trainer.progress=false"]
 
 

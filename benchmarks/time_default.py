@@ -15,9 +15,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from brewlab.config.compose import ROOT
+
 DEFAULT_STUDY = "+experiment=distillation_pays"  # the Makefile's `make run`
 
 

@@ -9,25 +9,18 @@ prints validation and test scores. A run can add the same figure to its metrics 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # runnable from a checkout without installing
 
 
 def main() -> None:
     if any(a in ("-h", "--help") for a in sys.argv[1:]):
         print(__doc__)
         return
-    from hydra import compose, initialize_config_dir
-
+    from brewlab.config.compose import compose_run
     from brewlab.core.errors import BrewlabError
     from brewlab.data.tasks import load_task_data
     from brewlab.eval.baselines import linear_baseline
-    from brewlab.run.validate import to_plain
 
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = to_plain(compose("config", overrides=sys.argv[1:]))
+    cfg = compose_run(*sys.argv[1:])
     task = cfg["task"]
     data = load_task_data(task)
     try:

@@ -16,7 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from brewlab.config.compose import ROOT
 
 
 def run(out: Path, overrides: list[str]) -> dict:

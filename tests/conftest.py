@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from brewlab.config.compose import ROOT, compose_run  # noqa: F401  (the suite's one compose helper)
 
 
 def pytest_collection_modifyitems(config, items) -> None:
@@ -60,17 +60,6 @@ def cli(tmp_path, cache_dir):
         return proc, run_dir
 
     return call
-
-
-def compose_run(*overrides: str) -> dict:
-    """The composed run config as plain data, as `run.py` would get it (the one compose helper
-    of the suite; in-process, so the test can inspect or edit it)."""
-    from hydra import compose, initialize_config_dir
-
-    from brewlab.run.validate import to_plain
-
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return to_plain(compose("config", overrides=list(overrides)))
 
 
 def read_metrics(run_dir: Path) -> dict:

@@ -4,13 +4,12 @@ set, nested CMRC files end to end through the CLI, and the offline hub error."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import read_metrics
+from conftest import ROOT, compose_run, read_metrics
 
 from brewlab.core.errors import BrewlabError
 from brewlab.data.tasks import KINDS, SPLITS, load_task_data
@@ -21,7 +20,6 @@ from brewlab.data.tasks.pd98 import parse_tagged_line
 from brewlab.data.tasks.readers import read_local
 from brewlab.models.vocab import build_char_tokenizer
 
-ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 FIXTURES = ROOT / "tests" / "fixtures" / "cmrc"
 KIND = KINDS.get("span_extraction")
@@ -314,8 +312,6 @@ def test_kd_losses_schedules_shift_and_teacher_cache_on_position_logits(tmp_path
     """The (B, 2, L) view goes through the shared KD machinery unchanged: every logit loss,
     dynamic temperatures, probability shift, attention/hidden matches and the teacher cache."""
     from types import SimpleNamespace
-
-    from conftest import compose_run
 
     from brewlab.core.cache import Cache
     from brewlab.data.batching import make_loader

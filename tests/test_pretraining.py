@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import read_metrics
+from conftest import ROOT, compose_run, read_metrics
 
 from brewlab.data.tasks.mlm import IGNORE, MaskedLM, chunk_text, mask_tokens
 from brewlab.distill.losses import LOGIT_LOSSES
 
-ROOT = Path(__file__).resolve().parents[1]
 MASK, SPECIAL = 4, 5  # ids 0..4 are special in the fixture vocabulary
 
 
@@ -114,7 +112,6 @@ def test_chunk_text_cuts_at_sentence_ends():
 
 
 def test_corpus_holds_out_every_evaluation_text(tmp_path):
-    from conftest import compose_run
 
     from brewlab.data.tasks import load_task_data
     from brewlab.data.tasks.mlm import corpus_paragraphs

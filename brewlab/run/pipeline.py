@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from brewlab.config.schema import keyed, trainer_default
-from brewlab.core.cache import Cache, stable_hash
+from brewlab.config.identity import run_fingerprint
+from brewlab.core import layout
+from brewlab.core.cache import stable_hash
 from brewlab.core.errors import BrewlabError
 from brewlab.core.files import publish_dir, write_json_atomic
 from brewlab.core.parallel import main_first
@@ -41,28 +42,8 @@ from brewlab.train.runtime import Runtime, keep_heap_compact, seed_everything
 
 log = logging.getLogger("brewlab")
 
-PREDICTIONS = "predictions"  # <run>/predictions/[<task>/]<teacher|student|labels_only>/<split>.jsonl
-
 
 # ----------------------------------------------------------------------------- resuming
-
-# config keys that do not change what a run computes (a resume may change them)
-NOT_TRAINING = ("logger", "resume", "study", "cache_dir")
-NOT_TRAINING_TRAINER = ("progress", "checkpoint_every", "checkpoints_kept", "log_every", "nonfinite", "heap_trim_every_s")
-# teacher-store settings, hashed only when set away from their defaults (runs made before the store keep their fingerprints)
-STORE_KEYS = {k: trainer_default(k) for k in ("teacher_store", "teacher_store_max_gb", "teacher_store_features")}
-
-
-def run_fingerprint(cfg: Mapping[str, Any]) -> str:
-    """Hash of everything that shapes a run's results: a checkpoint or a finished run counts as
-    this run's only when it matches."""
-    kept = {k: v for k, v in cfg.items() if k not in NOT_TRAINING}
-    kept["trainer"] = {
-        k: v for k, v in cfg["trainer"].items() if k not in NOT_TRAINING_TRAINER and not (k in STORE_KEYS and v == STORE_KEYS[k])
-    }
-    if not any((cfg.get("baselines") or {}).values()):  # runs without baselines keep their earlier fingerprint
-        kept.pop("baselines", None)
-    return Cache(cfg["cache_dir"]).key(keyed(kept))  # paths inside the cache count relative to it
 
 
 def checkpoint_store(
@@ -75,7 +56,7 @@ def checkpoint_store(
     from brewlab.core.parallel import common_step
     from brewlab.train.checkpoint import CheckpointStore
 
-    directory = run_dir / "checkpoints" / (stage or "")
+    directory = run_dir / layout.CHECKPOINTS / (stage or "")
     fingerprint = stable_hash([run_fingerprint(cfg), *(p.data_id for p in preps), *([stage] if stage else [])])
     keep, agree = int(cfg["trainer"]["checkpoints_kept"]), None
     if rt.data_parallel:  # a kill between two ranks' saves of one step leaves the step before on both
@@ -88,7 +69,7 @@ def checkpoint_store(
 
 def finished_run(cfg: Mapping[str, Any], run_dir: Path) -> dict[str, Any] | None:
     """metrics.json of this very run when it already finished here (a re-run sweep skips it)."""
-    path = run_dir / "metrics.json"
+    path = run_dir / layout.METRICS
     if cfg["resume"] is False or not path.is_file():
         return None
     try:
@@ -184,7 +165,7 @@ def run(cfg: Mapping[str, Any], run_dir: Path, rt: Runtime) -> dict[str, Any]:
     }
     entries = {}
     for n in order:
-        predictions = run_dir / PREDICTIONS / (n if named is not None else "")
+        predictions = layout.predictions(run_dir, n if named is not None else None)
         entries[n] = _task_entry(preps[n], teachers[n], parts[n], students[n], base, eval_bs, device, predictions)
     if named is None:
         entry = entries[order[0]]
@@ -192,10 +173,8 @@ def run(cfg: Mapping[str, Any], run_dir: Path, rt: Runtime) -> dict[str, Any]:
         if augmented is not None:
             metrics["augmentation"] = augmented[1]
         metrics.update(entry)
-        if not d_cls.uses_teacher:
-            metrics["student"]["note"] = "trained on labels only"
         if plain is not None:
-            metrics["labels_only"] = _labels_only_entry(plain, preps[order[0]], attn, eval_bs, device, run_dir / PREDICTIONS)
+            metrics["labels_only"] = _labels_only_entry(plain, preps[order[0]], attn, eval_bs, device, layout.predictions(run_dir))
         if cfg["baselines"]["linear"]:
             from brewlab.eval.baselines import linear_baseline
 
@@ -206,7 +185,8 @@ def run(cfg: Mapping[str, Any], run_dir: Path, rt: Runtime) -> dict[str, Any]:
             entry.update(entry.pop("describe"))
         metrics.update(tasks=entries, **_mean_rows(entries, order, students))
     metrics["student"].update(
-        train_seconds=result.train_seconds, steps=result.steps, best_step=result.best_step, final_losses=result.final_losses
+        train_seconds=result.train_seconds, steps=result.steps, best_step=result.best_step, final_losses=result.final_losses,
+        labels_only=_labels_only(parts),
     )
     every = [t for n in order for t in teachers[n]]
     metrics["teacher_store"] = {"entries": distiller.stores(), "teacher_loaded": any(t.loaded for t in every)}
@@ -216,9 +196,15 @@ def run(cfg: Mapping[str, Any], run_dir: Path, rt: Runtime) -> dict[str, Any]:
     build = Path(tempfile.mkdtemp(dir=run_dir, prefix=".student-"))
     for n in order:
         save_model(students[n], preps[n].tokenizer, build / n if named is not None else build, {"projections": parts[n].projections})
-    publish_dir(build, run_dir / "student")
-    write_json_atomic(run_dir / "metrics.json", metrics)
+    publish_dir(build, run_dir / layout.SAVED_STUDENT)
+    write_json_atomic(run_dir / layout.METRICS, metrics)
     return metrics
+
+
+def _labels_only(parts: Mapping[str, Any]) -> bool:
+    """Whether the student learnt from gold labels alone (the report's labels-only reference):
+    no part has a teacher whose outputs its objective uses (distiller=trainer, or loss=hard)."""
+    return not any(p.teacher is not None and (p.objective.logit_terms or p.objective.matches) for p in parts.values())
 
 
 def _mean_dev_score(parts: Mapping[str, Any], preps: Mapping[str, Prepared], eval_bs: int, device: torch.device):
@@ -245,7 +231,7 @@ def _task_entry(
     entry: dict[str, Any] = {"main_metric": prep.kind.main_metric, "sizes": prep.sizes}
     entry["describe"] = prep.kind.describe(prep.rows, prep.label_names)  # e.g. entity counts per split for NER
     entry.update(teacher_metrics(teachers, part.teacher, prep, base, eval_bs, device, predictions))
-    entry["student"] = measure(HFAdaptor(student, prep.kind), prep, eval_bs, device, predictions / "student")
+    entry["student"] = measure(HFAdaptor(student, prep.kind), prep, eval_bs, device, predictions / layout.STUDENT)
     return entry
 
 
@@ -254,11 +240,11 @@ def _labels_only_entry(plain: tuple[Any, Any], prep: Prepared, attn: str, eval_b
 
     model, result = plain
     sdpa_again(attn, [model])
-    entry = measure(HFAdaptor(model, prep.kind), prep, eval_bs, device, predictions / "labels_only")
+    entry = measure(HFAdaptor(model, prep.kind), prep, eval_bs, device, predictions / layout.LABELS_ONLY)
     entry.update(
         train_seconds=result.train_seconds, steps=result.steps, best_step=result.best_step,
         note="the same student, seed and training settings, on labels only",
-        student_minus_labels_only=paired_difference(predictions / "student", predictions / "labels_only"),
+        student_minus_labels_only=paired_difference(predictions / layout.STUDENT, predictions / layout.LABELS_ONLY),
     )
     return entry
 
@@ -303,8 +289,8 @@ def import_plugins(modules: Any) -> None:
 def _interrupted_here(run_dir: Path) -> bool:
     """An earlier launch in this directory stopped before finishing (inside any stage, the
     teacher's included): its W&B run is continued rather than a second one started."""
-    started = (run_dir / "wandb_run.json").is_file() and not (run_dir / "metrics.json").is_file()
-    return started or any((run_dir / "checkpoints").rglob("step-*.pt"))
+    started = (run_dir / layout.WANDB_RUN).is_file() and not (run_dir / layout.METRICS).is_file()
+    return started or any((run_dir / layout.CHECKPOINTS).rglob("step-*.pt"))
 
 
 def run_job(cfg: Any) -> float:
@@ -319,8 +305,9 @@ def run_job(cfg: Any) -> float:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    from brewlab.config.compose import to_plain
     from brewlab.core.parallel import barrier, init, is_main, shared_dir
-    from brewlab.run.validate import to_plain, validate
+    from brewlab.run.validate import validate
     from brewlab.train.tracking import make_tracker
 
     hc = HydraConfig.get()
@@ -363,8 +350,8 @@ def run_job(cfg: Any) -> float:
             return float("nan")
         tracker.summary(metrics)
         tracker.finish(0)
-        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # finished: metrics and student are written
-        (run_dir / "error.txt").unlink(missing_ok=True)  # an earlier attempt's failure, now resumed past
+        shutil.rmtree(run_dir / layout.CHECKPOINTS, ignore_errors=True)  # finished: metrics and student are written
+        (run_dir / layout.ERROR).unlink(missing_ok=True)  # an earlier attempt's failure, now resumed past
         print(summary_table(metrics))
         print(f"outputs: {run_dir}")
         return float(metrics["student"]["validation"][metrics["task"]["main_metric"]])
@@ -375,7 +362,7 @@ def run_job(cfg: Any) -> float:
         line = f"brewlab: error: {exc}" if user_error else f"brewlab: {type(exc).__name__}: {exc}"
         if is_main():  # one record per run; other ranks' errors reach the console
             run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "error.txt").write_text(line + "\n\n" + traceback.format_exc(), encoding="utf-8")
+            (run_dir / layout.ERROR).write_text(line + "\n\n" + traceback.format_exc(), encoding="utf-8")
         if multirun:
             log.error(line)
             return float("nan")

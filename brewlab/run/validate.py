@@ -19,15 +19,6 @@ TEACHER_KINDS = ("scratch", "pretrained_scratch", "hf")
 RESUME = ("auto", True, False)
 
 
-def to_plain(cfg: Any) -> Any:
-    """DictConfig/ListConfig -> plain dicts and lists (resolved), anything else unchanged."""
-    from omegaconf import DictConfig, ListConfig, OmegaConf
-
-    if isinstance(cfg, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(cfg, resolve=True)
-    return cfg
-
-
 def _check_number(key: str, value: Any, minimum: float, inclusive: bool = True) -> None:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
     if not ok or (value < minimum if inclusive else value <= minimum):
