@@ -110,10 +110,8 @@ def test_the_schema_keeps_the_cache_keys_and_fingerprints_made_before_it():
     """Pinned from the code before brewlab/config/schema.py (commit e712acd): teachers, masked LMs and
     finished runs made then are still found, because the loop keys the schema added to teacher
     stages are hashed only when set away from their defaults."""
-    from brewlab.config.schema import keyed
+    from brewlab.config.identity import hashed_view, run_fingerprint, teacher_identity
     from brewlab.core.cache import Cache, stable_hash
-    from brewlab.run.pipeline import run_fingerprint
-    from brewlab.stages.teachers import teacher_identity
 
     default = compose_run("cache_dir=/c")
     assert stable_hash(teacher_identity(default["teacher"])) == "094b977bc0a0"
@@ -125,7 +123,7 @@ def test_the_schema_keeps_the_cache_keys_and_fingerprints_made_before_it():
     assert run_fingerprint(compose_run("cache_dir=/c", "debug=smoke", foreach)) == "ee23fcc46bf0"
     assert run_fingerprint(compose_run("cache_dir=/c", "teacher=minilm", "task=mr_en", foreach)) == "874211867bda"
     t = compose_run("cache_dir=/c", "teacher=pretrained_scratch")["teacher"]
-    assert Cache("/c").key(keyed({"arch": t["arch"], "pretrain": t["pretrain"]})) == "3dc30aeeb063"
+    assert Cache("/c").key(hashed_view({"arch": t["arch"], "pretrain": t["pretrain"]})) == "3dc30aeeb063"
     # set away from its default, a new key does count
     changed = compose_run("cache_dir=/c", "teacher.train.precision=bf16")
     assert stable_hash(teacher_identity(changed["teacher"])) != "094b977bc0a0"

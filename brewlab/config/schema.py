@@ -186,29 +186,6 @@ def options(values: Mapping[str, Any] | None, schema: type) -> dict[str, Any]:
     return {**{f.name: f.default for f in dataclasses.fields(schema)}, **(values or {})}
 
 
-# loop keys that teacher stages did not write before this schema: a stage's cache key and a run's
-# fingerprint count them only when set away from the default, so entries made before stay valid
-UNKEYED_AT_DEFAULT = ("grad_accum", "precision", "nonfinite", "seed")
-
-
-def keyed(tree: Any) -> Any:
-    """`tree` (a config or part of one) as it is hashed: every stage section (`train: {...}`)
-    without the keys of UNKEYED_AT_DEFAULT left at their defaults."""
-    defaults = {f.name: f.default for f in dataclasses.fields(StageTrain)}
-
-    def walk(node: Any) -> Any:
-        if not isinstance(node, Mapping):
-            return node
-        out = {}
-        for key, value in node.items():
-            if key == "train" and isinstance(value, Mapping) and "lr" in value:
-                value = {k: v for k, v in value.items() if not (k in UNKEYED_AT_DEFAULT and v == defaults[k])}
-            out[key] = walk(value)
-        return out
-
-    return walk(tree)
-
-
 def trainer_default(key: str) -> Any:
     """The schema's default of one `trainer` key."""
     return next(f.default for f in dataclasses.fields(Trainer) if f.name == key)

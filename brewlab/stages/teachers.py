@@ -9,7 +9,8 @@ from typing import Any
 
 import torch
 
-from brewlab.config.schema import TeacherOptions, keyed, options
+from brewlab.config.identity import hashed_view, teacher_identity
+from brewlab.config.schema import TeacherOptions, options
 from brewlab.core.cache import TEACHER_META, stable_hash
 from brewlab.core.errors import BrewlabError
 from brewlab.data.prepare import Prepared, prepare_task
@@ -33,7 +34,7 @@ def teacher_base(cfg: Mapping[str, Any], rt: Runtime) -> str | None:
     from brewlab.models.build import build_scratch
 
     p_cfg = t_cfg["pretrain"]
-    key = rt.cache.key(keyed({"arch": t_cfg["arch"], "pretrain": p_cfg, "optim": stage_optim(cfg["optim"], p_cfg["train"])}))
+    key = rt.cache.key(hashed_view({"arch": t_cfg["arch"], "pretrain": p_cfg, "optim": stage_optim(cfg["optim"], p_cfg["train"])}))
     directory = rt.cache.entry("pretrained", p_cfg["task"]["name"], key)
     if (directory / TEACHER_META).is_file():
         log.info("pretrained masked LM: reused cache %s", directory)
@@ -167,12 +168,3 @@ def get_teacher(
         cached = Teacher("cache", str(directory), t_cfg, load_cached, entry=directory)
         return cached
     return Teacher("trained", str(directory), t_cfg, model=train(), entry=directory)
-
-
-def teacher_identity(t_cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """The teacher settings its cache entry is keyed by: not its name or licence notice, and not
-    the package keys that a preset leaves unset (so hub and local teachers keep their keys)."""
-    unset_ok = ("package", "checksums")
-    return keyed(
-        {k: v for k, v in t_cfg.items() if k not in ("name", "notice") and not (k in unset_ok and v is None)}
-    )

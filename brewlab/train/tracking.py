@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from brewlab.core import layout
 from brewlab.core.registry import Registry
 
 TRACKERS: Registry = Registry("logger.name")
@@ -62,7 +63,7 @@ class WandbTracker(NoTracker):
 
         mode = os.environ.get("WANDB_MODE") or cfg["mode"]
         os.environ.setdefault("WANDB_SILENT", "true")
-        previous = run_dir / "wandb_run.json"
+        previous = run_dir / layout.WANDB_RUN
         run_id = json.loads(previous.read_text(encoding="utf-8")).get("id") if resume and previous.is_file() else None
         options = dict(
             project=cfg["project"],
@@ -91,7 +92,7 @@ class WandbTracker(NoTracker):
         # where this job's W&B run is, readable without W&B (the report and users' scripts)
         identity = {"id": self.run.id, "name": name, "group": group, "tags": list(self.run.tags), "mode": mode,
                     "project": self.run.project}
-        (run_dir / "wandb_run.json").write_text(json.dumps(identity, indent=2, ensure_ascii=False), encoding="utf-8")
+        (run_dir / layout.WANDB_RUN).write_text(json.dumps(identity, indent=2, ensure_ascii=False), encoding="utf-8")
 
     def log(self, metrics: Mapping[str, float], step: int) -> None:
         self.run.log(dict(metrics), step=step)
