@@ -227,6 +227,15 @@ def test_bad_data_and_model_message(cli, tmp_path, make, fragments):
     assert not (run_dir / "metrics.json").exists()
 
 
+def test_the_linear_baseline_names_the_task_kinds_it_covers():
+    from brewlab.core.errors import BrewlabError
+    from brewlab.eval.baselines import linear_baseline
+
+    with pytest.raises(BrewlabError) as err:
+        linear_baseline({"name": "cmrc_pd98", "kind": "span_extraction"}, {}, [])
+    assert str(err.value) == "task=cmrc_pd98 is span_extraction; the linear baselines cover classification, token_classification"
+
+
 def test_the_table_covers_at_least_45_malformed_inputs():
     assert len(CASES) + len(DATA_CASES) >= 45
 

@@ -111,3 +111,20 @@ def test_bigru_student_distils_each_task_kind(cli, task, loss):
     assert 0 <= m["student"]["test"][main] <= 1
     if "hidden" in loss:  # GRU states projected to the teacher's width
         assert (run_dir / "student" / "projections.safetensors").is_file()
+
+
+def test_the_student_kind_builds_its_student():
+    """`student.kind` picks the builder: a BiGRU without attention, or a BERT of the same `arch`."""
+    from brewlab.models.kinds import STUDENT_KINDS
+    from brewlab.models.vocab import build_char_tokenizer
+
+    tokenizer = build_char_tokenizer(["好差不错"])
+    arch = {"num_hidden_layers": 1, "hidden_size": 16, "num_attention_heads": 2, "intermediate_size": 32}
+    kind = KINDS.get("classification")
+    bigru = STUDENT_KINDS.props("bigru").build({**arch, "dropout": 0.0}, tokenizer, kind, 3, "sdpa")
+    bert = STUDENT_KINDS.props("bert").build(arch, tokenizer, kind, 3, "sdpa")
+    assert isinstance(bigru.config, BiGRUConfig) and type(bert).__name__ == "BertForSequenceClassification"
+    for model in (bigru, bert):
+        assert model.config.vocab_size == len(tokenizer) and model.config.num_labels == 3
+    assert not any("attention" in name for name, _ in bigru.named_parameters())
+    assert bert.config.num_attention_heads == 2

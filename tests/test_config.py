@@ -127,3 +127,26 @@ def test_the_schema_keeps_the_cache_keys_and_fingerprints_made_before_it():
     # set away from its default, a new key does count
     changed = compose_run("cache_dir=/c", "teacher.train.precision=bf16")
     assert stable_hash(teacher_identity(changed["teacher"])) != "094b977bc0a0"
+
+
+@pytest.mark.parametrize("teacher", ["scratch", "pretrained_scratch"])
+def test_a_teacher_built_from_arch_checks_its_heads(teacher):
+    """Each teacher kind checks its own section: the ones built from `arch` check its head split."""
+    from brewlab.core.errors import BrewlabError
+
+    cfg = compose_run(f"teacher={teacher}", "debug=smoke", "teacher.arch.hidden_size=30", "teacher.arch.num_attention_heads=4")
+    with pytest.raises(BrewlabError) as err:
+        validate(cfg)
+    assert str(err.value) == (
+        "teacher.arch.hidden_size=30 is not a multiple of teacher.arch.num_attention_heads=4; e.g. teacher.arch.hidden_size=28"
+    )
+
+
+def test_an_unknown_teacher_kind_names_the_registered_ones():
+    from brewlab.core.errors import BrewlabError
+
+    cfg = compose_run("debug=smoke")
+    cfg["teacher"]["kind"] = "distilled"
+    with pytest.raises(BrewlabError) as err:
+        validate(cfg)
+    assert str(err.value) == "teacher.kind='distilled' is not valid; choose one of: hf, pretrained_scratch, scratch"

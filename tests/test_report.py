@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from brewlab.report.report import main
+from brewlab.report.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -191,7 +191,7 @@ def test_unknown_metric_is_one_line_error(sweep: Path, capsys: pytest.CaptureFix
 def test_cli_on_empty_dir_exits_2(tmp_path: Path) -> None:
     """The real entry point, in a subprocess: one line on stderr, exit 2, no traceback."""
     proc = subprocess.run(
-        [sys.executable, "-m", "brewlab.report.report", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "brewlab.report", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=60
     )
     assert proc.returncode == 2
     assert proc.stderr.strip() == (
@@ -231,8 +231,30 @@ def test_overrides_shared_by_every_job_are_stated_once(tmp_path: Path) -> None:
 
 
 def test_value_axis_zooms_only_for_close_results_far_from_zero() -> None:
-    from brewlab.report.report import y_limits
+    from brewlab.report.chart import y_limits
 
     low, high = y_limits([80.55, 80.36], [0.18, 0.36], [80.93])
     assert 79.0 < low < 80.0 and 81.0 < high < 82.5  # every bar, error bar and the teacher inside
     assert y_limits([30.0, 70.0], [2.0, 3.0], [75.0]) == (0.0, 75.0 * 1.25)  # far apart: from zero
+
+
+REPORT_MODULES = sorted(p.stem for p in (ROOT / "brewlab" / "report").glob("*.py") if p.stem != "__init__")
+
+
+@pytest.mark.parametrize("module", REPORT_MODULES)
+def test_report_modules_import_no_torch(module: str) -> None:
+    """Each report module alone, in a fresh interpreter: the report runs where torch is not installed."""
+    code = f"import sys, brewlab.report.{module}; assert 'torch' not in sys.modules, 'torch imported'"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_a_whole_report_imports_no_torch(sweep: Path) -> None:
+    """Reading, comparing and writing report.csv/.md/.png (matplotlib included) never loads torch."""
+    code = (
+        "import sys; from brewlab.report.cli import main; code = main([sys.argv[1]]); "
+        "assert 'torch' not in sys.modules, 'torch imported'; sys.exit(code)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(sweep)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (sweep / "report.png").read_bytes()[:8] == PNG_SIGNATURE

@@ -15,7 +15,7 @@ from conftest import run_cli
 from brewlab.data.tasks import KINDS
 from brewlab.data.tasks.ner import entity_scores
 from brewlab.eval.significance import Records, RecordsError, compare, holm, read_records
-from brewlab.report import report
+from brewlab.report.cli import main
 
 
 def _records(num, den=None) -> Records:
@@ -146,8 +146,10 @@ def test_real_sweep_report_compares_with_labels_only(tmp_path, cache_dir):
     metrics = json.loads((job / "metrics.json").read_text(encoding="utf-8"))
     records = read_records(job / "predictions" / "student" / "test.jsonl")
     assert records.metric == pytest.approx(metrics["student"]["test"]["accuracy"])
+    hard = json.loads((sweep / "loss=hard,task.train_fraction=0.5" / "seed=1" / "metrics.json").read_text(encoding="utf-8"))
+    assert (hard["student"]["labels_only"], metrics["student"]["labels_only"]) == (True, False)
 
-    assert report.main([str(sweep), "--resamples", "2000"]) == 0
+    assert main([str(sweep), "--resamples", "2000"]) == 0
     md = (sweep / "report.md").read_text(encoding="utf-8")
     assert "## Against the reference `loss=hard`" in md
     assert "| loss=kd |" in md.split("## Against the reference")[1]
@@ -160,11 +162,11 @@ def test_real_sweep_report_compares_with_labels_only(tmp_path, cache_dir):
     # a sweep written before predictions were kept: listed, not compared
     for seed in (1, 2, 3):
         shutil.rmtree(kd_dir / f"seed={seed}" / "predictions")
-    assert report.main([str(sweep), "--resamples", "200", "--out", str(tmp_path / "old")]) == 0
+    assert main([str(sweep), "--resamples", "200", "--out", str(tmp_path / "old")]) == 0
     md = (tmp_path / "old" / "report.md").read_text(encoding="utf-8")
     assert "Not compared:" in md and "`loss=kd`: seed=1: no predictions/student/test.jsonl" in md
 
-    assert report.main([str(sweep), "--reference", "loss=nst"]) == 2
+    assert main([str(sweep), "--reference", "loss=nst"]) == 2
 
 
 def test_unknown_reference_is_one_line(tmp_path, capsys):
@@ -174,7 +176,7 @@ def test_unknown_reference_is_one_line(tmp_path, capsys):
         (run / ".hydra" / "overrides.yaml").write_text(f"- {config}\n- seed=1\n", encoding="utf-8")
         metrics = {"task": {"main_metric": "accuracy"}, "loss": [config[5:]], "student": {"test": {"accuracy": 0.5}}}
         (run / "metrics.json").write_text(json.dumps(metrics), encoding="utf-8")
-    assert report.main([str(tmp_path), "--reference", "loss=nst"]) == 2
+    assert main([str(tmp_path), "--reference", "loss=nst"]) == 2
     err = capsys.readouterr().err
     assert err.strip() == (
         "brewlab: error: --reference 'loss=nst' is not a configuration of this sweep; choose one of: loss=hard, loss=kd"
@@ -210,10 +212,46 @@ def test_seeds_without_predictions_are_named_and_the_rest_compared(tmp_path):
         _job(tmp_path, "loss=hard", seed, [1, 0] * 50)
     _job(tmp_path, "loss=kd", 1, [1] * 100)
     _job(tmp_path, "loss=kd", 2, [1] * 100, predictions=False)
-    assert report.main([str(tmp_path), "--resamples", "500"]) == 0
+    assert main([str(tmp_path), "--resamples", "500"]) == 0
     md = (tmp_path / "report.md").read_text(encoding="utf-8")
     assert "| loss=kd | +50.00 |" in md  # compared over seed 1 only: 100% against 50%
     assert "`loss=kd`: seed=2: no predictions/student/test.jsonl (a run from before predictions were kept) (compared over the other seeds)" in md
+
+
+def _rewrite_metrics(root: Path, config: str, seed: int, written: dict) -> None:
+    """Change a run's metrics.json as another brewlab would have written it (`student.<key>` for a
+    dotted key, else a top-level key)."""
+    path = root / config / f"seed={seed}" / "metrics.json"
+    metrics = json.loads(path.read_text(encoding="utf-8"))
+    for key, value in written.items():
+        where, _, name = key.rpartition(".")
+        (metrics[where] if where else metrics)[name] = value
+    path.write_text(json.dumps(metrics), encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    ("written", "reference"),
+    [
+        # what the pipeline records now, whatever `loss` says (distiller=trainer ignores it)
+        ({"student.labels_only": True}, "loss=nst"),
+        # a student that learnt from a teacher: no labels-only configuration, so the first row
+        ({"student.labels_only": False}, "loss=kd"),
+        # runs from before the flag: a distiller without a teacher said so in a note ...
+        ({"student.note": "trained on labels only"}, "loss=nst"),
+        # ... and a student trained with the hard-label loss alone
+        ({"loss": ["hard"]}, "loss=nst"),
+    ],
+)
+def test_the_labels_only_configuration_is_the_default_reference(tmp_path, written, reference):
+    for seed in (1, 2):
+        _job(tmp_path, "loss=kd", seed, [1] * 100)
+        _job(tmp_path, "loss=nst", seed, [1, 0] * 50)  # rows sort by name: loss=kd comes first
+        _rewrite_metrics(tmp_path, "loss=nst", seed, written)
+    assert main([str(tmp_path), "--resamples", "200"]) == 0
+    md = (tmp_path / "report.md").read_text(encoding="utf-8")
+    assert f"## Against the reference `{reference}`" in md
+    other = "loss=kd" if reference == "loss=nst" else "loss=nst"
+    assert f"| {other} | {'+' if other == 'loss=kd' else '-'}50.00 |" in md
 
 
 def _labels_only_predictions(root: Path, config: str, seed: int, num: list[int], ids: str = "x") -> None:
@@ -228,13 +266,13 @@ def test_runs_with_their_own_labels_only_student_are_compared_with_it(tmp_path):
     for seed in (1, 2):
         _job(tmp_path, "loss=kd", seed, [1] * 100)
         _labels_only_predictions(tmp_path, "loss=kd", seed, [1, 0] * 50)
-    assert report.main([str(tmp_path), "--resamples", "500"]) == 0
+    assert main([str(tmp_path), "--resamples", "500"]) == 0
     md = (tmp_path / "report.md").read_text(encoding="utf-8")
     assert "## Against the same runs' labels-only student" in md
     assert "| loss=kd | +50.00 |" in md  # 100% against 50% in both runs
     assert "**yes** ✱" in md
     _job(tmp_path, "loss=hard", 1, [1, 0] * 50)  # no labels-only student beside it
-    assert report.main([str(tmp_path), "--resamples", "500"]) == 0
+    assert main([str(tmp_path), "--resamples", "500"]) == 0
     md = (tmp_path / "report.md").read_text(encoding="utf-8")
     section = md.split("## Against the same runs' labels-only student")[1]
     assert "| loss=hard |" not in section.split("##")[0]
@@ -243,6 +281,6 @@ def test_runs_with_their_own_labels_only_student_are_compared_with_it(tmp_path):
 def test_labels_only_student_on_other_examples_is_one_line(tmp_path, capsys):
     _job(tmp_path, "loss=kd", 1, [1] * 10)
     _labels_only_predictions(tmp_path, "loss=kd", 1, [1] * 10, ids="y")
-    assert report.main([str(tmp_path), "--resamples", "100"]) == 2
+    assert main([str(tmp_path), "--resamples", "100"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["brewlab: error: loss=kd: the student and the labels-only student were scored on other test examples"]

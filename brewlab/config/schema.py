@@ -125,7 +125,7 @@ class TopLevel:
 
 @dataclass
 class StudentOptions:
-    kind: str = _f("bert", "bert: a BERT encoder built from `arch`; bigru: a BiGRU of `arch`", choices=("bert", "bigru"))
+    kind: str = _f("bert", "bert: a BERT encoder built from `arch`; bigru: a BiGRU of `arch` (brewlab/models/kinds.py)")
 
 
 @dataclass

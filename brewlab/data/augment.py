@@ -30,7 +30,16 @@ from brewlab.core.registry import Registry
 
 log = logging.getLogger("brewlab")
 
-AUGMENTERS: Registry = Registry("augmentation.ops.<name>.kind")
+
+@dataclass(frozen=True)
+class OpNeeds:
+    """What an operation needs besides its text, asked by config validation and the pipeline."""
+
+    masked_lm: bool = False  # a masked LM (`model_name_or_path`, else one pretrained offline on `masked_lm`)
+    packages: tuple[str, ...] = ()  # modules that must be importable
+
+
+AUGMENTERS: Registry = Registry("augmentation.ops.<name>.kind", OpNeeds())
 MODES = ("offline", "online")
 CHAR_ACTIONS = {
     "zh": ("swap", "delete", "insert", "substitute"),
@@ -159,7 +168,7 @@ def _nlpaug_fn(augmenters: Sequence[Callable[[str], Any]]) -> TextFn:
     return apply
 
 
-@AUGMENTERS.register("char")
+@AUGMENTERS.register("char", OpNeeds(packages=("nlpaug",)))
 def char_op(name: str, op: Mapping[str, Any], rate: float, vocab: Vocabulary, **_: Any) -> TextFn:
     """Character noise. Chinese: each character is a token; swap/delete move or drop a fraction
     `rate` of them and insert/substitute draw from the task's own CJK characters. English:
@@ -221,7 +230,7 @@ def char_op(name: str, op: Mapping[str, Any], rate: float, vocab: Vocabulary, **
     return _nlpaug_fn(augmenters)
 
 
-@AUGMENTERS.register("word")
+@AUGMENTERS.register("word", OpNeeds(packages=("nlpaug",)))
 def word_op(name: str, op: Mapping[str, Any], rate: float, vocab: Vocabulary, **_: Any) -> TextFn:
     """Word swap/delete/crop/substitute on a fraction `rate` of the words (jieba words joined
     without spaces for Chinese, whitespace words for English); substitutes are the task's words."""
@@ -250,7 +259,7 @@ def word_op(name: str, op: Mapping[str, Any], rate: float, vocab: Vocabulary, **
     return _nlpaug_fn(augmenters)
 
 
-@AUGMENTERS.register("mlm")
+@AUGMENTERS.register("mlm", OpNeeds(masked_lm=True))
 class MaskedLMReplace:
     """TinyBERT-style replacement: a fraction `rate` of the whole-word tokens is masked and each
     gets one of the masked LM's `top_k` predictions (sampled by probability, never the original

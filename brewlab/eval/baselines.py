@@ -19,20 +19,20 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from brewlab.core.errors import BrewlabError
+from brewlab.core.registry import Registry
 
-KINDS = ("classification", "token_classification")
+Splits = Mapping[str, Sequence[Mapping[str, Any]]]
+LINEAR_BASELINES: Registry = Registry("task.kind")  # task kind -> its baseline's fit(task, splits, label_names)
 
 
-def linear_baseline(
-    task: Mapping[str, Any], splits: Mapping[str, Sequence[Mapping[str, Any]]], label_names: Sequence[str]
-) -> dict[str, Any]:
+def linear_baseline(task: Mapping[str, Any], splits: Splits, label_names: Sequence[str]) -> dict[str, Any]:
     """{"method", "validation": {metric: value}, "test": {...}, "C", "features", "seconds"} for
-    normalised rows of a classification or NER task."""
-    if task["kind"] == "classification":
-        return _classification(task, splits)
-    if task["kind"] == "token_classification":
-        return _tagging(splits, label_names)
-    raise BrewlabError(f"task={task['name']} is {task['kind']}; the linear baselines cover {', '.join(KINDS)}")
+    normalised rows of a task whose kind has a linear baseline."""
+    if task["kind"] not in LINEAR_BASELINES:
+        raise BrewlabError(
+            f"task={task['name']} is {task['kind']}; the linear baselines cover {', '.join(LINEAR_BASELINES.names())}"
+        )
+    return LINEAR_BASELINES.get(task["kind"])(task, splits, label_names)
 
 
 def _best_of(fit: Any, score: Any, strengths: Sequence[float]) -> tuple[float, float, Any]:
@@ -46,7 +46,8 @@ def _best_of(fit: Any, score: Any, strengths: Sequence[float]) -> tuple[float, f
     return best
 
 
-def _classification(task: Mapping[str, Any], splits: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, Any]:
+@LINEAR_BASELINES.register("classification")
+def _classification(task: Mapping[str, Any], splits: Splits, label_names: Sequence[str]) -> dict[str, Any]:
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
 
@@ -87,7 +88,8 @@ def window_features(tokens: Sequence[str], i: int) -> dict[str, int]:
     return feats
 
 
-def _tagging(splits: Mapping[str, Sequence[Mapping[str, Any]]], names: Sequence[str]) -> dict[str, Any]:
+@LINEAR_BASELINES.register("token_classification")
+def _tagging(task: Mapping[str, Any], splits: Splits, names: Sequence[str]) -> dict[str, Any]:
     from seqeval.metrics import f1_score
     from sklearn.feature_extraction import DictVectorizer
     from sklearn.linear_model import LogisticRegression

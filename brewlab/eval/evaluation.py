@@ -19,6 +19,7 @@ from brewlab.core.cache import TEACHER_META
 from brewlab.core.files import publish_dir, write_json_atomic, write_jsonl
 from brewlab.data.prepare import Prepared
 from brewlab.distill.teacher_store import locked
+from brewlab.models.kinds import TEACHER_KINDS
 
 log = logging.getLogger("brewlab")
 
@@ -96,7 +97,7 @@ def teacher_metrics(
     members = []
     for teacher, view in zip(teachers, views, strict=True):
         entry = measure_teacher(view, prep, eval_bs, device, single) | {"source": teacher.source}
-        pretrained = base if teacher.config["kind"] == "pretrained_scratch" else None
+        pretrained = base if TEACHER_KINDS.props(teacher.config["kind"], "teacher.kind").masked_lm_base else None
         for stage, stage_dir in (("training", teacher.entry), ("pretraining", pretrained)):
             meta = Path(stage_dir) / TEACHER_META if stage_dir else None
             if meta is not None and meta.is_file():  # how the cached stage was made (time, steps, dev score)

@@ -12,6 +12,7 @@ from typing import Any
 from brewlab.core.errors import BrewlabError
 from brewlab.core.packaged import resolve
 from brewlab.models.build import check_model_dir, is_local_model_dir
+from brewlab.models.kinds import TEACHER_KINDS
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,7 @@ def arch_shape(arch: Mapping[str, Any]) -> Shape:
 
 def teacher_shape(teacher: Mapping[str, Any]) -> Shape | None:
     """Shape from the teacher config, or from a local model's config.json; None for hub ids."""
-    if teacher["kind"] in ("scratch", "pretrained_scratch"):
+    if TEACHER_KINDS.props(teacher["kind"], "teacher.kind").from_arch:
         return arch_shape(teacher["arch"])
     if not teacher.get("name_or_path"):
         raise BrewlabError("teacher.name_or_path is required with teacher=hf (a hub id or a local directory)")

@@ -25,6 +25,7 @@ from brewlab.core.errors import BrewlabError
 from brewlab.core.files import publish_dir, write_json_atomic
 from brewlab.core.parallel import main_first
 from brewlab.data.prepare import Prepared, prepare_task, train_loader
+from brewlab.data.tasks import kind_of
 from brewlab.distill.teacher_store import StorePlan
 from brewlab.eval.evaluation import evaluate, measure, paired_difference, summary_table, teacher_metrics
 from brewlab.stages.augmented import augmented_training
@@ -102,7 +103,7 @@ def run(cfg: Mapping[str, Any], run_dir: Path, rt: Runtime) -> dict[str, Any]:
     d_cls = DISTILLERS.get(name)
     named = d_cls.tasks_of(d_cfg)
     # several tasks: pooled (sentence) heads first, whose encoder carries the pooler the others ignore
-    order = [cfg["task"]["name"]] if named is None else sorted(named, key=lambda n: named[n]["kind"] != "classification")
+    order = [cfg["task"]["name"]] if named is None else sorted(named, key=lambda n: not kind_of(named[n]["kind"]).pooled_head)
     task_cfgs = {n: cfg if named is None else {**cfg, "task": named[n]} for n in order}
     device, seed = rt.device, int(cfg["seed"])
     attn = attention_of(cfg)

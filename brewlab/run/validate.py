@@ -7,15 +7,32 @@ config.json), so a wrong layer index fails in a second, not after teacher traini
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import codecs
+import importlib.util
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from brewlab.config import schema
 from brewlab.config.schema import AugmentationOptions, StudentOptions, TaskOptions, options
 from brewlab.core.errors import BrewlabError, bad_choice
+from brewlab.data import augment
+from brewlab.data.tasks import KINDS, SOURCES, kind_of
+from brewlab.distill.distillers import DISTILLERS
+from brewlab.distill.losses import TEACHER_COMBINERS
+from brewlab.distill.objective import parse_objective
+from brewlab.distill.schedulers import build_schedules
+from brewlab.eval.baselines import LINEAR_BASELINES
+from brewlab.models.build import check_model_dir
+from brewlab.models.kinds import STUDENT_KINDS, TEACHER_KINDS
 from brewlab.models.shape import Shape, arch_shape, model_dir_shape, teacher_shape
+from brewlab.train.callbacks import CALLBACKS
+from brewlab.train.tracking import TRACKERS
 
-TEACHER_KINDS = ("scratch", "pretrained_scratch", "hf")
 RESUME = ("auto", True, False)
 
 
@@ -27,53 +44,31 @@ def _check_number(key: str, value: Any, minimum: float, inclusive: bool = True) 
 
 
 def validate(cfg: Mapping[str, Any]) -> None:
-    """Check the whole composed (plain) config; raise on the first problem found."""
-    from brewlab.data.tasks import KINDS, SOURCES, kind_of
-    from brewlab.distill.distillers import DISTILLERS
-    from brewlab.distill.objective import parse_objective
-    from brewlab.distill.schedulers import build_schedules
-    from brewlab.train.tracking import TRACKERS
-
+    """Check the whole composed (plain) config; raise on the first problem found: each section
+    by the registry entry it names, then the rules between sections."""
     task, teacher, student = cfg["task"], cfg["teacher"], cfg["student"]
-    kind_of(task["kind"])
-    data = task.get("data") or {}
-    if not data.get("train_file"):
-        SOURCES.get(task["source"], "task.source")
-    for split in ("train", "validation", "test"):
-        path = data.get(f"{split}_file")
-        if path and not Path(path).is_file():
-            raise BrewlabError(f"task.data.{split}_file={path!r}: file not found")
-        if path:
-            _check_utf8(Path(path), f"task.data.{split}_file")
+    task_kind = _check_task(task)
     check_writable(cfg["cache_dir"], "cache_dir")
-    _check_number("task.max_seq_length", task["max_seq_length"], 8)
-    fraction = options(task, TaskOptions)["train_fraction"]
-    if not isinstance(fraction, (int, float)) or isinstance(fraction, bool) or not 0 < fraction <= 1:
-        raise BrewlabError(f"task.train_fraction={fraction!r} must be a fraction in (0, 1]")
     if cfg["resume"] not in RESUME:
         raise bad_choice("resume", cfg["resume"], ("auto", "true", "false"))
     distiller = DISTILLERS.get(cfg["distiller"]["name"], "distiller")
     TRACKERS.get(cfg["logger"]["name"], "logger")
-    if teacher["kind"] not in TEACHER_KINDS:
-        raise bad_choice("teacher.kind", teacher["kind"], TEACHER_KINDS)
+    check_teacher = TEACHER_KINDS.get(teacher["kind"], "teacher.kind")
     _check_loops(cfg)
     _check_number("optim.lr", cfg["optim"]["lr"], 0, inclusive=False)
     named = distiller.tasks_of(cfg["distiller"])  # the run's own `task` is not trained then
     tasks = {task.get("name", "?"): task} if named is None else dict(named)
     for name, task_cfg in tasks.items():  # the temperature's bound depends on each task's classes
-        if isinstance(task_cfg, Mapping) and task_cfg.get("kind") in KINDS.names():
+        if isinstance(task_cfg, Mapping) and task_cfg.get("kind") in KINDS:
             classes = KINDS.get(task_cfg["kind"]).logit_classes(task_cfg)
             build_schedules(cfg["scheduler"], classes, f"task {name}")
-
-    for side, kind in (("teacher", teacher["kind"]), ("student", options(student, StudentOptions)["kind"])):
-        arch = cfg[side].get("arch")
-        if kind in ("scratch", "pretrained_scratch", "bert") and arch:
-            _check_heads(side, arch)
+    s_kind = options(student, StudentOptions)["kind"]  # its name is checked with the other schema keys
+    check_teacher(teacher)
+    STUDENT_KINDS.get(s_kind)(student, task_kind)
     t_shape = teacher_shape(teacher)
-    _check_student_kind(student, KINDS.get(task["kind"]))
     s_shape = arch_shape(student["arch"])
-    if options(student, StudentOptions)["kind"] == "bigru":  # whatever else `arch` holds (e.g. debug sizes), no attention
-        s_shape = Shape(s_shape.num_layers, s_shape.hidden_size, 0)
+    if not STUDENT_KINDS.props(s_kind).attention:  # whatever else `arch` holds (e.g. debug sizes)
+        s_shape = replace(s_shape, num_heads=0)
     if student.get("init_from"):
         if student.get("init_from_teacher_layers"):
             raise BrewlabError("student.init_from and student.init_from_teacher_layers exclude each other; set one")
@@ -81,7 +76,7 @@ def validate(cfg: Mapping[str, Any]) -> None:
     if t_shape is None:  # hub teacher: layer checks happen once its config is loaded
         t_shape = Shape(10**6, s_shape.hidden_size, s_shape.num_heads)
     objective = parse_objective(cfg["loss"], t_shape if distiller.uses_teacher else None, s_shape)
-    _check_augmentation(cfg, KINDS.get(task["kind"]), distiller, objective)
+    _check_augmentation(cfg, task_kind, distiller, objective)
     if distiller.many_teachers or cfg["distiller"].get("teachers"):
         check_teachers(cfg["distiller"], teacher)
     if named is not None:
@@ -93,7 +88,30 @@ def validate(cfg: Mapping[str, Any]) -> None:
             f"distiller={cfg['distiller']['name']} takes logit losses only but loss has [{names}]; "
             "use distiller=general"
         )
-    layers = student.get("init_from_teacher_layers")
+    _check_teacher_layers(student.get("init_from_teacher_layers"), t_shape, s_shape)
+
+
+def _check_task(task: Mapping[str, Any]) -> Any:
+    """The run's `task` section: its kind (returned), where its examples come from, its sizes."""
+    kind = kind_of(task["kind"])
+    data = task.get("data") or {}
+    if not data.get("train_file"):
+        SOURCES.get(task["source"], "task.source")
+    for split in ("train", "validation", "test"):
+        path = data.get(f"{split}_file")
+        if path and not Path(path).is_file():
+            raise BrewlabError(f"task.data.{split}_file={path!r}: file not found")
+        if path:
+            _check_utf8(Path(path), f"task.data.{split}_file")
+    _check_number("task.max_seq_length", task["max_seq_length"], 8)
+    fraction = options(task, TaskOptions)["train_fraction"]
+    if not isinstance(fraction, (int, float)) or isinstance(fraction, bool) or not 0 < fraction <= 1:
+        raise BrewlabError(f"task.train_fraction={fraction!r} must be a fraction in (0, 1]")
+    return kind
+
+
+def _check_teacher_layers(layers: Sequence[Any] | None, t_shape: Shape, s_shape: Shape) -> None:
+    """`student.init_from_teacher_layers`: one teacher layer per student layer, each one the teacher has."""
     if layers:
         for layer in layers:
             if not 0 <= int(layer) < t_shape.num_layers:
@@ -108,23 +126,9 @@ def validate(cfg: Mapping[str, Any]) -> None:
             )
 
 
-def _check_student_kind(student: Mapping[str, Any], kind: Any) -> None:
-    from brewlab.models.build import bigru_head
-
-    name = options(student, StudentOptions)["kind"]  # its choices are checked with the schema's
-    if name == "bigru":
-        bigru_head(kind)
-        if student.get("init_from_teacher_layers"):
-            raise BrewlabError("student.init_from_teacher_layers needs a BERT student; student.kind=bigru has no such layers")
-        if student["arch"].get("hidden_size", 0) % 2:
-            raise BrewlabError(f"student.arch.hidden_size={student['arch']['hidden_size']} must be even for a BiGRU")
-
-
 def _check_loops(cfg: Mapping[str, Any]) -> None:
     """Every training loop's settings (the student's and the teacher's stages) and the logger,
     by the ranges and choices of brewlab/config/schema.py."""
-    from brewlab.config import schema
-
     schema.check("trainer", cfg["trainer"], schema.Trainer)
     teacher = cfg["teacher"]
     for key, train in (("teacher.train", teacher.get("train")), ("teacher.pretrain.train", (teacher.get("pretrain") or {}).get("train"))):
@@ -133,6 +137,7 @@ def _check_loops(cfg: Mapping[str, Any]) -> None:
     schema.check("logger", cfg["logger"], schema.Logger)
     schema.check("", cfg, schema.TopLevel)
     task = cfg["task"]
+    STUDENT_KINDS.get(options(cfg["student"], StudentOptions)["kind"], "student.kind")
     for key, values, options_of in (
         ("student", cfg["student"], schema.StudentOptions),
         ("teacher", teacher, schema.TeacherOptions),
@@ -143,21 +148,12 @@ def _check_loops(cfg: Mapping[str, Any]) -> None:
     ):
         schema.check(key, values, options_of)
     _check_device(str(cfg["trainer"]["device"]))
-
-
-def _check_heads(side: str, arch: Mapping[str, Any]) -> None:
-    size, heads = arch.get("hidden_size"), arch.get("num_attention_heads")
-    if isinstance(size, int) and isinstance(heads, int) and heads > 0 and size % heads:
-        raise BrewlabError(
-            f"{side}.arch.hidden_size={size} is not a multiple of {side}.arch.num_attention_heads={heads}; "
-            f"e.g. {side}.arch.hidden_size={size - size % heads or heads}"
-        )
+    for name in cfg["trainer"]["callbacks"]:
+        CALLBACKS.get(name, "trainer.callbacks")
 
 
 def _check_utf8(path: Path, key: str) -> None:
     """Data files are read as UTF-8; any other encoding is named before the run starts."""
-    import codecs
-
     decoder = codecs.getincrementaldecoder("utf-8")()
     offset = 0
     with path.open("rb") as fh:
@@ -178,8 +174,6 @@ def _check_utf8(path: Path, key: str) -> None:
 
 def check_writable(path: str, key: str) -> None:
     """`path` can hold files, so that a run never fails on its output directory after training."""
-    import tempfile
-
     where = Path(path).expanduser()
     try:
         where.mkdir(parents=True, exist_ok=True)
@@ -190,8 +184,6 @@ def check_writable(path: str, key: str) -> None:
 
 def _check_device(device: str) -> None:
     """The device must exist here, so that a run never fails on it after loading its data."""
-    import torch
-
     if device in ("auto", "cpu"):
         return
     if device == "cuda" or device.startswith("cuda:"):
@@ -206,9 +198,6 @@ def _check_device(device: str) -> None:
 
 def _check_baselines(cfg: Mapping[str, Any], distiller: Any) -> None:
     """`baselines`: two switches, each for the runs it can serve."""
-    from brewlab.data import augment
-    from brewlab.eval.baselines import KINDS as LINEAR_KINDS
-
     wanted = cfg.get("baselines") or {}
     unknown = sorted(set(wanted) - {"labels_only", "linear"})
     if unknown:
@@ -227,18 +216,15 @@ def _check_baselines(cfg: Mapping[str, Any], distiller: Any) -> None:
             "baselines.labels_only=true with augmentation: the labels-only student would not see the augmented "
             "batches the student trains on; use augmentation=none, or compare with a distiller=trainer run"
         )
-    if wanted.get("linear") and cfg["task"]["kind"] not in LINEAR_KINDS:
+    if wanted.get("linear") and cfg["task"]["kind"] not in LINEAR_BASELINES:
         raise BrewlabError(
             f"baselines.linear=true: task {cfg['task']['name']} is {cfg['task']['kind']}; the linear baseline covers "
-            + ", ".join(LINEAR_KINDS)
+            + ", ".join(LINEAR_BASELINES.names())
         )
 
 
 def check_tasks(cfg: Mapping[str, Any]) -> None:
     """`distiller.tasks`: task configs (composed from conf/task presets) and the sampling tau."""
-    from brewlab.data import augment
-    from brewlab.data.tasks import kind_of
-
     d_cfg = cfg["distiller"]
     tasks = d_cfg.get("tasks")
     if not isinstance(tasks, Mapping) or not tasks:
@@ -257,8 +243,6 @@ def check_tasks(cfg: Mapping[str, Any]) -> None:
 
 def check_teachers(d_cfg: Mapping[str, Any], teacher: Mapping[str, Any]) -> None:
     """`distiller.teachers`: overrides of the run's teacher or model directories, with weights."""
-    from brewlab.distill.losses import TEACHER_COMBINERS
-
     entries = d_cfg.get("teachers")
     if not isinstance(entries, list) or not entries:
         raise BrewlabError(
@@ -307,8 +291,6 @@ def _check_mlm_language(cfg: Mapping[str, Any], name: str, op: Mapping[str, Any]
 def _check_augmentation(cfg: Mapping[str, Any], kind: Any, distiller: Any, objective: Any) -> None:
     """Augmented text has no gold label, so it needs a teacher and a task kind that can rebuild
     its examples from augmented text."""
-    from brewlab.data import augment
-
     aug = cfg.get("augmentation") or {}
     augment.check_config(aug)
     ops = augment.ops_of(aug)
@@ -329,22 +311,16 @@ def _check_augmentation(cfg: Mapping[str, Any], kind: Any, distiller: Any, objec
             f"augmentation ops [{', '.join(sorted(ops))}] are learnt from the teacher through KD or match losses, "
             f"but loss has only [{', '.join(sorted(cfg['loss']))}]; add one, e.g. loss=kd+hard"
         )
-    import importlib.util
-
-    from brewlab.models.build import check_model_dir
-
     for name, op in ops.items():
-        if op["kind"] in ("char", "word") and importlib.util.find_spec("nlpaug") is None:
-            raise BrewlabError(
-                f"augmentation.ops.{name} needs nlpaug, which brewlab's install brings: pip install -e ."
-            )
-        if op["kind"] == "mlm" and op.get("model_name_or_path"):
+        needs = augment.AUGMENTERS.props(op["kind"])
+        for package in needs.packages:
+            if importlib.util.find_spec(package) is None:
+                raise BrewlabError(f"augmentation.ops.{name} needs {package}, which brewlab's install brings: pip install -e .")
+        if needs.masked_lm and op.get("model_name_or_path"):
             check_model_dir(str(op["model_name_or_path"]), f"augmentation.ops.{name}.model_name_or_path")
-        elif op["kind"] == "mlm":
+        elif needs.masked_lm:
             _check_mlm_language(cfg, name, op)
     if kind.augment_texts is None:
-        from brewlab.data.tasks import KINDS
-
         able = [name for name in KINDS.names() if KINDS.get(name).augment_texts is not None]
         raise BrewlabError(
             f"task.kind={cfg['task']['kind']} does not support augmentation; kinds that do: {', '.join(able)}"

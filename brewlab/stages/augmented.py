@@ -7,13 +7,17 @@ import json
 import logging
 import time
 from collections.abc import Mapping
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 from brewlab.config.schema import AugmentationOptions, options
 from brewlab.core.cache import stable_hash
 from brewlab.core.files import write_jsonl
+from brewlab.data import augment
+from brewlab.data.batching import FreshEachEpoch
 from brewlab.data.prepare import Prepared, train_loader
+from brewlab.models.build import WEIGHT_FILES, is_local_model_dir
 from brewlab.stages.teachers import teacher_base
 from brewlab.train.runtime import Runtime
 
@@ -28,9 +32,6 @@ def augmented_training(
     metrics.json and the encoded examples (None when they change every epoch); None without
     augmentation. Offline copies are made once and cached on disk, keyed by the training rows
     and the augmentation config; online ones are remade each epoch."""
-    from brewlab.data import augment
-    from brewlab.data.batching import FreshEachEpoch
-
     aug_cfg = cfg["augmentation"]
     ops = augment.ops_of(aug_cfg)
     if not ops:
@@ -43,7 +44,7 @@ def augmented_training(
     models = {
         name: op.get("model_name_or_path") or teacher_base({**cfg, "teacher": op["masked_lm"]}, rt)
         for name, op in ops.items()
-        if op["kind"] == "mlm"
+        if augment.AUGMENTERS.props(op["kind"]).masked_lm
     }
     fn = augment.build(aug_cfg, augment.vocabulary(texts, language), models)
     copies, seed = int(aug_cfg["copies"]), int(aug_cfg["seed"])
@@ -66,8 +67,6 @@ def augmented_training(
         )
         info["features"] = len(batches.first)
     else:
-        from importlib.metadata import version
-
         stamp = {
             "rows": stable_hash(rows, 24),
             "augmentation": aug_cfg,
@@ -103,8 +102,6 @@ def _unlabelled(feature: dict[str, Any]) -> dict[str, Any]:
 def _weights_stamp(path: str) -> list[Any]:
     """Size and time of a local model's weight files, so retrained weights at the same path
     make new augmented data; empty for hub ids."""
-    from brewlab.models.build import WEIGHT_FILES, is_local_model_dir
-
     if not is_local_model_dir(path):
         return []
     files = [Path(path).expanduser() / name for name in WEIGHT_FILES]

@@ -187,7 +187,8 @@ def sdpa_again(attn: str, models: Sequence[Any]) -> None:
 def build_student(cfg: Mapping[str, Any], prep: Prepared, teacher: Any, attn: str, device: torch.device):
     """A random student of `student.arch`, or one initialised from a saved model
     (`student.init_from`, e.g. a general-distilled student) or from teacher layers."""
-    from brewlab.models.build import build_bigru, build_scratch, init_from_teacher_layers, load_pretrained
+    from brewlab.models.build import init_from_teacher_layers, load_pretrained
+    from brewlab.models.kinds import STUDENT_KINDS
 
     s_cfg = cfg["student"]
     num_labels = prep.kind.num_labels(prep.label_names)
@@ -200,10 +201,9 @@ def build_student(cfg: Mapping[str, Any], prep: Prepared, teacher: Any, attn: st
     init_from = s_cfg.get("init_from")
     if init_from:
         model = load_pretrained(init_from, prep.kind, num_labels, attn, key="student.init_from", new_head=True)
-    elif options(s_cfg, StudentOptions)["kind"] == "bigru":
-        model = build_bigru(s_cfg["arch"], prep.tokenizer, prep.kind, num_labels)
     else:
-        model = build_scratch(s_cfg["arch"], prep.tokenizer, prep.kind, num_labels, attn)
+        build = STUDENT_KINDS.props(options(s_cfg, StudentOptions)["kind"], "student.kind").build
+        model = build(s_cfg["arch"], prep.tokenizer, prep.kind, num_labels, attn)
     if s_cfg.get("init_from_teacher_layers"):
         from brewlab.models.teacher import Teacher
 

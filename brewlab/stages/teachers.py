@@ -14,6 +14,8 @@ from brewlab.config.schema import TeacherOptions, options
 from brewlab.core.cache import TEACHER_META, stable_hash
 from brewlab.core.errors import BrewlabError
 from brewlab.data.prepare import Prepared, prepare_task
+from brewlab.models.build import build_scratch, load_pretrained, load_tokenizer, set_attention
+from brewlab.models.kinds import TEACHER_KINDS
 from brewlab.models.shape import teacher_source
 from brewlab.models.teacher import Teacher
 from brewlab.stages.stage import PrefixedTracker, stage_optim, train_and_publish
@@ -27,12 +29,11 @@ def teacher_base(cfg: Mapping[str, Any], rt: Runtime) -> str | None:
     for `hf`, the cached masked LM for `pretrained_scratch` (pretrained first if missing), or
     None for `scratch`."""
     t_cfg = cfg["teacher"]
-    if t_cfg["kind"] == "hf":
+    kind = TEACHER_KINDS.props(t_cfg["kind"], "teacher.kind")
+    if not kind.from_arch:
         return teacher_source(t_cfg)
-    if t_cfg["kind"] != "pretrained_scratch":
+    if not kind.masked_lm_base:
         return None
-    from brewlab.models.build import build_scratch
-
     p_cfg = t_cfg["pretrain"]
     key = rt.cache.key(hashed_view({"arch": t_cfg["arch"], "pretrain": p_cfg, "optim": stage_optim(cfg["optim"], p_cfg["train"])}))
     directory = rt.cache.entry("pretrained", p_cfg["task"]["name"], key)
@@ -80,8 +81,6 @@ def _merged(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
 def get_teachers(cfg: Mapping[str, Any], prep: Prepared, base: str | None, attn: str, rt: Runtime) -> list[Teacher]:
     """The run's teacher, or one per `distiller.teachers` entry; every teacher must read the
     run's tokenizer."""
-    from brewlab.models.build import load_tokenizer
-
     configs = teacher_configs(cfg)
     if configs is None:
         return [get_teacher(cfg, prep, base, attn, rt)]
@@ -112,11 +111,9 @@ def get_teacher(
     A teacher with `finetune: true` (always for `scratch`) is trained on the task with the
     `trainer` distiller, starting from `base`, and cached by everything that shapes it. A loaded
     or cached teacher's weights are read only when something runs it."""
-    from brewlab.models.build import build_scratch, load_pretrained, set_attention
-
     t_cfg = cfg["teacher"]
     num_labels = prep.kind.num_labels(prep.label_names)
-    finetune = t_cfg["kind"] == "scratch" or bool(options(t_cfg, TeacherOptions)["finetune"])
+    finetune = TEACHER_KINDS.props(t_cfg["kind"], "teacher.kind").always_trains or bool(options(t_cfg, TeacherOptions)["finetune"])
     if base is not None and not finetune:
 
         def load_base() -> Any:

@@ -91,6 +91,7 @@ class KindBase:
     with hasattr (config validation refuses a registered kind that does not derive from it)."""
 
     cache_teacher_logits = True  # False: logits too large to keep across epochs (masked LM: L x vocab)
+    pooled_head = False  # True: the head reads the encoder's pooler (one prediction per sentence)
     augment_texts: Callable[[Example], list[str]] | None = None  # the texts augmentation may rewrite; None: none
 
     @staticmethod

@@ -59,6 +59,7 @@ class Classification(KindBase):
     main_metric = "accuracy"
     seq_axis = None
     logit_pad = 0.0
+    pooled_head = True
 
     @staticmethod
     def num_labels(label_names: Sequence[str]) -> int:
