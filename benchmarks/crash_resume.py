@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from brewlab.config.compose import ROOT
+from brewlab.core import layout
 
 BASE = [
     "debug=smoke",
@@ -148,7 +149,7 @@ def one_stage(name: str, kills: int, rng: random.Random, overrides: list[str], t
     if not in_cache:  # fill the teacher cache first, so both runs train only the stage's own work
         finished(launch(stage, root / "warm", caches["reference"], overrides, root / "warm.log"), root / "warm.log", "warm-up")
     finished(launch(stage, root / "reference", caches["reference"], overrides, root / "reference.log"), root / "reference.log", "uninterrupted")
-    reference = json.loads((root / "reference" / "metrics.json").read_text())
+    reference = json.loads((root / "reference" / layout.METRICS).read_text())
     total = int(dig(reference, stage.steps))
     victim, resumed, done, wandb_ids = root / "killed", 0, 0, set()
     where, sub = stage.checkpoints.split("/", 1)
@@ -174,14 +175,14 @@ def one_stage(name: str, kills: int, rng: random.Random, overrides: list[str], t
                 print(f"{name} launch {k}: finished before its kill", flush=True)
         else:
             finished(proc, log, "final")
-        if (victim / "wandb_run.json").is_file():
-            wandb_ids.add(json.loads((victim / "wandb_run.json").read_text())["id"])
+        if (victim / layout.WANDB_RUN).is_file():
+            wandb_ids.add(json.loads((victim / layout.WANDB_RUN).read_text())["id"])
         # this stage's own resume (a labels-only restart also continues the finished student)
         lines = [line for line in log.read_text().splitlines() if f"resuming from checkpoint {checkpoints}/" in line]
         if k and lines:
             resumed += 1
             print(f"{name} launch {k}: continued from {lines[0].split('checkpoints/')[-1]}", flush=True)
-    killed = json.loads((victim / "metrics.json").read_text())
+    killed = json.loads((victim / layout.METRICS).read_text())
     identical = without_clock(reference) == without_clock(killed)
     print(f"{name}: W&B runs across the launches: {len(wandb_ids)} ({', '.join(sorted(wandb_ids))})")
     for path, x, y in differences(without_clock(reference), without_clock(killed)):

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 from brewlab.config.compose import ROOT
+from brewlab.core import layout
 
 TASK = ["task=mr_en", "teacher=minilm", "distiller=general", "logger=none", "trainer.progress=false"]
 
@@ -48,7 +49,7 @@ def run(args: list[str], cache: Path, env: dict[str, str] | None = None) -> floa
 def jobs_of(sweep: Path) -> dict[tuple[str, int], dict]:
     """Each finished job's metrics by (loss, seed)."""
     out = {}
-    for path in sweep.rglob("metrics.json"):
+    for path in sweep.rglob(layout.METRICS):
         metrics = json.loads(path.read_text(encoding="utf-8"))
         out["+".join(metrics["loss"]), int(metrics["seed"])] = metrics
     return out
@@ -123,7 +124,7 @@ def floor(args: argparse.Namespace, base: list[str]) -> tuple[float, float]:
         for name, extra in jobs.items():
             out = args.out / "floor" / f"{name}-{r}"
             run([*base, *extra, "seed=1", f"hydra.run.dir={out}"], args.cache)
-            student = json.loads((out / "metrics.json").read_text())["student"]
+            student = json.loads((out / layout.METRICS).read_text())["student"]
             steps[name].append(student["train_seconds"] / student["steps"])
     floor = {k: statistics.median(v) for k, v in steps.items()}
     for name, values in steps.items():

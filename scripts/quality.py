@@ -17,10 +17,11 @@ import sys
 from pathlib import Path
 
 from brewlab.config.compose import ROOT
+from brewlab.core import layout
 
 
 def run(out: Path, overrides: list[str]) -> dict:
-    if not (out / "metrics.json").is_file():
+    if not (out / layout.METRICS).is_file():
         subprocess.run(
             [sys.executable, str(ROOT / "run.py"), f"hydra.run.dir={out}", "trainer.progress=false", *overrides],
             cwd=ROOT,
@@ -28,7 +29,7 @@ def run(out: Path, overrides: list[str]) -> dict:
             stdout=subprocess.DEVNULL,
             env=os.environ.copy(),
         )
-    return json.loads((out / "metrics.json").read_text())
+    return json.loads((out / layout.METRICS).read_text())
 
 
 def fmt(values: list[float]) -> str:

@@ -17,6 +17,8 @@ from pathlib import Path
 
 from quality import ROOT, fmt, run
 
+from brewlab.core import layout
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -26,7 +28,7 @@ def main() -> None:
     args, extra = parser.parse_known_args()
     out = args.out / args.task
     general = run(args.out / "general", ["+experiment=general_distillation", *extra])
-    general_dir = args.out / "general" / "student"
+    general_dir = args.out / "general" / layout.SAVED_STUDENT
     pretrained = ["teacher=pretrained_scratch", f"task={args.task}", *extra]
     rows: dict[str, list[float]] = {}
     seconds: dict[str, list[float]] = {}
