@@ -37,6 +37,7 @@ class OpNeeds:
 
     masked_lm: bool = False  # a masked LM (`model_name_or_path`, else one pretrained offline on `masked_lm`)
     packages: tuple[str, ...] = ()  # modules that must be importable
+    actions: Mapping[str, tuple[str, ...]] | None = None  # language -> the `actions` it can take; None: takes none
 
 
 AUGMENTERS: Registry = Registry("augmentation.ops.<name>.kind", OpNeeds())
@@ -118,9 +119,9 @@ def check_config(aug_cfg: Mapping[str, Any]) -> None:
         raise BrewlabError(f"augmentation.copies={copies!r} must be an integer >= 1")
     for name, op in ops_of(aug_cfg).items():
         AUGMENTERS.get(op.get("kind"), f"augmentation.ops.{name}.kind")
-        actions = op.get("actions")
-        allowed = {"char": CHAR_ACTIONS["en"], "word": WORD_ACTIONS}.get(op["kind"])
-        if allowed is not None:
+        actions, by_language = op.get("actions"), AUGMENTERS.props(op["kind"]).actions
+        if by_language is not None:  # any language's, until the data's language is known
+            allowed = tuple(dict.fromkeys(a for language_actions in by_language.values() for a in language_actions))
             if not actions:
                 raise BrewlabError(f"augmentation.ops.{name}.actions is empty; choose from: {', '.join(allowed)}")
             for action in actions:
@@ -131,8 +132,9 @@ def check_config(aug_cfg: Mapping[str, Any]) -> None:
 def check_language(aug_cfg: Mapping[str, Any], language: str) -> None:
     """Actions that do not exist for the text's language, refused before any model is loaded."""
     for name, op in ops_of(aug_cfg).items():
-        if op.get("kind") == "char":
-            allowed = CHAR_ACTIONS[language]
+        by_language = AUGMENTERS.props(op["kind"]).actions
+        if by_language is not None:
+            allowed = by_language[language]
             for action in op["actions"]:
                 if action not in allowed:
                     raise BrewlabError(
@@ -168,7 +170,7 @@ def _nlpaug_fn(augmenters: Sequence[Callable[[str], Any]]) -> TextFn:
     return apply
 
 
-@AUGMENTERS.register("char", OpNeeds(packages=("nlpaug",)))
+@AUGMENTERS.register("char", OpNeeds(packages=("nlpaug",), actions=CHAR_ACTIONS))
 def char_op(name: str, op: Mapping[str, Any], rate: float, vocab: Vocabulary, **_: Any) -> TextFn:
     """Character noise. Chinese: each character is a token; swap/delete move or drop a fraction
     `rate` of them and insert/substitute draw from the task's own CJK characters. English:
@@ -230,7 +232,7 @@ def char_op(name: str, op: Mapping[str, Any], rate: float, vocab: Vocabulary, **
     return _nlpaug_fn(augmenters)
 
 
-@AUGMENTERS.register("word", OpNeeds(packages=("nlpaug",)))
+@AUGMENTERS.register("word", OpNeeds(packages=("nlpaug",), actions=dict.fromkeys(CHAR_ACTIONS, WORD_ACTIONS)))
 def word_op(name: str, op: Mapping[str, Any], rate: float, vocab: Vocabulary, **_: Any) -> TextFn:
     """Word swap/delete/crop/substitute on a fraction `rate` of the words (jieba words joined
     without spaces for Chinese, whitespace words for English); substitutes are the task's words."""
