@@ -3,12 +3,14 @@ temperatures, mask handling and config validation."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from types import MappingProxyType
 
 import pytest
 import torch
 
+from brewlab.config.schema import Scheduler
 from brewlab.core.errors import BrewlabError
 from brewlab.distill.schedulers import (
     LR_SCHEDULES,
@@ -103,7 +105,7 @@ def test_linear_lr_warmup_then_decay():
 
 
 def test_linear_lr_without_warmup_starts_at_peak():
-    lrs = _lrs(LR_SCHEDULES.get("linear"), 10)
+    lrs = _lrs(LR_SCHEDULES.get("linear"), 10, warmup_ratio=0.0)
     assert lrs[0] == pytest.approx(1.0)
     assert lrs[5] == pytest.approx(0.5)
     assert lrs[10] == pytest.approx(0.0)
@@ -125,7 +127,7 @@ def test_constant_lr_warmup_then_flat():
 
 def test_slanted_triangular_lr():
     # T=100, cut=10, ratio=32: eta = (1 + p * 31) / 32
-    lrs = _lrs(LR_SCHEDULES.get("slanted_triangular"), 100, cut_frac=0.1, ratio=32)
+    lrs = _lrs(LR_SCHEDULES.get("slanted_triangular"), 100, warmup_ratio=0.0, cut_frac=0.1, ratio=32)
     assert lrs[0] == pytest.approx(1 / 32)
     assert lrs[5] == pytest.approx((1 + 0.5 * 31) / 32)
     assert lrs[10] == pytest.approx(1.0)
@@ -136,7 +138,7 @@ def test_slanted_triangular_lr():
 
 
 def test_slanted_triangular_defaults_and_scaling():
-    lrs = _lrs(LR_SCHEDULES.get("slanted_triangular"), 50, base_lr=0.32)
+    lrs = _lrs(LR_SCHEDULES.get("slanted_triangular"), 50, base_lr=0.32, warmup_ratio=0.0)
     # defaults cut_frac=0.1 -> cut=5, ratio=32
     assert lrs[0] == pytest.approx(0.01)
     assert lrs[5] == pytest.approx(0.32)
@@ -414,12 +416,16 @@ def test_build_passes_lr_params():
     assert lrs[50] == pytest.approx(0.1)
 
 
-def test_build_defaults():
-    sched = build_schedules({})
-    assert sched == Schedules()
-    assert sched.temperature(torch.randn(1, 2), torch.randn(1, 2)) == 1.0
-    assert sched.lr_kind == "linear"
-    assert sched.probability_shift is False
+def test_build_defaults_are_the_schema_scheduler_section():
+    """A key left out (or null) takes brewlab.config.schema.Scheduler's default: T=4, constant
+    weights, linear LR with a tenth of the steps warming up, no probability shift."""
+    sched = build_schedules({"temperature": {"base": None}, "lr": {"kind": "constant"}})
+    assert sched.temperature(torch.randn(1, 2), torch.randn(1, 2)) == 4.0
+    assert (sched.temperature_kind, sched.kd_weight_kind, sched.hard_weight_kind) == ("constant",) * 3
+    assert (sched.lr_kind, sched.warmup_ratio, sched.probability_shift) == ("constant", 0.1, False)
+    lrs = _lrs(lambda opt, total: build_schedules({}).lr_scheduler(opt, total), 100)
+    assert (lrs[5], lrs[10], lrs[55], lrs[100]) == pytest.approx((0.5, 1.0, 0.5, 0.0))
+    assert build_schedules({}) == build_schedules(dataclasses.asdict(Scheduler()))
 
 
 def test_build_accepts_any_mapping_and_dictconfig():
@@ -491,7 +497,17 @@ def test_build_validation_errors(cfg, message):
 
 
 def test_direct_construction_is_validated():
+    valid = {
+        "temperature_kind": "constant",
+        "temperature_base": 2.0,
+        "kd_weight_kind": "constant",
+        "hard_weight_kind": "constant",
+        "lr_kind": "linear",
+        "warmup_ratio": 0.0,
+        "probability_shift": False,
+    }
+    assert Schedules(**valid).temperature(torch.zeros(1, 2), torch.zeros(1, 2)) == 2.0
     with pytest.raises(BrewlabError, match=r"scheduler\.temperature\.base=0 must be > 0"):
-        Schedules(temperature_base=0.0)
+        Schedules(**{**valid, "temperature_base": 0.0})
     with pytest.raises(BrewlabError, match=r"scheduler\.lr\.kind='nope'"):
-        Schedules(lr_kind="nope")
+        Schedules(**{**valid, "lr_kind": "nope"})

@@ -134,14 +134,25 @@ class TeacherOptions:
 
 
 @dataclass
-class TaskOptions:
-    train_fraction: float = _f(1.0, "keep this share of the training split (fixed seed)", gt=0)
-    label_field: str = _f("label", "the label's column in the source rows (classification)")
+class SplitOptions:
+    """`task.split`: how the splits a source lacks are cut from its pool."""
+
+    validation: float = _f(0.1, "share of the pool carved out as validation when the source has none", ge=0)
+    test: float = _f(0.1, "share of the pool carved out as test when the source has none", ge=0)
+    seed: int = _f(1234, "seed that carves missing validation/test splits and draws train_fraction's subset", integer=True)
 
 
 @dataclass
-class SplitOptions:
-    seed: int = _f(1234, "seed that carves missing validation/test splits and draws train_fraction's subset", integer=True)
+class TaskBase:
+    """What every task preset starts from (`defaults: [schema]`, the `task/schema` node)."""
+
+    train_fraction: float = _f(1.0, "keep this share of the training split (fixed seed), to study the low-resource case", gt=0)
+    split: SplitOptions = field(default_factory=SplitOptions, metadata={"help": "fractions and seed of carved splits"})
+
+
+@dataclass
+class TaskOptions(TaskBase):
+    label_field: str = _f("label", "the label's column in the source rows (classification)")
 
 
 @dataclass
@@ -181,9 +192,37 @@ class LossTermOptions:
     proj: str | None = _f(None, "match: projection of student features to the teacher's size (linear, relu, tanh)")
 
 
+@dataclass
+class TemperatureSchedule:
+    """`scheduler.temperature`; a per-example kind's parameters (beta, gamma, eps) join these."""
+
+    kind: str = _f("constant", "constant, or per example: flsw, cwsm (brewlab/distill/schedulers/temperatures.py)")
+    base: float = _f(4.0, "the temperature (a per-example kind's batch mean)", gt=0)
+
+
+@dataclass
+class LRSchedule:
+    """`scheduler.lr`; a kind's parameters (slanted_triangular's cut_frac, ratio) join these."""
+
+    kind: str = _f("linear", "linear | constant | slanted_triangular")
+    warmup_ratio: float = _f(0.1, "share of the steps warming up from 0 (linear and constant)", ge=0)
+
+
+@dataclass
+class Scheduler:
+    """The `scheduler` section every run starts from (conf/scheduler_base.yaml); each
+    scheduler/<option> changes only what it names, so options combine (scheduler=flsw+pshift)."""
+
+    temperature: TemperatureSchedule = field(default_factory=TemperatureSchedule, metadata={"help": "softmax temperature"})
+    kd_weight: str = _f("constant", "constant | linear_decay | linear_growth (multiplies loss.kd.weight)")
+    hard_weight: str = _f("constant", "same choices, multiplies loss.hard.weight")
+    lr: LRSchedule = field(default_factory=LRSchedule, metadata={"help": "learning-rate schedule"})
+    probability_shift: bool = _f(False, "swap the teacher's top logit with the gold one when it is wrong")
+
+
 def options(values: Mapping[str, Any] | None, schema: type) -> dict[str, Any]:
     """A config section with the keys of `schema` it leaves out filled from their defaults."""
-    return {**{f.name: f.default for f in dataclasses.fields(schema)}, **(values or {})}
+    return {**dataclasses.asdict(schema()), **(values or {})}
 
 
 def trainer_default(key: str) -> Any:
@@ -201,13 +240,17 @@ def trainer_settings(**overrides: Any) -> dict[str, Any]:
 
 
 def register() -> None:
-    """Make the schemas available to Hydra as `trainer/schema` and `logger/schema`."""
+    """Make the schemas available to Hydra as `trainer/schema`, `logger/schema`, `task/schema`,
+    `schema/stage_train` and `schema/scheduler`."""
     from hydra.core.config_store import ConfigStore
 
     store = ConfigStore.instance()
     store.store(group="trainer", name="schema", node=Trainer)
     store.store(group="logger", name="schema", node=Logger)
     store.store(group="schema", name="stage_train", node=StageTrain)
+    # untyped nodes: presets add keys of their own beside these (a task's source, a kind's parameters)
+    store.store(group="task", name="schema", node=dataclasses.asdict(TaskBase()))
+    store.store(group="schema", name="scheduler", node=dataclasses.asdict(Scheduler()))
 
 
 def check(key: str, values: Mapping[str, Any], schema: type) -> None:

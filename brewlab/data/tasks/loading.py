@@ -46,11 +46,12 @@ def _carve_splits(raw: dict[str, list[Example]], split_cfg: Mapping) -> dict[str
     missing = [s for s in ("validation", "test") if s not in out]
     if "all" not in raw and not missing:
         return out
+    settings = options(split_cfg, SplitOptions)
     pool = list(raw["all"] if "all" in raw else raw["train"])
-    random.Random(int(options(split_cfg, SplitOptions)["seed"])).shuffle(pool)
+    random.Random(int(settings["seed"])).shuffle(pool)
     total = len(pool)
     for split in missing:
-        n = int(round(float(split_cfg.get(split, 0.1)) * total))
+        n = int(round(float(settings[split]) * total))
         out[split], pool = pool[:n], pool[n:]
     out["train"] = pool
     return {s: out[s] for s in SPLITS}
