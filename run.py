@@ -24,7 +24,7 @@ def check_output_dirs(argv: list[str]) -> None:
     """An output directory given on the command line must be writable: one line, exit 2, before
     Hydra would fail on it with a traceback."""
     from brewlab.core.errors import BrewlabError
-    from brewlab.run.validate import check_writable
+    from brewlab.core.files import check_writable
 
     for arg in argv:
         key, _, path = arg.partition("=")

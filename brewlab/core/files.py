@@ -12,6 +12,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+from brewlab.core.errors import BrewlabError
+
 
 @contextmanager
 def atomic_open(path: str | Path, mode: str = "w", prefix: str = ".", fsync: bool = False) -> Iterator[IO[Any]]:
@@ -65,3 +67,13 @@ def publish_dir(build: Path, final: Path) -> None:
             # a parallel job (joblib launcher, empty cache) published the same entry first;
             # entries are keyed by content, so its copy serves and ours is dropped
             shutil.rmtree(build, ignore_errors=True)
+
+
+def check_writable(path: str, key: str) -> None:
+    """`path` can hold files, so that a run never fails on its output directory after training."""
+    where = Path(path).expanduser()
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=where).close()
+    except OSError as exc:
+        raise BrewlabError(f"{key}={path!r} is not a writable directory ({exc.strerror or exc})") from None
