@@ -21,6 +21,7 @@ from brewlab.config.compose import ROOT
 
 Where = tuple[str, str]  # (file path suffix, function name)
 LOOP_FN: Where = ("brewlab/train/loop.py", "run_loop")  # the training loop every stage runs
+CALLBACK_FN: Where = ("brewlab/train/callbacks.py", "fire")  # calls the loop's callbacks
 # stage -> where its time is the cumulative time (only through calls from `via`, when given)
 STAGES: dict[str, tuple[Where, Where | None]] = {
     "prepare data (read, tokenise or load cached features)": (("brewlab/data/prepare.py", "prepare_task"), None),
@@ -45,8 +46,8 @@ FIT_PARTS: dict[str, list[tuple[Where, Where | None]]] = {
         (("torch/optim/optimizer.py", "zero_grad"), LOOP_FN),
     ],
     "batching (collating, moving to device)": [(("brewlab/data/prepare.py", "<genexpr>"), LOOP_FN)],  # DeviceLoader
-    "logging (W&B)": [(("brewlab/train/loop.py", "after_step"), LOOP_FN)],
-    "dev evaluation (and keeping the best)": [(("brewlab/train/loop.py", "__call__"), LOOP_FN)],
+    "logging (W&B)": [(("brewlab/train/callbacks.py", "on_step_end"), CALLBACK_FN)],
+    "dev evaluation (and keeping the best)": [(("brewlab/train/callbacks.py", "on_evaluate"), CALLBACK_FN)],
 }
 
 

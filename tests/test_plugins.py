@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import textwrap
 
+import pytest
 from conftest import read_metrics
 
 from brewlab.distill.losses import MATCH_LOSSES
@@ -39,6 +40,7 @@ def run_plugin(cli, tmp_path, module: str, source: str, presets: dict, calls, *o
     """Run run.py (smoke sizes) with the user's module `source` as a plugin and its YAML
     `presets` ({"group/name": text}) in the user's config directory; returns the run directory."""
     (tmp_path / f"{module}.py").write_text(source, encoding="utf-8")
+    (tmp_path / "conf").mkdir(exist_ok=True)
     for where, text in presets.items():
         path = tmp_path / "conf" / f"{where}.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -144,3 +146,59 @@ def test_a_toy_distiller_and_a_toy_task_run_through_run_py(cli, tmp_path):
     student = AutoModelForSequenceClassification.from_pretrained(run_dir / "student")
     assert student.config.num_labels == 2
     assert 0.0 <= metrics["student"]["test"]["accuracy"] <= 1.0 and "accuracy" in metrics["teacher"]["test"]
+
+
+TOY_CALLBACK = '''
+import json, os
+
+from brewlab.train.callbacks import CALLBACKS, Callback
+
+
+@CALLBACKS.register("toy_steps")
+class ToySteps(Callback):
+    """Writes down what the loop shows it: its steps, evaluations and last logged losses."""
+
+    def write(self, **event):
+        with open(os.environ["TOY_LOG"], "a", encoding="utf-8") as f:
+            f.write(json.dumps(event) + "\\n")
+
+    def on_train_begin(self, state, control):
+        self.write(begin=state.step, total=control.total)
+
+    def on_step_end(self, state, control):
+        self.write(step=state.step, lr=control.lr)
+
+    def on_evaluate(self, state, control):
+        self.write(dev=state.history[-1]["step"])
+
+    def on_train_end(self, state, control):
+        self.write(end=state.step, values=state.values)
+'''
+
+
+def test_a_user_callback_named_in_config_sees_every_step_of_the_run(cli, tmp_path):
+    """Registered by a user's module and named in `trainer.callbacks`: called after the built-in
+    callbacks with the loop's own state (the teacher's cached stage runs no user callback)."""
+    calls = tmp_path / "calls.jsonl"
+    run_dir = run_plugin(cli, tmp_path, "toy_callback", TOY_CALLBACK, {}, calls, "trainer.callbacks=[toy_steps]")
+    metrics = read_metrics(run_dir)
+    events = [json.loads(line) for line in calls.read_text(encoding="utf-8").splitlines()]
+    steps = metrics["student"]["steps"]
+    assert steps == 6  # debug=smoke
+    assert events[0] == {"begin": 0, "total": steps}
+    assert [e["step"] for e in events if "step" in e] == list(range(1, steps + 1))
+    run_log = (run_dir / "run.log").read_text(encoding="utf-8")
+    for e in events:  # the learning rate the loop logged at its log points (log_every=2)
+        if "step" in e and e["step"] % 2 == 0:
+            assert f"step {e['step']}/{steps} lr {e['lr']:.3g} " in run_log
+    assert [e["dev"] for e in events if "dev" in e] == [steps]  # one epoch: evaluated at its end
+    assert events[-1] == {"end": steps, "values": metrics["student"]["final_losses"]}
+
+
+def test_an_unknown_callback_is_named_with_the_registered_ones():
+    from brewlab.core.errors import BrewlabError
+    from brewlab.train.callbacks import CALLBACKS, user_callbacks
+
+    with pytest.raises(BrewlabError) as caught:
+        user_callbacks(["nope"])
+    assert str(caught.value) == f"trainer.callbacks='nope' is not valid; choose one of: {', '.join(CALLBACKS.names())}"

@@ -23,6 +23,7 @@ from brewlab.distill.distillers import DISTILLERS
 from brewlab.distill.objective import parse_objective
 from brewlab.distill.schedulers import build_schedules
 from brewlab.models.adaptors import HFAdaptor
+from brewlab.train.callbacks import CALLBACKS, Callback
 from brewlab.train.checkpoint import CheckpointStore
 from brewlab.train.runtime import seed_everything
 
@@ -96,6 +97,21 @@ def test_a_crashed_fit_resumed_from_its_checkpoint_ends_exactly_as_an_uninterrup
     ref = dict(ref_logged)
     assert logged and all(ref[s] == v for s, v in logged)  # the steps after the checkpoint, loss for loss
     assert all(torch.equal(a, b) for a, b in zip(params, ref_params, strict=True))
+
+
+@CALLBACKS.register("test_stop_at_step_3")
+class StopAtStep3(Callback):
+    def on_step_end(self, state, control):
+        control.stop = state.step == 3
+
+
+def test_a_callback_stops_the_loop_after_a_step_with_its_evaluation_and_save(tmp_path):
+    reference, ref_logged, _ = fit(None)
+    store = CheckpointStore(tmp_path / "ck", "same-config")
+    stopped, logged, _ = fit(store, callbacks=["test_stop_at_step_3"])
+    assert stopped.steps == 3 and [h["step"] for h in stopped.history] == [3]  # eval_every=5: the end-of-loop one
+    assert stopped.best_step == 3 and store.latest()["step"] == 3
+    assert logged == ref_logged[:3]  # the steps before the stop are the uninterrupted run's
 
 
 class _Crash(Exception):

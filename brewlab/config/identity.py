@@ -23,7 +23,7 @@ NOT_TRAINING = ("logger", "resume", "study", "cache_dir")
 NOT_TRAINING_TRAINER = ("progress", "checkpoint_every", "checkpoints_kept", "log_every", "nonfinite", "heap_trim_every_s")
 # teacher-store settings and the user's callbacks, hashed only when set away from their defaults
 # (runs made before them keep their fingerprints)
-STORE_KEYS = {k: trainer_default(k) for k in ("teacher_store", "teacher_store_max_gb", "teacher_store_features")}
+STORE_KEYS = {k: trainer_default(k) for k in ("teacher_store", "teacher_store_max_gb", "teacher_store_features", "callbacks")}
 
 
 def hashed_view(tree: Any) -> Any:

@@ -98,6 +98,11 @@ class Trainer(Loop):
     )
     device: str = _f("auto", "auto (cuda when available, else cpu), cpu, cuda or cuda:<index>")
     progress: bool = _f(True, "show progress bars")
+    callbacks: list[str] = field(
+        default_factory=list,
+        metadata={"help": "the user's training-loop callbacks (registered in CALLBACKS by a `plugins` module), "
+                  "run after the built-in ones in the student's stages"},
+    )
 
 
 @dataclass
@@ -227,7 +232,8 @@ def options(values: Mapping[str, Any] | None, schema: type) -> dict[str, Any]:
 
 def trainer_default(key: str) -> Any:
     """The schema's default of one `trainer` key."""
-    return next(f.default for f in dataclasses.fields(Trainer) if f.name == key)
+    spec = next(f for f in dataclasses.fields(Trainer) if f.name == key)
+    return spec.default_factory() if spec.default is dataclasses.MISSING else spec.default
 
 
 def trainer_settings(**overrides: Any) -> dict[str, Any]:

@@ -23,18 +23,9 @@ from brewlab.distill.losses import MATCH_LOSSES, probability_shift
 from brewlab.distill.objective import MatchTerm, Objective, layers_of
 from brewlab.distill.schedulers import Schedules
 from brewlab.models.adaptors import ModelView
-from brewlab.train.loop import (
-    Checkpointer,
-    DevEval,
-    FitResult,
-    IntervalLog,
-    NonFiniteGuard,
-    Trained,
-    precision,
-    progress_bar,
-    run_loop,
-    total_steps,
-)
+from brewlab.train.callbacks import Checkpointer, DevEval, IntervalLog, NonFiniteGuard, user_callbacks
+from brewlab.train.loop import FitResult, precision, progress_bar, run_loop, total_steps
+from brewlab.train.state import Trained
 
 DISTILLERS: Registry = Registry("distiller.name")
 log = logging.getLogger("brewlab")
@@ -315,7 +306,8 @@ class Distiller:
         each evaluation and at the end, and a run finding one continues from it exactly. A
         non-finite loss stops the run before anything is saved (`nonfinite: stop`) or its batch is
         skipped (`nonfinite: skip`). `parallel`: `train_loader` is this rank's share of each global
-        batch (torchrun); gradients and logged losses are averaged over ranks."""
+        batch (torchrun); gradients and logged losses are averaged over ranks. The user's
+        callbacks named in `trainer.callbacks` run after the built-in ones."""
         cfg = self.cfg
         total = total_steps(cfg, len(train_loader))
         device = next(iter(self.params)).device if self.params else torch.device("cpu")
@@ -325,27 +317,22 @@ class Distiller:
         if self.teacher is not None and not self.teacher.stored:
             self.teacher.model.eval()
         guard = NonFiniteGuard(str(cfg["nonfinite"]))
-        checkpointer = Checkpointer(checkpoints, cfg["checkpoint_every"], trained, guard)
+        checkpointer = Checkpointer(checkpoints, trained, guard)
         restored = checkpointer.restore()
         self.fill_caches()
         bar = progress_bar(total, enabled=progress, initial=restored[0].step)
-        hooks = (
+        callbacks = [
             guard,
-            IntervalLog(int(cfg["log_every"]), total, self.log, bar, parallel),
-            DevEval(evaluate, main_metric, total, trained.modules, self.log),
+            IntervalLog(int(cfg["log_every"]), self.log, bar, parallel),
+            DevEval(evaluate, main_metric, trained.modules, self.log),
             checkpointer,
-        )
-        state = run_loop(self.compute_loss, trained, train_loader, cfg, total, hooks, restored, autocast, parallel)
-        bar.close()
+            *user_callbacks(cfg["callbacks"]),
+        ]
+        state = run_loop(self.compute_loss, trained, train_loader, cfg, total, callbacks, restored, autocast, parallel)
         seconds = state.train_seconds + time.perf_counter() - checkpointer.started
-        if state.skipped:
-            log.warning("%d batch(es) with a non-finite loss were skipped (trainer.nonfinite=skip)", state.skipped)
-        metric, best_step, weights = state.best
-        if weights is not None:
-            for module, saved in zip(trained.modules, weights, strict=True):
-                module.load_state_dict(saved)
         for module in trained.modules:
             module.eval()
+        metric, best_step, _ = state.best  # the best weights are back in the modules (DevEval)
         return FitResult(metric, best_step, state.step, seconds, state.history, state.values)
 
 

@@ -30,6 +30,7 @@ from brewlab.eval.baselines import LINEAR_BASELINES
 from brewlab.models.build import check_model_dir
 from brewlab.models.kinds import STUDENT_KINDS, TEACHER_KINDS
 from brewlab.models.shape import Shape, arch_shape, model_dir_shape, teacher_shape
+from brewlab.train.callbacks import CALLBACKS
 from brewlab.train.tracking import TRACKERS
 
 RESUME = ("auto", True, False)
@@ -147,6 +148,8 @@ def _check_loops(cfg: Mapping[str, Any]) -> None:
     ):
         schema.check(key, values, options_of)
     _check_device(str(cfg["trainer"]["device"]))
+    for name in cfg["trainer"]["callbacks"]:
+        CALLBACKS.get(name, "trainer.callbacks")
 
 
 def _check_utf8(path: Path, key: str) -> None:

@@ -283,7 +283,8 @@ def train_and_publish(
     from brewlab.train.checkpoint import CheckpointStore
 
     stage_cfg = {**cfg, "optim": stage_optim(cfg["optim"], train_cfg)}
-    loop_cfg = {**train_cfg, "checkpoint_every": cfg["trainer"]["checkpoint_every"]}
+    # no user callbacks: the cached entry's key does not hold `trainer.callbacks`
+    loop_cfg = {**train_cfg, "checkpoint_every": cfg["trainer"]["checkpoint_every"], "callbacks": []}
     store = CheckpointStore(
         rt.cache.checkpoints_of(directory), stable_hash([key, prep.data_id]), keep=int(cfg["trainer"]["checkpoints_kept"])
     )
