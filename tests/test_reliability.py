@@ -119,13 +119,13 @@ class _Crash(Exception):
 
 
 class _Tracker:
-    """Records the teacher stage's logged losses; raises at `crash_at` like a kill would stop it."""
+    """Records a teacher stage's logged losses; raises at `crash_at` like a kill would stop it."""
 
-    def __init__(self, crash_at: int | None = None) -> None:
-        self.crash_at, self.steps = crash_at, []
+    def __init__(self, crash_at: int | None = None, stage: str = "teacher") -> None:
+        self.crash_at, self.steps, self.loss = crash_at, [], f"{stage}/train/loss"
 
     def log(self, metrics, step):
-        if "teacher/train/loss" in metrics:
+        if self.loss in metrics:
             self.steps.append(step)
             if step == self.crash_at:
                 raise _Crash
@@ -164,6 +164,39 @@ def test_a_killed_teacher_stage_continues_from_its_checkpoint_to_the_same_teache
     a, b = whole.state_dict(), resumed.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert not (tmp_path / "b" / "checkpoints" / "teachers" / entry.name).exists()  # removed once published
+
+
+def _pretrained(cache, tracker):
+    """The masked LM of teacher=pretrained_scratch, pretrained (or continued) into `cache`."""
+    from conftest import compose_run
+
+    from brewlab.core.cache import Cache
+    from brewlab.stages.teachers import teacher_base
+    from brewlab.train.runtime import Runtime
+
+    cfg = compose_run("debug=smoke", "logger=none", "teacher=pretrained_scratch", f"cache_dir={cache}",
+                      "trainer.checkpoint_every=2", "teacher.pretrain.train.max_steps=4", "teacher.pretrain.train.log_every=1")
+    return Path(teacher_base(cfg, Runtime(torch.device("cpu"), Cache(cache), tracker, progress=False))), cfg
+
+
+def test_a_killed_pretraining_stage_publishes_what_an_uninterrupted_one_does(tmp_path, caplog):
+    """The resumed launch reads the vocabulary and the encoded corpus from the cache instead of
+    making them: neither the masked LM it publishes (tokenizer included) nor the key of the data
+    the teacher's stage encodes with its tokenizer (and so the teacher's store entries) may show it."""
+    from brewlab.core.cache import Cache
+    from brewlab.data.prepare import prepare_task
+
+    caplog.set_level("INFO", logger="brewlab")
+    whole, cfg = _pretrained(tmp_path / "a", _Tracker())
+    with pytest.raises(_Crash):  # stopped at step 3 of 4, after the checkpoint of step 2
+        _pretrained(tmp_path / "b", _Tracker(crash_at=3, stage="pretrain"))
+    resumed, _ = _pretrained(tmp_path / "b", _Tracker())
+    assert "resuming from checkpoint" in caplog.text and resumed.name == whole.name
+    for name in ("model.safetensors", "config.json", "tokenizer.json"):
+        assert (whole / name).read_bytes() == (resumed / name).read_bytes(), name
+    task = Cache(tmp_path / "task")  # one cache: the keys may differ only by the tokenizer
+    ids = {prepare_task(cfg, task, tokenizer_from=str(base)).data_id for base in (whole, resumed)}
+    assert len(ids) == 1
 
 
 def test_checkpoints_keep_the_newest_two_and_skip_an_unreadable_one(tmp_path, caplog):

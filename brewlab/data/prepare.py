@@ -92,7 +92,9 @@ def encode_cached(
 
     import transformers
 
-    backend = getattr(tokenizer, "backend_tokenizer", None)
+    from brewlab.models.build import without_call_settings
+
+    backend = getattr(without_call_settings(tokenizer), "backend_tokenizer", None)
     tasks_dir = Path(sys.modules[kind.__module__].__file__).parent  # the kinds and their shared helpers
     source = b"".join(f.read_bytes() for f in sorted(tasks_dir.glob("*.py"))) + transformers.__version__.encode()
     key = stable_hash(

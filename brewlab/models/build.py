@@ -125,6 +125,21 @@ def load_tokenizer(name_or_path: str, key: str = "teacher.name_or_path"):
         raise BrewlabError(f"{key}={name_or_path!r} has no usable tokenizer: {str(exc).splitlines()[0]}") from None
 
 
+def without_call_settings(tokenizer: Any) -> Any:
+    """`tokenizer` with the truncation and padding of its last call taken off its fast backend.
+
+    transformers writes each call's truncation and padding into the backend, where `to_str` and
+    `save_pretrained` see them, and every call sets its own again: they record what the tokenizer
+    was last used for, not what it is. Without this, a process that encoded a task before saving
+    or keying its tokenizer saves and keys another one than a process that read the encoded task
+    from the cache (a resumed run)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        backend.no_truncation()
+        backend.no_padding()
+    return tokenizer
+
+
 def init_from_teacher_layers(student: nn.Module, teacher: nn.Module, layers: Sequence[int]) -> None:
     """Copy the teacher's embeddings and the chosen encoder layers into the student (in order).
 
@@ -167,7 +182,7 @@ def save_model(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(directory))
-    tokenizer.save_pretrained(str(directory))
+    without_call_settings(tokenizer).save_pretrained(str(directory))
     for name, module in (extra or {}).items():
         if len(list(module.parameters())):
             from safetensors.torch import save_file
