@@ -10,7 +10,8 @@ import torch
 from conftest import read_metrics
 
 from brewlab.core.errors import BrewlabError
-from brewlab.data import augment
+from brewlab.data.augment.language import detect_language, vocabulary
+from brewlab.data.augment.ops import augment_rows, build
 from brewlab.data.tasks.classification import Classification
 from brewlab.data.tasks.mrc import SpanExtraction
 from brewlab.data.tasks.ner import IGNORE, TokenClassification
@@ -25,9 +26,9 @@ def _row(text: str) -> dict:
 
 
 def _augment(text: str, kind: str, actions: list[str], rate: float, seed: int = 0, language: str = "zh") -> str:
-    vocab = augment.vocabulary([text, "今天天气很好我们一起去公园散步吧"], language)
-    fn = augment.build({"ops": {"op": {"kind": kind, "actions": actions}}, "rate": rate}, vocab)
-    return augment.augment_rows([_row(text)], Classification, fn, 1, seed)[0]["text"]
+    vocab = vocabulary([text, "今天天气很好我们一起去公园散步吧"], language)
+    fn = build({"ops": {"op": {"kind": kind, "actions": actions}}, "rate": rate}, vocab)
+    return augment_rows([_row(text)], Classification, fn, 1, seed)[0]["text"]
 
 
 def _tiny_mlm(directory: Path, tokens: list[str]) -> str:
@@ -99,15 +100,15 @@ def test_keyboard_noise_is_refused_for_chinese_with_the_choices():
 
 
 def test_language_detection():
-    assert augment.detect_language([ZH, "iPhone 很好用"]) == "zh"
-    assert augment.detect_language([EN, "北京"]) == "en"
+    assert detect_language([ZH, "iPhone 很好用"]) == "zh"
+    assert detect_language([EN, "北京"]) == "en"
 
 
 def test_combined_operations_give_each_text_one_of_them():
-    vocab = augment.vocabulary([ZH], "zh")
+    vocab = vocabulary([ZH], "zh")
     cfg = {"ops": {"a": {"kind": "char", "actions": ["insert"]}, "b": {"kind": "char", "actions": ["delete"]}},
            "rate": 0.1}
-    rows = augment.augment_rows([_row(ZH)] * 40, Classification, augment.build(cfg, vocab), 1, 0)
+    rows = augment_rows([_row(ZH)] * 40, Classification, build(cfg, vocab), 1, 0)
     lengths = {len(r["text"]) > len(ZH) for r in rows}
     assert lengths == {True, False}  # some texts grew (insert), others shrank (delete), none both
 
@@ -134,9 +135,8 @@ def test_english_mrc_keeps_the_answer_a_separate_word(kind, action):
     answer = "Paris"
     row = {"id": "e", "question": "What is the capital of France?", "context": context,
            "answers": {"text": [answer], "answer_start": [context.index(answer)]}}
-    fn = augment.build({"ops": {"o": {"kind": kind, "actions": [action]}}, "rate": 0.2},
-                       augment.vocabulary([context], "en"))
-    for new in augment.augment_rows([row], SpanExtraction, fn, 4, 0):
+    fn = build({"ops": {"o": {"kind": kind, "actions": [action]}}, "rate": 0.2}, vocabulary([context], "en"))
+    for new in augment_rows([row], SpanExtraction, fn, 4, 0):
         start = new["answers"]["answer_start"][0]
         assert new["context"][start - 1] == " " and new["context"][start : start + 6] == "Paris,"
         assert new["context"] != context
@@ -155,22 +155,20 @@ def test_english_char_noise_leaves_unpicked_words_as_they_were():
 def test_mlm_replaces_chinese_characters_with_chinese_characters(tmp_path):
     chars = sorted(set(ZH + "今天天气很好我们一起去公园散步吧"))
     path = _tiny_mlm(tmp_path / "zh", chars)
-    fn = augment.build({"ops": {"mlm": {"kind": "mlm", "top_k": 5}}, "rate": 0.15},
-                       augment.vocabulary([ZH], "zh"), {"mlm": path})
+    fn = build({"ops": {"mlm": {"kind": "mlm", "top_k": 5}}, "rate": 0.15}, vocabulary([ZH], "zh"), {"mlm": path})
     text = ZH[:100]
-    out = augment.augment_rows([_row(text)], Classification, fn, 1, 3)[0]["text"]
+    out = augment_rows([_row(text)], Classification, fn, 1, 3)[0]["text"]
     assert len(out) == len(text) and not LATIN_OR_SPACE.search(out)
     assert sum(a != b for a, b in zip(out, text, strict=True)) == round(0.15 * len(text))
-    assert out == augment.augment_rows([_row(text)], Classification, fn, 1, 3)[0]["text"]
+    assert out == augment_rows([_row(text)], Classification, fn, 1, 3)[0]["text"]
 
 
 def test_mlm_replaces_whole_english_words_and_keeps_the_spacing(tmp_path):
     words = sorted(set(EN.split())) + ["red", "green", "blue", "table", "house"]
     path = _tiny_mlm(tmp_path / "en", words)
-    fn = augment.build({"ops": {"mlm": {"kind": "mlm", "top_k": 5}}, "rate": 0.25},
-                       augment.vocabulary([EN], "en"), {"mlm": path})
+    fn = build({"ops": {"mlm": {"kind": "mlm", "top_k": 5}}, "rate": 0.25}, vocabulary([EN], "en"), {"mlm": path})
     text = "The quick brown fox, the lazy dog."
-    out = augment.augment_rows([_row(text)], Classification, fn, 1, 0)[0]["text"]
+    out = augment_rows([_row(text)], Classification, fn, 1, 0)[0]["text"]
     assert out.count(" ") == text.count(" ") and out.endswith(".") and "," in out
     changed = [a for a, b in zip(out.split(), text.split(), strict=True) if a != b]
     assert len(changed) == 2  # 25% of the 7 whole words
@@ -188,16 +186,15 @@ def test_mlm_refuses_a_model_without_a_masked_lm_head(tmp_path):
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(Path(path) / name, tmp_path / "clf" / name)
     with pytest.raises(BrewlabError, match="is not a masked LM: .* weights are missing"):
-        augment.build({"ops": {"mlm": {"kind": "mlm"}}, "rate": 0.1}, augment.vocabulary([ZH], "zh"),
-                      {"mlm": str(tmp_path / "clf")})
+        build({"ops": {"mlm": {"kind": "mlm"}}, "rate": 0.1}, vocabulary([ZH], "zh"), {"mlm": str(tmp_path / "clf")})
 
 
 def test_mlm_without_a_model_says_which_key_to_set(tmp_path):
     with pytest.raises(BrewlabError, match="augmentation.ops.mlm.model_name_or_path"):
-        augment.build({"ops": {"mlm": {"kind": "mlm"}}, "rate": 0.1}, augment.vocabulary([ZH], "zh"), {"mlm": None})
+        build({"ops": {"mlm": {"kind": "mlm"}}, "rate": 0.1}, vocabulary([ZH], "zh"), {"mlm": None})
     with pytest.raises(BrewlabError, match="directory not found"):
-        augment.build({"ops": {"mlm": {"kind": "mlm"}}, "rate": 0.1}, augment.vocabulary([ZH], "zh"),
-                      {"mlm": str(tmp_path / "missing")})
+        build({"ops": {"mlm": {"kind": "mlm"}}, "rate": 0.1}, vocabulary([ZH], "zh"),
+            {"mlm": str(tmp_path / "missing")})
 
 
 # ----------------------------------------------------------------------------- task rules
@@ -207,9 +204,9 @@ def test_ner_augmented_words_are_resplit_and_labelled_by_the_teacher_only():
     from brewlab.models.vocab import build_char_tokenizer
 
     row = {"tokens": list("江泽民在北京会见了客人"), "tags": [1, 2, 2, 0, 3, 4, 0, 0, 0, 0, 0]}
-    fn = augment.build({"ops": {"c": {"kind": "char", "actions": ["delete"]}}, "rate": 0.3},
-                       augment.vocabulary(["".join(row["tokens"])], "zh"))
-    (new,) = augment.augment_rows([row], TokenClassification, fn, 1, 0)
+    fn = build({"ops": {"c": {"kind": "char", "actions": ["delete"]}}, "rate": 0.3}, vocabulary(["".join(row["tokens"])],
+        "zh"))
+    (new,) = augment_rows([row], TokenClassification, fn, 1, 0)
     assert len(row["tokens"]) - len(new["tokens"]) in (3, 4) and all(len(t) == 1 for t in new["tokens"])
     assert new["tags"] == [IGNORE] * len(new["tokens"])
     tokenizer = build_char_tokenizer(["".join(row["tokens"])])
@@ -224,9 +221,9 @@ def test_mrc_answer_stays_intact_and_its_offset_is_recomputed():
     answer = "李鹏"
     row = {"id": "q1", "question": "谁会见了法国外长", "context": context,
            "answers": {"text": [answer], "answer_start": [context.index(answer)]}}
-    fn = augment.build({"ops": {"c": {"kind": "char", "actions": ["insert", "delete"]}}, "rate": 0.2},
-                       augment.vocabulary([context], "zh"))
-    rows = augment.augment_rows([row], SpanExtraction, fn, 5, 0)
+    fn = build({"ops": {"c": {"kind": "char", "actions": ["insert", "delete"]}}, "rate": 0.2}, vocabulary([context],
+        "zh"))
+    rows = augment_rows([row], SpanExtraction, fn, 5, 0)
     for new in rows:
         start = new["answers"]["answer_start"][0]
         assert new["context"][start : start + len(answer)] == answer
@@ -235,9 +232,8 @@ def test_mrc_answer_stays_intact_and_its_offset_is_recomputed():
 
 def test_sentence_pairs_augment_both_sides():
     row = {"text": ZH[:60], "text_pair": ZH[60:120], "label": 0}
-    fn = augment.build({"ops": {"c": {"kind": "char", "actions": ["substitute"]}}, "rate": 0.2},
-                       augment.vocabulary([ZH], "zh"))
-    (new,) = augment.augment_rows([row], Classification, fn, 1, 0)
+    fn = build({"ops": {"c": {"kind": "char", "actions": ["substitute"]}}, "rate": 0.2}, vocabulary([ZH], "zh"))
+    (new,) = augment_rows([row], Classification, fn, 1, 0)
     assert new["text"] != row["text"] and new["text_pair"] != row["text_pair"]
 
 

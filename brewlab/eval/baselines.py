@@ -51,7 +51,7 @@ def _classification(task: Mapping[str, Any], splits: Splits, label_names: Sequen
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
 
-    from brewlab.data.augment import detect_language
+    from brewlab.data.augment.language import detect_language
 
     started = time.perf_counter()
     text = {s: [" ".join(t for t in (r["text"], r.get("text_pair")) if t) for r in rows] for s, rows in splits.items()}

@@ -20,7 +20,7 @@ import torch
 from brewlab.config import schema
 from brewlab.config.schema import AugmentationOptions, StudentOptions, TaskOptions, options
 from brewlab.core.errors import BrewlabError, bad_choice
-from brewlab.data import augment
+from brewlab.data.augment.ops import AUGMENTERS, check_config, ops_of
 from brewlab.data.tasks import KINDS, SOURCES, kind_of
 from brewlab.distill.distillers import DISTILLERS
 from brewlab.distill.losses import TEACHER_COMBINERS
@@ -211,7 +211,7 @@ def _check_baselines(cfg: Mapping[str, Any], distiller: Any) -> None:
         raise BrewlabError(
             f"baselines.labels_only=true with distiller={cfg['distiller']['name']}: its student already learns from labels only"
         )
-    if wanted.get("labels_only") and augment.ops_of(cfg.get("augmentation") or {}):
+    if wanted.get("labels_only") and ops_of(cfg.get("augmentation") or {}):
         raise BrewlabError(
             "baselines.labels_only=true with augmentation: the labels-only student would not see the augmented "
             "batches the student trains on; use augmentation=none, or compare with a distiller=trainer run"
@@ -237,7 +237,7 @@ def check_tasks(cfg: Mapping[str, Any]) -> None:
             raise BrewlabError(f"distiller.tasks.{name} is not a task config (no `kind`)")
         kind_of(task["kind"], f"distiller.tasks.{name}.kind")
     _check_number("distiller.tau", d_cfg.get("tau"), 0)
-    if augment.ops_of(cfg.get("augmentation") or {}):
+    if ops_of(cfg.get("augmentation") or {}):
         raise BrewlabError("augmentation works with single-task distillers; use augmentation=none with distiller=multi_task")
 
 
@@ -292,8 +292,8 @@ def _check_augmentation(cfg: Mapping[str, Any], kind: Any, distiller: Any, objec
     """Augmented text has no gold label, so it needs a teacher and a task kind that can rebuild
     its examples from augmented text."""
     aug = cfg.get("augmentation") or {}
-    augment.check_config(aug)
-    ops = augment.ops_of(aug)
+    check_config(aug)
+    ops = ops_of(aug)
     if not ops:
         return
     if distiller.tasks_of(cfg["distiller"]) is not None:
@@ -312,7 +312,7 @@ def _check_augmentation(cfg: Mapping[str, Any], kind: Any, distiller: Any, objec
             f"but loss has only [{', '.join(sorted(cfg['loss']))}]; add one, e.g. loss=kd+hard"
         )
     for name, op in ops.items():
-        needs = augment.AUGMENTERS.props(op["kind"])
+        needs = AUGMENTERS.props(op["kind"])
         for package in needs.packages:
             if importlib.util.find_spec(package) is None:
                 raise BrewlabError(f"augmentation.ops.{name} needs {package}, which brewlab's install brings: pip install -e .")

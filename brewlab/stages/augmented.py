@@ -14,7 +14,8 @@ from typing import Any
 from brewlab.config.schema import AugmentationOptions, options
 from brewlab.core.cache import stable_hash
 from brewlab.core.files import write_jsonl
-from brewlab.data import augment
+from brewlab.data.augment.language import detect_language, vocabulary
+from brewlab.data.augment.ops import AUGMENTERS, VERSION, augment_rows, build, check_language, ops_of
 from brewlab.data.batching import FreshEachEpoch
 from brewlab.data.prepare import Prepared, train_loader
 from brewlab.models.build import WEIGHT_FILES, is_local_model_dir
@@ -33,20 +34,20 @@ def augmented_training(
     augmentation. Offline copies are made once and cached on disk, keyed by the training rows
     and the augmentation config; online ones are remade each epoch."""
     aug_cfg = cfg["augmentation"]
-    ops = augment.ops_of(aug_cfg)
+    ops = ops_of(aug_cfg)
     if not ops:
         return None
     kind, rows, task_cfg = prep.kind, prep.rows["train"], cfg["task"]
     texts = [t for row in rows for t in kind.augment_texts(row) if t]
     language = options(aug_cfg, AugmentationOptions)["language"]
-    language = augment.detect_language(texts) if language == "auto" else language
-    augment.check_language(aug_cfg, language)  # before any masked LM is loaded or pretrained
+    language = detect_language(texts) if language == "auto" else language
+    check_language(aug_cfg, language)  # before any masked LM is loaded or pretrained
     models = {
         name: op.get("model_name_or_path") or teacher_base({**cfg, "teacher": op["masked_lm"]}, rt)
         for name, op in ops.items()
-        if augment.AUGMENTERS.props(op["kind"]).masked_lm
+        if AUGMENTERS.props(op["kind"]).masked_lm
     }
-    fn = augment.build(aug_cfg, augment.vocabulary(texts, language), models)
+    fn = build(aug_cfg, vocabulary(texts, language), models)
     copies, seed = int(aug_cfg["copies"]), int(aug_cfg["seed"])
     started = time.perf_counter()
 
@@ -59,7 +60,7 @@ def augmented_training(
     features = None
     if aug_cfg["mode"] == "online":
         batches = FreshEachEpoch(
-            lambda epoch: mixed(augment.augment_rows(rows, kind, fn, copies, seed * 1_000_003 + epoch)),
+            lambda epoch: mixed(augment_rows(rows, kind, fn, copies, seed * 1_000_003 + epoch)),
             bs,
             pad,
             int(cfg["seed"]),  # batch order follows the run's seed, as without augmentation
@@ -72,7 +73,7 @@ def augmented_training(
             "augmentation": aug_cfg,
             "models": {name: [path, _weights_stamp(path)] for name, path in models.items()},
             "language": language,
-            "code": [augment.VERSION, version("nlpaug"), version("jieba")],
+            "code": [VERSION, version("nlpaug"), version("jieba")],
         }
         key = rt.cache.key(stamp)
         path = rt.cache.entry("augmented", task_cfg["name"], key, ".jsonl")
@@ -81,7 +82,7 @@ def augmented_training(
                 augmented = [json.loads(line) for line in fh]
             log.info("augmentation: reused cache %s (%d examples)", path, len(augmented))
         else:
-            augmented = augment.augment_rows(rows, kind, fn, copies, seed)
+            augmented = augment_rows(rows, kind, fn, copies, seed)
             write_jsonl(augmented, path)
             log.info("augmentation: %d examples written to %s", len(augmented), path)
         features = mixed(augmented)
