@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import codecs
 import importlib.util
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -20,6 +19,7 @@ import torch
 from brewlab.config import schema
 from brewlab.config.schema import AugmentationOptions, StudentOptions, TaskOptions, options
 from brewlab.core.errors import BrewlabError, bad_choice
+from brewlab.core.files import check_writable
 from brewlab.data.augment.ops import AUGMENTERS, check_config, ops_of
 from brewlab.data.tasks import KINDS, SOURCES, kind_of
 from brewlab.distill.distillers import DISTILLERS
@@ -170,16 +170,6 @@ def _check_utf8(path: Path, key: str) -> None:
         decoder.decode(b"", final=True)
     except UnicodeDecodeError:
         raise BrewlabError(f"{key}={str(path)!r} is not UTF-8 text (it ends inside a character)") from None
-
-
-def check_writable(path: str, key: str) -> None:
-    """`path` can hold files, so that a run never fails on its output directory after training."""
-    where = Path(path).expanduser()
-    try:
-        where.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=where).close()
-    except OSError as exc:
-        raise BrewlabError(f"{key}={path!r} is not a writable directory ({exc.strerror or exc})") from None
 
 
 def _check_device(device: str) -> None:
