@@ -26,17 +26,18 @@ CALLBACK_FN: Where = ("brewlab/train/callbacks.py", "fire")  # calls the loop's 
 STAGES: dict[str, tuple[Where, Where | None]] = {
     "prepare data (read, tokenise or load cached features)": (("brewlab/data/prepare.py", "prepare_task"), None),
     "teachers (from the cache)": (("brewlab/stages/teachers.py", "get_teachers"), None),
-    "teacher store (compute or open its entries)": (("brewlab/distill/teacher_store.py", "attach"), None),
+    "teacher store (compute or open its entries)": (("brewlab/distill/teacher_outputs/plan.py", "attach"), None),
     "training (every fit: the student, a labels-only baseline)": (("brewlab/distill/distillers.py", "fit"), None),
     "final scores (teacher and student, dev and test)": (("brewlab/eval/evaluation.py", "measure"), None),
     "saving the student": (("brewlab/models/build.py", "save_model"), None),
 }
 FIT_PARTS: dict[str, list[tuple[Where, Where | None]]] = {
     "teacher forward (or kept logits)": [
-        (("brewlab/distill/distillers.py", "fill_caches"), None),  # the logits computed up front (store off)
-        (("brewlab/distill/distillers.py", "_teacher_outputs"), None),
-        (("brewlab/distill/distillers.py", "get"), None),  # TeacherCache.get: kept logits padded to the batch
-        (("brewlab/distill/teacher_store.py", "__call__"), None),  # StoredView: outputs read from the store
+        (("brewlab/distill/teacher_outputs/memory.py", "prepare"), None),  # the logits computed up front (store off)
+        # the teacher run online or its outputs read from the store (StoredView, inside the call)
+        (("brewlab/distill/teacher_outputs/provider.py", "__call__"), ("brewlab/distill/distillers.py", "compute_loss")),
+        (("brewlab/distill/teacher_outputs/memory.py", "__call__"), None),  # kept logits (or the teacher run to keep them)
+        (("brewlab/distill/teacher_outputs/memory.py", "get"), None),  # TeacherCache.get: kept logits padded to the batch
     ],
     "backward": [(("torch/_tensor.py", "backward"), LOOP_FN)],
     "optimizer, clipping, LR schedule": [
@@ -85,7 +86,7 @@ def main() -> None:
     rows = {name: cumulative(stats, *spec) for name, spec in STAGES.items()}
     loop = {name: sum(cumulative(stats, *spec) for spec in specs) for name, specs in FIT_PARTS.items()}
     steps = cumulative(stats, ("brewlab/distill/distillers.py", "compute_loss"), LOOP_FN)
-    online = loop["teacher forward (or kept logits)"] - cumulative(stats, ("brewlab/distill/distillers.py", "fill_caches"))
+    online = loop["teacher forward (or kept logits)"] - cumulative(stats, ("brewlab/distill/teacher_outputs/memory.py", "prepare"))
     loop["student forward + losses"] = steps - online
     loop["loop bookkeeping (the rest)"] = rows["training (every fit: the student, a labels-only baseline)"] - sum(loop.values())
     print("| stage | seconds | share |\n|---|---|---|")

@@ -10,9 +10,10 @@ from transformers import BertConfig, BertForSequenceClassification
 from brewlab.config.schema import trainer_settings
 from brewlab.core.errors import BrewlabError
 from brewlab.data.tasks.classification import Classification
-from brewlab.distill.distillers import DISTILLERS, TeacherCache
+from brewlab.distill.distillers import DISTILLERS
 from brewlab.distill.objective import build_projections, parse_objective, uniform_pairs
 from brewlab.distill.schedulers import build_schedules
+from brewlab.distill.teacher_outputs.memory import TeacherCache
 from brewlab.models.adaptors import HFAdaptor
 from brewlab.models.build import count_parameters, init_from_teacher_layers
 from brewlab.models.shape import Shape
@@ -159,7 +160,7 @@ def test_cached_teacher_outputs_give_the_same_losses():
         l1, _ = cached.compute_loss(b, 0, 10)
         l2, _ = plain.compute_loss(b, 0, 10)
         assert torch.allclose(l1, l2)
-    assert len(cached.cache) == 4 and plain.cache is None
+    assert len(cached.outputs.kept()) == 4 and plain.outputs.kept() is None
 
 
 def hidden_term(weight: float) -> dict:

@@ -346,7 +346,7 @@ def test_kd_losses_schedules_shift_and_teacher_cache_on_position_logits(tmp_path
                     loss.backward()
     for batch in batches:
         direct = distiller.teacher(batch).logits
-        assert torch.equal(distiller.cache.get(batch["idx"], direct), direct)
+        assert torch.equal(distiller.outputs.kept().get(batch["idx"], direct), direct)
     loss_cfg = {
         "kd": {"kind": "logits", "fn": "ce", "weight": 1.0},
         "att": {"kind": "match", "fn": "attention_mse_sum", "feature": "attention", "weight": 1.0},

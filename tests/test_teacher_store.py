@@ -20,7 +20,10 @@ from safetensors.torch import load_file
 from brewlab.core.cache import Cache
 from brewlab.data.batching import make_loader
 from brewlab.distill.losses import hidden_mse, kd_ce
-from brewlab.distill.teacher_store import StoredView, StorePlan, StoreSkipped, TeacherStore, Wanted
+from brewlab.distill.teacher_outputs.disk import StoredView
+from brewlab.distill.teacher_outputs.layout import Wanted
+from brewlab.distill.teacher_outputs.plan import StorePlan
+from brewlab.distill.teacher_outputs.store import StoreSkipped, TeacherStore
 from brewlab.models.adaptors import HFAdaptor
 
 HIDDEN = Wanted(hidden=(0, 2))
@@ -213,7 +216,7 @@ def test_two_processes_opening_one_entry_compute_it_once(tmp_path, task):
 
 def _wait_for(lock: str) -> None:
     """A parallel job with one thread that finds the entry being built: it waits for the lock."""
-    from brewlab.distill.teacher_store import locked
+    from brewlab.distill.teacher_outputs.locking import locked
 
     torch.set_num_threads(1)
     with locked(Path(lock)):
@@ -225,7 +228,7 @@ def test_a_builder_takes_the_threads_of_the_processes_waiting_for_it(tmp_path):
     a waiter that died (its file left behind) lends nothing, and the threads come back after."""
     import socket
 
-    from brewlab.distill.teacher_store import Borrowed, locked, waiting_threads
+    from brewlab.distill.teacher_outputs.locking import Borrowed, locked, waiting_threads
 
     lock, own = tmp_path / "e.lock", torch.get_num_threads()
     cpus = len(os.sched_getaffinity(0))
@@ -355,10 +358,10 @@ def _run(run_dir, cache, *overrides, tracker=None):
 @pytest.fixture
 def counted_loads(monkeypatch):
     """Teacher loads from disk, and the forward passes of every model so loaded."""
-    import brewlab.models.build
+    import brewlab.stages.teachers
 
     counts = {"loads": 0, "forwards": 0}
-    real = brewlab.models.build.load_pretrained
+    real = brewlab.stages.teachers.load_pretrained
 
     def load(*args, **kwargs):
         model = real(*args, **kwargs)
@@ -367,7 +370,7 @@ def counted_loads(monkeypatch):
             model.register_forward_hook(lambda *a: counts.__setitem__("forwards", counts["forwards"] + 1))
         return model
 
-    monkeypatch.setattr(brewlab.models.build, "load_pretrained", load)
+    monkeypatch.setattr(brewlab.stages.teachers, "load_pretrained", load)  # where the teacher stage looks it up
     return counts
 
 
@@ -403,8 +406,8 @@ def test_store_on_and_off_give_the_same_run_to_rounding(tmp_path):
 def test_the_in_memory_logit_cache_holds_the_stores_bits(tmp_path, task):
     """Without the store, a run's kept logits come from the same canonical batches: every
     example's cached row is the stored row, bit for bit."""
-    from brewlab.distill.distillers import TeacherCache
-    from brewlab.stages.stage import canonical_logits
+    from brewlab.distill.teacher_outputs.canonical import canonical_logits
+    from brewlab.distill.teacher_outputs.memory import TeacherCache
 
     _, prep, teacher = task
     features = prep.features["train"]
@@ -535,7 +538,7 @@ def _no_space(*args, **kwargs):
 
 
 def test_a_full_disk_when_listing_new_arrays_skips_the_store(tmp_path, task, monkeypatch, caplog):
-    import brewlab.distill.teacher_store as ts
+    import brewlab.distill.teacher_outputs.store as ts
 
     cfg, prep, teacher = task
     t = _saved_teacher(tmp_path, prep, teacher)

@@ -21,7 +21,7 @@ LAYOUT = {
     "augmented": "offline augmented training rows (JSON lines)",
     "pretrained": "masked LMs pretrained for teacher=pretrained_scratch",
     "teachers": "teachers fine-tuned on a task",
-    "teacher_outputs": "a teacher's logits and matched features on a training set (brewlab.distill.teacher_store)",
+    "teacher_outputs": "a teacher's logits and matched features on a training set (brewlab.distill.teacher_outputs)",
     "checkpoints": "training states of the stages above that have not finished (removed once published)",
 }  # generated data sets (cmrc_pd98) go to their task's `data_dir`, by default <cache>/data
 TEACHER_META = "brewlab_teacher.json"  # in every published model entry: its key and how it was trained

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -22,6 +21,8 @@ from brewlab.core.registry import Registry
 from brewlab.distill.losses import MATCH_LOSSES, probability_shift
 from brewlab.distill.objective import MatchTerm, Objective, layers_of
 from brewlab.distill.schedulers import Schedules
+from brewlab.distill.teacher_outputs.choice import outputs_for
+from brewlab.distill.teacher_outputs.memory import CanonicalLogits
 from brewlab.models.adaptors import ModelView
 from brewlab.train.callbacks import Checkpointer, DevEval, IntervalLog, NonFiniteGuard, user_callbacks
 from brewlab.train.loop import FitResult, precision, progress_bar, run_loop, total_steps
@@ -29,81 +30,6 @@ from brewlab.train.state import Trained
 
 DISTILLERS: Registry = Registry("distiller.name")
 log = logging.getLogger("brewlab")
-
-class TeacherCache:
-    """Teacher logits per training example, reused across epochs when inputs repeat exactly.
-
-    Rows are stored unpadded (cut at the example's length along the task kind's `seq_axis`) so
-    examples can be regrouped into differently padded batches later. They are packed into a few
-    large flat buffers rather than kept as one small tensor each: thousands of small long-lived
-    allocations scattered between freed activations fragment the heap and keep it resident
-    (measured by `benchmarks/bench.py`'s memory figure).
-    """
-
-    FIRST, SLAB = 1 << 14, 1 << 20  # elements in the first buffer (64 KiB of fp32); each next one doubles, to 4 MiB
-
-    def __init__(self, seq_axis: int | None, pad_value: float) -> None:
-        self.axis = seq_axis
-        self.pad_value = pad_value
-        self.slabs: list[torch.Tensor] = []
-        self.where: dict[int, tuple[int, int, tuple[int, ...]]] = {}  # idx -> (slab, offset, shape)
-        self.used = 0  # elements filled in the last slab
-
-    def __len__(self) -> int:
-        return len(self.where)
-
-    def _row(self, key: int) -> torch.Tensor:
-        slab, offset, shape = self.where[key]
-        return self.slabs[slab].narrow(0, offset, math.prod(shape)).view(shape)
-
-    def has(self, idx: torch.Tensor) -> bool:
-        return all(k in self.where for k in idx.tolist())
-
-    def get(self, idx: torch.Tensor, like: torch.Tensor) -> torch.Tensor | None:
-        """The cached rows of `idx` padded to `like`'s shape, or None if one was never cached."""
-        if not self.has(idx):
-            return None
-        keys = idx.tolist()
-        if self.axis is None:
-            return torch.stack([self._row(k) for k in keys]).to(like.device, like.dtype)
-        out = torch.full(like.shape, self.pad_value, dtype=like.dtype)
-        for i, k in enumerate(keys):
-            row = self._row(k)
-            out[i].narrow(self.axis, 0, row.shape[self.axis]).copy_(row)
-        return out.to(like.device)
-
-    def put(self, idx: torch.Tensor, logits: torch.Tensor, mask: torch.Tensor) -> None:
-        lengths = mask.sum(-1).tolist()
-        logits = logits.detach().cpu()
-        for i, k in enumerate(idx.tolist()):
-            self._append(k, logits[i] if self.axis is None else logits[i].narrow(self.axis, 0, int(lengths[i])))
-
-    def _append(self, key: int, row: torch.Tensor) -> None:
-        size = row.numel()
-        if not self.slabs or self.used + size > self.slabs[-1].numel():
-            # sentence logits fill ~100 KiB (reviews_zh): a fixed 4 MiB first buffer was most of the cache
-            grow = min(2 * self.slabs[-1].numel(), self.SLAB) if self.slabs else self.FIRST
-            self.slabs.append(torch.empty(max(grow, size), dtype=row.dtype))
-            self.used = 0
-        self.slabs[-1].narrow(0, self.used, size).copy_(row.reshape(-1))
-        self.where[key] = (len(self.slabs) - 1, self.used, tuple(row.shape))
-        self.used += size
-
-    def state_dict(self) -> dict[str, Any]:
-        """What a checkpoint keeps: only the filled part of the last buffer."""
-        slabs = [*self.slabs[:-1], self.slabs[-1][: self.used].clone()] if self.slabs else []
-        return {"slabs": slabs, "where": self.where}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore a checkpoint's cache; also accepts the older layout (`{idx: row}`), repacked."""
-        if "slabs" not in state:
-            self.slabs, self.where, self.used = [], {}, 0
-            for key, row in state.items():
-                self._append(int(key), row)
-            return
-        self.slabs, self.where = list(state["slabs"]), dict(state["where"])
-        self.used = self.slabs[-1].numel() if self.slabs else 0  # a resumed last buffer is full
-
 
 # ----------------------------------------------------------------------------- distillers
 
@@ -156,7 +82,11 @@ class Distiller:
         projections: nn.ModuleDict | None = None,
         log: LogFn | None = None,
         inputs_repeat: bool = True,
+        canonical: CanonicalLogits | None = None,
     ) -> None:
+        """`inputs_repeat=False` (online augmentation: new inputs every epoch) keeps no teacher
+        logits; `canonical` gives the teacher's logits on the training set in the store's batches,
+        which kept logits are filled from before training."""
         self.student = student  # adaptor
         self.teacher = teacher if self.uses_teacher else None  # adaptor or None
         self.objective = objective if self.uses_teacher else Objective([], 1.0, [])
@@ -167,28 +97,12 @@ class Distiller:
         self.params = [p for p in student.model.parameters() if p.requires_grad] + list(self.projections.parameters())
         self.optimizer = make_optimizer(self.params)
         self.log = log or (lambda metrics, step: None)
-        use_cache = (
-            self.teacher is not None
-            and not self.teacher.stored  # read from the teacher store on disk instead
-            and bool(trainer_cfg["cache_teacher_outputs"])
-            and inputs_repeat  # online augmentation: new inputs every epoch
-            and not objective.matches
-            and kind.cache_teacher_logits  # a kind may have logits too large to keep
-        )
-        self.cache = TeacherCache(kind.seq_axis, kind.logit_pad) if use_cache else None
-        # (example indices, logits, attention mask) batches that fill the cache before training;
-        # None: the cache fills from the training batches as epoch 1 runs the teacher
-        self.cache_source: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] | None = None
+        self.outputs = outputs_for(self.teacher, objective, trainer_cfg, kind, inputs_repeat, canonical)
 
-    def fill_caches(self) -> None:
-        """Fill an empty teacher-logit cache up front from `cache_source` (a resumed run restores
-        its cache from the checkpoint instead)."""
-        if self.cache is None or len(self.cache) or self.cache_source is None:
-            return
-        started = time.perf_counter()
-        for idx, logits, mask in self.cache_source():
-            self.cache.put(idx, logits, mask)
-        log.info("teacher logits: %d examples computed up front, in length-sorted batches, in %.1f s", len(self.cache), time.perf_counter() - started)
+    def prepare_teacher(self) -> None:
+        """Ready the teacher's outputs before the first step (after a resume restored them)."""
+        if self.outputs is not None:
+            self.outputs.prepare()
 
     # -- objective -----------------------------------------------------------------------
 
@@ -200,7 +114,7 @@ class Distiller:
         # The teacher runs first: its no-grad activations are freed before the student's graph is
         # built, so the two never sit in memory together (lower peak RSS and fewer page faults per step;
         # benchmarks/bench.py measures it).
-        t_view = self._teacher_outputs(batch) if wants_teacher else None
+        t_out = self.outputs(batch, hidden=obj.needs_hidden, attention=obj.needs_attention) if wants_teacher else None
         s_view = self.student(batch, hidden=obj.needs_hidden, attention=obj.needs_attention)
         parts: dict[str, torch.Tensor] = {}
         total_loss = s_view.logits.new_zeros(())
@@ -210,7 +124,7 @@ class Distiller:
             total_loss = total_loss + hard_w * parts["hard"]
         if not wants_teacher:
             return total_loss, parts  # labels only: no teacher forward at all
-        t_logits = t_view.logits if t_view is not None else self.cache.get(batch["idx"], s_view.logits)
+        t_logits = t_out.logits(s_view.logits)
         if self.schedules.probability_shift and s_view.labels is not None:
             t_logits = probability_shift(t_logits, s_view.labels)
         kd_w = self.schedules.kd_weight(step, total)
@@ -227,21 +141,10 @@ class Distiller:
         mask = padding_mask(s_view.mask) if obj.matches else None
         tokens = ValidTokens(mask) if mask is not None else None
         for term in obj.matches:
-            value = self._match(term, s_view, t_view, mask, tokens)
+            value = self._match(term, s_view, t_out.view, mask, tokens)
             parts[term.name] = value
             total_loss = total_loss + term.weight * value
         return total_loss, parts
-
-    def _teacher_outputs(self, batch: Mapping[str, torch.Tensor]) -> ModelView | None:
-        """The teacher's view of `batch`, or None when all its logits are cached (read later)."""
-        if self.cache is not None and "idx" in batch and self.cache.has(batch["idx"]):
-            return None
-        obj = self.objective
-        with torch.no_grad():
-            t_view = self.teacher(batch, hidden=obj.needs_hidden, attention=obj.needs_attention)
-        if self.cache is not None and "idx" in batch:
-            self.cache.put(batch["idx"], t_view.logits, batch["attention_mask"])
-        return t_view
 
     def _match(
         self,
@@ -280,13 +183,13 @@ class Distiller:
     def modules(self) -> list[nn.Module]:
         return [self.student.model, self.projections]
 
-    def caches(self) -> list[TeacherCache | None]:
-        """Teacher-logit caches, saved in checkpoints so a resumed run reads what it cached."""
-        return [self.cache]
+    def caches(self) -> list[Any | None]:
+        """The teacher outputs kept in memory, saved in checkpoints so a resumed run reads them."""
+        return [self.outputs.kept() if self.outputs is not None else None]
 
     def stores(self) -> list[str]:
         """The teacher-store entries this distiller reads, named in its checkpoints."""
-        return self.teacher.store_entries if self.teacher is not None else []
+        return self.outputs.entries() if self.outputs is not None else []
 
     def fit(
         self,
@@ -314,12 +217,10 @@ class Distiller:
         autocast, scaler = precision(str(cfg["precision"]), device)
         scheduler = self.schedules.lr_scheduler(self.optimizer, max(total, 1))
         trained = Trained(self.modules(), self.optimizer, scheduler, scaler, self.caches(), self.params, self.stores())
-        if self.teacher is not None and not self.teacher.stored:
-            self.teacher.model.eval()
         guard = NonFiniteGuard(str(cfg["nonfinite"]))
         checkpointer = Checkpointer(checkpoints, trained, guard)
         restored = checkpointer.restore()
-        self.fill_caches()
+        self.prepare_teacher()
         bar = progress_bar(total, enabled=progress, initial=restored[0].step)
         callbacks = [
             guard,
@@ -436,7 +337,7 @@ class MultiTaskDistiller(Distiller):
         self.parts = dict(parts)
         first = next(iter(self.parts.values()))
         self.student, self.teacher, self.kind = first.student, None, first.kind
-        self.schedules, self.cfg, self.cache = first.schedules, trainer_cfg, None
+        self.schedules, self.cfg, self.outputs = first.schedules, trainer_cfg, None
         self.students = nn.ModuleDict({name: part.student.model for name, part in self.parts.items()})
         self.projections = nn.ModuleDict({name: part.projections for name, part in self.parts.items()})
         # Module.parameters() yields the shared encoder once
@@ -452,12 +353,12 @@ class MultiTaskDistiller(Distiller):
     def modules(self) -> list[nn.Module]:
         return [self.students, self.projections]
 
-    def caches(self) -> list[TeacherCache | None]:
-        return [part.cache for part in self.parts.values()]
+    def caches(self) -> list[Any | None]:
+        return [kept for part in self.parts.values() for kept in part.caches()]
 
-    def fill_caches(self) -> None:
+    def prepare_teacher(self) -> None:
         for part in self.parts.values():
-            part.fill_caches()
+            part.prepare_teacher()
 
     def stores(self) -> list[str]:
         return [name for part in self.parts.values() for name in part.stores()]

@@ -18,7 +18,7 @@ import torch
 from brewlab.core.cache import TEACHER_META
 from brewlab.core.files import publish_dir, write_json_atomic, write_jsonl
 from brewlab.data.prepare import Prepared
-from brewlab.distill.teacher_store import locked
+from brewlab.distill.teacher_outputs.locking import locked
 from brewlab.models.kinds import TEACHER_KINDS
 
 log = logging.getLogger("brewlab")

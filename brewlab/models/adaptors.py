@@ -41,7 +41,7 @@ class ModelView:
 class HFAdaptor:
     """Adaptor for Hugging Face encoder models with a task head."""
 
-    stored = False  # outputs come from running the model (see brewlab.distill.teacher_store.StoredView)
+    stored = False  # outputs come from running the model (see brewlab.distill.teacher_outputs.disk.StoredView)
     store_entries: list[str] = []  # the teacher-store entries it reads: none
 
     def __init__(self, model: nn.Module, kind: Any) -> None:

@@ -26,7 +26,7 @@ from brewlab.core.files import publish_dir, write_json_atomic
 from brewlab.core.parallel import main_first
 from brewlab.data.prepare import Prepared, prepare_task, train_loader
 from brewlab.data.tasks import kind_of
-from brewlab.distill.teacher_store import StorePlan
+from brewlab.distill.teacher_outputs.plan import StorePlan
 from brewlab.eval.evaluation import evaluate, measure, paired_difference, summary_table, teacher_metrics
 from brewlab.stages.augmented import augmented_training
 from brewlab.stages.stage import (

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -79,7 +79,7 @@ def build_distiller(
     """The named distiller over adaptors of the models; a many-teacher distiller gets its
     teachers as one `TeacherEnsemble` (combined as `distiller.combine`/`weights` say).
     `teachers` are `brewlab.models.teacher.Teacher`s (or models). With `store` (a
-    `teacher_store.StorePlan`), each teacher's outputs that the objective reads come from the
+    `teacher_outputs.plan.StorePlan`), each teacher's outputs that the objective reads come from the
     teacher store. `inputs_repeat=False` (online augmentation: new inputs every epoch) keeps no
     teacher logits. With the training `features` and no store, the teacher's logits kept in
     memory are computed before training in the store's canonical batches, so they are the same
@@ -90,6 +90,7 @@ def build_distiller(
     from brewlab.distill.ensemble import TeacherEnsemble
     from brewlab.distill.objective import build_projections, parse_objective
     from brewlab.distill.schedulers import build_schedules
+    from brewlab.distill.teacher_outputs.canonical import canonical_logits
     from brewlab.models.adaptors import HFAdaptor
     from brewlab.models.teacher import Teacher
 
@@ -113,7 +114,9 @@ def build_distiller(
     task_cfg = cfg.get("task") or {}  # harnesses may build a distiller from a partial config
     classes = prep.kind.logit_classes(task_cfg, prep.label_names, len(prep.tokenizer)) if teacher else None
     projections = build_projections(objective.matches, teacher, student) if teacher else None
-    distiller = distiller_cls(
+    pad_id, eval_bs = prep.tokenizer.pad_token_id, int(trainer_cfg["eval_batch_size"])
+    canonical = partial(canonical_logits, teacher, features, eval_bs, pad_id) if features is not None else None
+    return distiller_cls(
         student=student,
         objective=objective,
         schedules=build_schedules(cfg["scheduler"], classes, f"task {task_cfg.get('name', '?')}"),
@@ -124,20 +127,8 @@ def build_distiller(
         projections=projections,
         log=tracker.log,
         inputs_repeat=inputs_repeat,
+        canonical=canonical,
     )
-    if features is not None and distiller.cache is not None:
-        distiller.cache_source = partial(canonical_logits, distiller.teacher, features, int(trainer_cfg["eval_batch_size"]), prep.tokenizer.pad_token_id)
-    return distiller
-
-
-def canonical_logits(
-    teacher: Any, features: Sequence[Mapping[str, Any]], batch_size: int, pad_id: int
-) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """The teacher's logits on `features` in the teacher store's batches, for a logit cache."""
-    from brewlab.distill.teacher_store import canonical_outputs
-
-    for chunk, out, mask in canonical_outputs(teacher, features, ["logits"], batch_size, pad_id):
-        yield torch.tensor(chunk), out["logits"], mask
 
 
 def train_loop(
