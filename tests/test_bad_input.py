@@ -91,7 +91,7 @@ CASES = [
     (["student.vocab_size=123"], 2, ["student.vocab_size=123 does not match the task's tokenizer"]),
     (["optim.lr=abc"], 2, ["optim.lr='abc' must be a number > 0"]),
     (["optim.lr=-0.001"], 2, ["optim.lr=-0.001 must be a number > 0"]),
-    (["trainer.lr=abc"], 1, ["Could not override 'trainer.lr'", "Key 'lr' not in 'Trainer'", "full_key: trainer.lr"]),
+    (["trainer.lr=abc"], 1, ["Could not override 'trainer.lr'", "Key 'lr' not in 'TrainerSettings'", "full_key: trainer.lr"]),
     (["task.train_fraction=0"], 2, ["task.train_fraction=0 must be a fraction in (0, 1]"]),
     (
         ["task=cmrc_pd98", "task.doc_stride=300"],
@@ -122,7 +122,7 @@ CASES = [
     ),
     (["cache_dir=/proc/brewlab-cache"], 2, ["cache_dir='/proc/brewlab-cache' is not a writable directory"]),
     (["trainer.compile=maybe"], 1, ["Value 'maybe' is not a valid bool", "full_key: trainer.compile"]),
-    (["trainer.unknown_key=1"], 1, ["Key 'unknown_key' not in 'Trainer'"]),
+    (["trainer.unknown_key=1"], 1, ["Key 'unknown_key' not in 'TrainerSettings'"]),
     (["trainer.heap_trim_every_s=0"], 2, ["trainer.heap_trim_every_s=0 must be a number > 0"]),
     (
         ["task=mr_en", "teacher=minilm", "distiller=basic", "augmentation=mlm"],

@@ -19,10 +19,10 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 
 # where each schema's keys sit in the composed config ("*": any one key)
 SECTIONS: dict[str, type] = {
-    "trainer": schema.Trainer,
+    "trainer": schema.TrainerSettings,
     "logger": schema.Logger,
-    "teacher.train": schema.StageTrain,
-    "teacher.pretrain.train": schema.StageTrain,
+    "teacher.train": schema.StageTrainSettings,
+    "teacher.pretrain.train": schema.StageTrainSettings,
     "scheduler": schema.Scheduler,
     "task": schema.TaskOptions,
     "task.tokenizer": schema.TokenizerOptions,

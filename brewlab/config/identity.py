@@ -12,7 +12,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from brewlab.config.schema import StageTrain, trainer_default
+from brewlab.config.schema import StageTrainSettings, trainer_default
 from brewlab.core.cache import Cache
 
 # loop keys that teacher stages did not write before the schema: a stage's cache key and a run's
@@ -29,7 +29,7 @@ STORE_KEYS = {k: trainer_default(k) for k in ("teacher_store", "teacher_store_ma
 def hashed_view(tree: Any) -> Any:
     """`tree` (a config or part of one) as it is hashed: every stage section (`train: {...}`)
     without the keys of UNKEYED_AT_DEFAULT left at their defaults."""
-    defaults = {f.name: f.default for f in dataclasses.fields(StageTrain)}
+    defaults = {f.name: f.default for f in dataclasses.fields(StageTrainSettings)}
 
     def walk(node: Any) -> Any:
         if not isinstance(node, Mapping):

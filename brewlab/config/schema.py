@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from brewlab.core.errors import BrewlabError, bad_choice
 
@@ -22,6 +23,7 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 NONFINITE = ("stop", "skip")
 LOGGER_MODES = ("offline", "online", "disabled")
 FEATURE_PRECISIONS = ("fp32", "fp16", "bf16")
+S = TypeVar("S")
 
 
 def _f(default: Any, help: str, **rules: Any) -> Any:
@@ -30,7 +32,7 @@ def _f(default: Any, help: str, **rules: Any) -> Any:
 
 
 @dataclass
-class Loop:
+class LoopSettings:
     """What one training loop reads, in the student's stage (`trainer`) and the teacher's."""
 
     epochs: int = _f(3, "passes over the training data", ge=1)
@@ -58,7 +60,7 @@ class Loop:
 
 
 @dataclass
-class StageTrain(Loop):
+class StageTrainSettings(LoopSettings):
     """A teacher stage (`teacher.train`, `teacher.pretrain.train`): its own rate and seed."""
 
     lr: float | None = _f(None, "this stage's learning rate (null: optim.lr)", gt=0)
@@ -66,7 +68,7 @@ class StageTrain(Loop):
 
 
 @dataclass
-class Trainer(Loop):
+class TrainerSettings(LoopSettings):
     """The student's loop, plus what only the run as a whole decides."""
 
     compile: bool = _f(False, "torch.compile the student (needs a C++ compiler on the CPU; pays off on long runs)")
@@ -230,19 +232,33 @@ def options(values: Mapping[str, Any] | None, schema: type) -> dict[str, Any]:
     return {**dataclasses.asdict(schema()), **(values or {})}
 
 
+def settings(values: Mapping[str, Any], schema: type[S]) -> S:
+    """The typed settings of one validated section: `schema` built from `values`, its nested
+    sections too, so code reads attributes and never a raw key. Keys the schema does not declare
+    (a preset's own) are not carried; keys `values` leaves out take their defaults."""
+    types = typing.get_type_hints(schema)
+    given = {}
+    for spec in dataclasses.fields(schema):
+        if spec.name in values:
+            value = values[spec.name]
+            nested = dataclasses.is_dataclass(types[spec.name]) and isinstance(value, Mapping)
+            given[spec.name] = settings(value, types[spec.name]) if nested else value
+    return schema(**given)
+
+
 def trainer_default(key: str) -> Any:
     """The schema's default of one `trainer` key."""
-    spec = next(f for f in dataclasses.fields(Trainer) if f.name == key)
+    spec = next(f for f in dataclasses.fields(TrainerSettings) if f.name == key)
     return spec.default_factory() if spec.default is dataclasses.MISSING else spec.default
 
 
 def trainer_settings(**overrides: Any) -> dict[str, Any]:
     """The `trainer` section with its defaults and `overrides`, for code that builds a
     distiller by hand (benchmarks, tests) instead of composing a whole run."""
-    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(Trainer)})
+    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(TrainerSettings)})
     if unknown:
         raise BrewlabError(f"trainer has no keys {unknown}")
-    return {**dataclasses.asdict(Trainer()), **overrides}
+    return {**dataclasses.asdict(TrainerSettings()), **overrides}
 
 
 def register() -> None:
@@ -251,9 +267,9 @@ def register() -> None:
     from hydra.core.config_store import ConfigStore
 
     store = ConfigStore.instance()
-    store.store(group="trainer", name="schema", node=Trainer)
+    store.store(group="trainer", name="schema", node=TrainerSettings)
     store.store(group="logger", name="schema", node=Logger)
-    store.store(group="schema", name="stage_train", node=StageTrain)
+    store.store(group="schema", name="stage_train", node=StageTrainSettings)
     # untyped nodes: presets add keys of their own beside these (a task's source, a kind's parameters)
     store.store(group="task", name="schema", node=dataclasses.asdict(TaskBase()))
     store.store(group="schema", name="scheduler", node=dataclasses.asdict(Scheduler()))

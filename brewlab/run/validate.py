@@ -129,11 +129,11 @@ def _check_teacher_layers(layers: Sequence[Any] | None, t_shape: Shape, s_shape:
 def _check_loops(cfg: Mapping[str, Any]) -> None:
     """Every training loop's settings (the student's and the teacher's stages) and the logger,
     by the ranges and choices of brewlab/config/schema.py."""
-    schema.check("trainer", cfg["trainer"], schema.Trainer)
+    schema.check("trainer", cfg["trainer"], schema.TrainerSettings)
     teacher = cfg["teacher"]
     for key, train in (("teacher.train", teacher.get("train")), ("teacher.pretrain.train", (teacher.get("pretrain") or {}).get("train"))):
         if train is not None:
-            schema.check(key, train, schema.StageTrain)
+            schema.check(key, train, schema.StageTrainSettings)
     schema.check("logger", cfg["logger"], schema.Logger)
     schema.check("", cfg, schema.TopLevel)
     task = cfg["task"]

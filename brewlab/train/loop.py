@@ -19,7 +19,7 @@ from brewlab.core.parallel import average_gradients
 from brewlab.train.callbacks import Callback, fire
 from brewlab.train.state import Control, Trained, TrainState
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -34,7 +34,7 @@ class FitResult:
 
 def precision(name: str, device: torch.device) -> tuple[Callable[[], Any], Any]:
     """Autocast context factory and gradient scaler for `trainer.precision` (fp32: no-ops)."""
-    dtype = PRECISIONS[name]
+    dtype = AUTOCAST_DTYPES[name]
 
     def autocast() -> Any:
         return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
