@@ -15,7 +15,7 @@ import brewlab  # noqa: F401  (registers the typed config groups before Hydra co
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
-    from brewlab.run.pipeline import run_job
+    from brewlab.run.job import run_job
 
     return run_job(cfg)
 

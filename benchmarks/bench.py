@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -97,7 +98,7 @@ def bert(arch: dict[str, int], vocab: int, seed: int) -> Any:
 
 def brewlab_contender(teacher: Any, student: Any) -> Any:
     """brewlab's `general` distiller, built as the pipeline builds it."""
-    from brewlab.config.schema import trainer_settings
+    from brewlab.config.schema import TrainerSettings
     from brewlab.data.tasks import KINDS
     from brewlab.stages.stage import build_distiller
 
@@ -107,7 +108,7 @@ def brewlab_contender(teacher: Any, student: Any) -> Any:
         "optim": LR,
     }
     loss = overhead_loss(teacher.config.num_hidden_layers, student.config.num_hidden_layers)
-    trainer = trainer_settings(epochs=1, log_every=50, grad_clip=1.0)
+    trainer = TrainerSettings(epochs=1, log_every=50, grad_clip=1.0)
     # what build_distiller reads of a prepared task: its kind, its labels and its vocabulary size
     prep = SimpleNamespace(
         kind=KINDS.get("classification"), label_names=["negative", "positive"], tokenizer=range(student.config.vocab_size)
@@ -183,7 +184,7 @@ def bench_overhead(shapes: dict[str, Any], rounds: int, steps: int) -> float:
         raise SystemExit(f"bench: the hand loop's loss {float(theirs)} differs from brewlab's {float(mine)}")
 
     def ours_run(n: int) -> None:
-        ours.cfg = {**ours.cfg, "max_steps": n}
+        ours.trainer = dataclasses.replace(ours.trainer, max_steps=n)
         ours.fit([batch] * n, evaluate=lambda: {"score": 0.0}, main_metric="score", progress=False)
 
     ours_run(max(2, steps // 2))  # warm-up: allocator, kernels, autograd graph caches
@@ -273,6 +274,7 @@ def padded_baseline(teacher: Any, student: Any, prep: Any, cfg: dict[str, Any], 
 
 def realdata_child(contender: str, overrides: list[str]) -> dict[str, Any]:
     """One contender, alone in this process (so its peak RSS is its own)."""
+    from brewlab.config.schema import run_settings
     from brewlab.core.errors import BrewlabError
     from brewlab.data.prepare import prepare_task, train_loader
     from brewlab.eval.evaluation import evaluate
@@ -298,17 +300,18 @@ def realdata_child(contender: str, overrides: list[str]) -> dict[str, Any]:
             "bench: the real-data baseline implements the default objective only (loss=kd+hard with fn ce, "
             "constant temperature and weights, no probability shift, grad_accum 1, fp32)"
         )
-    rt = Runtime.of({**cfg, "trainer": {**cfg["trainer"], "device": "cpu"}}, SimpleNamespace(log=lambda metrics, step: None))
+    settings = run_settings(cfg)
+    rt = Runtime.of(cfg["cache_dir"], dataclasses.replace(settings.trainer, device="cpu"), SimpleNamespace(log=lambda metrics, step: None))
     device = rt.device
-    base = teacher_base(cfg, rt)
+    base = teacher_base(cfg, settings, rt)
     prep = prepare_task(cfg, rt.cache, tokenizer_from=base)
-    teacher = get_teacher(cfg, prep, base, "sdpa", rt).model
+    teacher = get_teacher(cfg, settings, prep, base, "sdpa", rt).model
     if contender == "prepare":
         return {}
-    seed_everything(int(cfg["seed"]))
+    seed_everything(settings.seed)
     student = build_student(cfg, prep, teacher, "sdpa", device)
     adaptor, main = HFAdaptor, prep.kind.main_metric
-    eval_bs, eval_seconds = int(cfg["trainer"]["eval_batch_size"]), [0.0]
+    eval_bs, eval_seconds = settings.trainer.eval_batch_size, [0.0]
 
     def dev_score() -> dict[str, float]:
         start = time.perf_counter()
@@ -317,10 +320,9 @@ def realdata_child(contender: str, overrides: list[str]) -> dict[str, Any]:
         return metrics
 
     if contender == "brewlab":
-        trainer = cfg["trainer"]
-        keep_heap_compact(trainer["heap_trim_every_s"])  # what run.py does at startup
-        distiller = build_distiller(cfg["distiller"]["name"], cfg, student, [teacher], prep, cfg["loss"], trainer, rt.tracker)
-        loader = train_loader(prep.features["train"], trainer, prep.tokenizer.pad_token_id, int(cfg["seed"]))
+        keep_heap_compact(settings.trainer.heap_trim_every_s)  # what run.py does at startup
+        distiller = build_distiller(cfg["distiller"]["name"], cfg, student, [teacher], prep, cfg["loss"], settings.trainer, rt.tracker)
+        loader = train_loader(prep.features["train"], settings.trainer, prep.tokenizer.pad_token_id, settings.seed)
         epoch_ends: list[float] = []
         start = time.perf_counter()
 

@@ -329,10 +329,11 @@ def _runtime(cache_dir):
 
 
 def test_augmented_features_carry_no_gold_label(tmp_path):
+    from brewlab.config.schema import run_settings
     from brewlab.stages.augmented import augmented_training
 
     cfg, prep = _smoke_setup(tmp_path, "augmentation=char")
-    loader, info, _ = augmented_training(cfg, prep, _runtime(tmp_path))
+    loader, info, _ = augmented_training(cfg, run_settings(cfg), prep, _runtime(tmp_path))
     features = loader.dataset
     n = len(prep.features["train"])
     assert len(features) == 2 * n and [f["idx"] for f in features] == list(range(2 * n))
@@ -342,10 +343,11 @@ def test_augmented_features_carry_no_gold_label(tmp_path):
 
 
 def test_online_mode_remakes_the_copies_every_epoch(tmp_path):
+    from brewlab.config.schema import run_settings
     from brewlab.stages.augmented import augmented_training
 
     cfg, prep = _smoke_setup(tmp_path, "augmentation=char", "augmentation.mode=online")
-    batches, info, features = augmented_training(cfg, prep, _runtime(tmp_path))
+    batches, info, features = augmented_training(cfg, run_settings(cfg), prep, _runtime(tmp_path))
     assert info["mode"] == "online" and "cache" not in info
     assert features is None  # no fixed examples for the teacher store to key
 

@@ -36,7 +36,7 @@ SECTIONS: dict[str, type] = {
 
 NAMED_FOR_ITS_VALUE = "the option is named for the value it sets and must keep it whatever the default"
 READ_THROUGH_OPTIONS = (
-    "a key read through `schema.options` that the composed config carries: dropping it would change "
+    "a key read through `schema.with_defaults` that the composed config carries: dropping it would change "
     "the run fingerprints and cache keys made with it"
 )
 # (file under conf/, key in the composed config) -> why the file restates the schema's default

@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification
 
-from brewlab.config.schema import trainer_settings
+from brewlab.config.schema import TrainerSettings
 from brewlab.core.errors import BrewlabError
 from brewlab.data.tasks.classification import Classification
 from brewlab.distill.distillers import DISTILLERS
@@ -142,7 +142,7 @@ def make(name: str, loss: dict, cache: bool = True, seed: int = 0):
         student=s_ad,
         objective=obj,
         schedules=build_schedules({"temperature": {"kind": "constant", "base": 2.0}}),
-        trainer_cfg=trainer_settings(epochs=2, cache_teacher_outputs=cache, log_every=1, grad_clip=None),
+        trainer=TrainerSettings(epochs=2, cache_teacher_outputs=cache, log_every=1, grad_clip=None),
         make_optimizer=lambda params: torch.optim.SGD(params, lr=0.1),
         kind=Classification,
         teacher=t_ad,

@@ -11,6 +11,7 @@ import torch
 import yaml
 from conftest import ROOT, compose_run, read_metrics
 
+from brewlab.config.schema import TrainerSettings, settings
 from brewlab.core.errors import BrewlabError
 from brewlab.data.tasks import KINDS, SPLITS, load_task_data
 from brewlab.data.tasks.cmrc_pd98 import cmrc_pd98, pd98_files
@@ -338,7 +339,7 @@ def test_kd_losses_schedules_shift_and_teacher_cache_on_position_logits(tmp_path
         for fn in ("ce", "kl", "mse"):
             run_cfg = {**cfg, "scheduler": {**cfg["scheduler"], "temperature": temperature, "probability_shift": True}}
             loss_cfg = {"hard": {"kind": "hard", "weight": 1.0}, "kd": {"kind": "logits", "fn": fn, "weight": 1.0}}
-            distiller = build_distiller("basic", run_cfg, student, [teacher], prep, loss_cfg, cfg["trainer"], tracker)
+            distiller = build_distiller("basic", run_cfg, student, [teacher], prep, loss_cfg, settings(cfg["trainer"], TrainerSettings), tracker)
             for k, batch in enumerate(batches * 2):  # the second pass reads the teacher cache
                 loss, parts = distiller.compute_loss(batch, 0, 10)
                 assert torch.isfinite(loss) and set(parts) == {"hard", "kd"}
@@ -352,7 +353,7 @@ def test_kd_losses_schedules_shift_and_teacher_cache_on_position_logits(tmp_path
         "att": {"kind": "match", "fn": "attention_mse_sum", "feature": "attention", "weight": 1.0},
         "hidden": {"kind": "match", "fn": "hidden_mse", "feature": "hidden", "weight": 1.0},
     }
-    distiller = build_distiller("general", cfg, student, [teacher], prep, loss_cfg, cfg["trainer"], tracker)
+    distiller = build_distiller("general", cfg, student, [teacher], prep, loss_cfg, settings(cfg["trainer"], TrainerSettings), tracker)
     loss, parts = distiller.compute_loss(batches[0], 0, 10)
     assert torch.isfinite(loss) and set(parts) == {"kd", "att", "hidden"}
 

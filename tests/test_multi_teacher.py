@@ -10,7 +10,7 @@ import torch
 from conftest import read_metrics
 from test_distillers import KD_HARD, batch, tiny
 
-from brewlab.config.schema import trainer_settings
+from brewlab.config.schema import TrainerSettings
 from brewlab.core.errors import BrewlabError
 from brewlab.data.tasks.classification import Classification
 from brewlab.distill.distillers import DISTILLERS
@@ -73,7 +73,7 @@ def test_ensemble_adaptor_combines_members_and_distils_like_one_teacher():
         student=student,
         objective=parse_objective(KD_HARD, ensemble, student),
         schedules=build_schedules({"temperature": {"kind": "constant", "base": 2.0}}),
-        trainer_cfg=trainer_settings(epochs=1, cache_teacher_outputs=False, grad_clip=None),
+        trainer=TrainerSettings(epochs=1, cache_teacher_outputs=False, grad_clip=None),
         make_optimizer=lambda params: torch.optim.SGD(params, lr=0.1),
         kind=Classification,
         teacher=ensemble,

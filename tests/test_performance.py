@@ -16,7 +16,7 @@ import torch
 from conftest import compose_run
 from transformers import BertConfig, BertForSequenceClassification, BertForTokenClassification
 
-from brewlab.config.schema import trainer_settings
+from brewlab.config.schema import TrainerSettings
 from brewlab.core.cache import Cache
 from brewlab.data.batching import make_loader
 from brewlab.data.prepare import prepare_task
@@ -74,7 +74,7 @@ def test_cached_teacher_logits_give_the_losses_of_fresh_teacher_forwards(kind_na
             student=s_view,
             objective=parse_objective(KD_HARD, t_view, s_view),
             schedules=build_schedules({"temperature": {"kind": "constant", "base": 2.0}}),
-            trainer_cfg=trainer_settings(epochs=3, cache_teacher_outputs=cache, log_every=1, grad_clip=1.0),
+            trainer=TrainerSettings(epochs=3, cache_teacher_outputs=cache, log_every=1, grad_clip=1.0),
             make_optimizer=lambda params: torch.optim.SGD(params, lr=0.1),
             kind=kind,
             teacher=t_view,

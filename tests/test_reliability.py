@@ -15,7 +15,7 @@ import torch
 from conftest import read_metrics
 from transformers import BertConfig, BertForSequenceClassification
 
-from brewlab.config.schema import trainer_settings
+from brewlab.config.schema import TrainerSettings, run_settings
 from brewlab.core.errors import BrewlabError
 from brewlab.data.batching import make_loader
 from brewlab.data.tasks import KINDS
@@ -69,7 +69,7 @@ def fit(store: CheckpointStore | None, crash_at: int | None = None, loss: dict |
         student=s_view,
         objective=parse_objective(loss or KD_HARD, t_view, s_view),
         schedules=build_schedules({"temperature": {"kind": "constant", "base": 2.0}}),
-        trainer_cfg=trainer_settings(**{"epochs": 3, "log_every": 1, "checkpoint_every": 2, "eval_every": 5, "grad_clip": 1.0, **trainer}),
+        trainer=TrainerSettings(**{"epochs": 3, "log_every": 1, "checkpoint_every": 2, "eval_every": 5, "grad_clip": 1.0, **trainer}),
         make_optimizer=lambda params: torch.optim.AdamW(params, lr=0.01),
         kind=CLASSIFICATION,
         teacher=t_view,
@@ -143,7 +143,7 @@ def _teacher(cache, tracker):
     rt = Runtime(torch.device("cpu"), Cache(cache), tracker, progress=False)
     prep = prepare_task(cfg, rt.cache)
     seed_everything(1)
-    teacher = get_teacher(cfg, prep, None, "eager", rt)
+    teacher = get_teacher(cfg, run_settings(cfg), prep, None, "eager", rt)
     return teacher.model, teacher.source, teacher.entry
 
 
@@ -176,7 +176,7 @@ def _pretrained(cache, tracker):
 
     cfg = compose_run("debug=smoke", "logger=none", "teacher=pretrained_scratch", f"cache_dir={cache}",
                       "trainer.checkpoint_every=2", "teacher.pretrain.train.max_steps=4", "teacher.pretrain.train.log_every=1")
-    return Path(teacher_base(cfg, Runtime(torch.device("cpu"), Cache(cache), tracker, progress=False))), cfg
+    return Path(teacher_base(cfg, run_settings(cfg), Runtime(torch.device("cpu"), Cache(cache), tracker, progress=False))), cfg
 
 
 def test_a_killed_pretraining_stage_publishes_what_an_uninterrupted_one_does(tmp_path, caplog):

@@ -91,19 +91,21 @@ def test_length_grouped_batches_cover_every_example_once():
 
 
 def test_trainer_length_pool_sets_how_alike_the_training_batches_are():
+    import dataclasses
     import random
 
+    from brewlab.config.schema import LoopSettings
     from brewlab.data.prepare import train_loader
 
     features = [{"input_ids": [2] * n, "labels": 0, "idx": i} for i, n in enumerate([3, 60, 9, 45, 17, 33, 5, 52] * 16)]
-    trainer = {"batch_size": 4, "length_pool": 1}
+    trainer = LoopSettings(batch_size=4, length_pool=1)
     ungrouped = [sorted(b["idx"].tolist()) for b in train_loader(features, trainer, 0, seed=5)]
     order = list(range(len(features)))
     random.Random(5).shuffle(order)  # pools of one batch: batches are plain shuffled chunks
     assert sorted(ungrouped) == sorted(sorted(order[i : i + 4]) for i in range(0, len(order), 4))
 
     def padded(pool: int) -> int:
-        batches = train_loader(features, {**trainer, "length_pool": pool}, 0, seed=5)
+        batches = train_loader(features, dataclasses.replace(trainer, length_pool=pool), 0, seed=5)
         return sum(int((b["input_ids"] == 0).sum()) for b in batches)
 
     assert padded(8) < padded(1) / 2

@@ -17,6 +17,7 @@ import torch
 from conftest import compose_run
 from safetensors.torch import load_file
 
+from brewlab.config.schema import TrainerSettings, settings
 from brewlab.core.cache import Cache
 from brewlab.data.batching import make_loader
 from brewlab.distill.losses import hidden_mse, kd_ce
@@ -281,7 +282,7 @@ def _saved_teacher(tmp_path, prep, teacher):
 
 
 def _plan(cfg, prep, cache, **trainer):
-    return StorePlan.of({**cfg["trainer"], **trainer}, Cache(cache), "reviews_zh", prep, prep.features["train"])
+    return StorePlan.of(settings({**cfg["trainer"], **trainer}, TrainerSettings), Cache(cache), "reviews_zh", prep, prep.features["train"])
 
 
 def test_an_entry_above_the_budget_is_skipped_with_one_warning(tmp_path, task, caplog):
@@ -320,7 +321,7 @@ def test_a_full_disk_leaves_no_partial_entry_and_the_run_reads_the_teacher_onlin
 def test_online_augmentation_bypasses_the_store_in_one_line(task, tmp_path, caplog):
     cfg, prep, _ = task
     caplog.set_level(logging.INFO, logger="brewlab")
-    assert StorePlan.of(cfg["trainer"], Cache(tmp_path), "reviews_zh", prep, None) is None
+    assert StorePlan.of(settings(cfg["trainer"], TrainerSettings), Cache(tmp_path), "reviews_zh", prep, None) is None
     assert [r.getMessage() for r in caplog.records] == [
         "teacher store: bypassed, online augmentation gives the teacher new inputs every epoch"
     ]
@@ -343,16 +344,18 @@ class _Crash(Exception):
 
 
 def _run(run_dir, cache, *overrides, tracker=None):
+    from brewlab.config.schema import run_settings
     from brewlab.run.pipeline import run
     from brewlab.run.validate import validate
     from brewlab.train.runtime import Runtime, seed_everything
 
     cfg = compose_run("debug=smoke", "logger=none", f"cache_dir={cache}", "loss=kd+hidden", *overrides)
     validate(cfg)
-    seed_everything(int(cfg["seed"]))
+    settings = run_settings(cfg)
+    seed_everything(settings.seed)
     rt = Runtime(torch.device("cpu"), Cache(cache), tracker or _Tracker(), progress=False)
     run_dir.mkdir(parents=True, exist_ok=True)
-    return run(cfg, run_dir, rt)
+    return run(cfg, settings, run_dir, rt)
 
 
 @pytest.fixture

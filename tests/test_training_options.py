@@ -8,7 +8,7 @@ import torch
 from conftest import read_metrics
 from test_distillers import KD_HARD, batch, tiny
 
-from brewlab.config.schema import trainer_settings
+from brewlab.config.schema import TrainerSettings
 from brewlab.data.tasks.classification import Classification
 from brewlab.distill.distillers import DISTILLERS
 from brewlab.distill.objective import parse_objective
@@ -31,7 +31,7 @@ def distiller(trainer_cfg: dict, compile_student: bool = False):
         student=student,
         objective=parse_objective(KD_HARD, teacher, student),
         schedules=build_schedules({"temperature": {"kind": "constant", "base": 2.0}}),
-        trainer_cfg=trainer_settings(**{"epochs": 1, "cache_teacher_outputs": False, "log_every": 1, "grad_clip": None, **trainer_cfg}),
+        trainer=TrainerSettings(**{"epochs": 1, "cache_teacher_outputs": False, "log_every": 1, "grad_clip": None, **trainer_cfg}),
         make_optimizer=lambda params: torch.optim.SGD(params, lr=0.5),
         kind=Classification,
         teacher=teacher,

@@ -3,9 +3,11 @@
 logger and the top-level keys.
 
 Each field carries its default and its help, like `transformers.TrainingArguments`, and is the
-only place that default is written: the group's YAML starts from the schema (`defaults: [schema]`)
-and code reads keys without fallbacks. Hydra checks types when it composes (a bad type is named
-with its key before anything runs); `check` adds ranges and choices from each field's metadata.
+only place that default is written: the group's YAML starts from the schema (`defaults: [schema]`).
+A validated section becomes its dataclass (`settings`, `run_settings`), passed down in place of the
+dict, so code reads attributes without casts or fallbacks. Hydra checks types when it composes (a
+bad type is named with its key before anything runs); `check` adds ranges and choices from each
+field's metadata.
 """
 
 from __future__ import annotations
@@ -126,8 +128,24 @@ class TopLevel:
     seed: int = _f(dataclasses.MISSING, "the student's seed: initialisation, data order, dropout", integer=True)
 
 
+@dataclass(frozen=True)
+class RunSettings:
+    """What the run reads of its validated config, built once (`run_settings`) and passed down;
+    the config itself is kept only where it is hashed (fingerprints, cache keys)."""
+
+    seed: int
+    resume: bool | str  # auto, true or false
+    trainer: TrainerSettings
+
+
+def run_settings(cfg: Mapping[str, Any]) -> RunSettings:
+    """The typed settings of a validated config."""
+    return RunSettings(cfg["seed"], cfg["resume"], settings(cfg["trainer"], TrainerSettings))
+
+
 # Keys that presets of the other groups may leave out: their defaults live here, and code reads
-# such a section through `options` (the composed config, and so every fingerprint, is unchanged).
+# such a section through `settings` (or `with_defaults` where the section is passed on whole); the
+# composed config, and so every fingerprint, is unchanged.
 
 
 @dataclass
@@ -227,7 +245,7 @@ class Scheduler:
     probability_shift: bool = _f(False, "swap the teacher's top logit with the gold one when it is wrong")
 
 
-def options(values: Mapping[str, Any] | None, schema: type) -> dict[str, Any]:
+def with_defaults(values: Mapping[str, Any] | None, schema: type) -> dict[str, Any]:
     """A config section with the keys of `schema` it leaves out filled from their defaults."""
     return {**dataclasses.asdict(schema()), **(values or {})}
 
@@ -250,15 +268,6 @@ def trainer_default(key: str) -> Any:
     """The schema's default of one `trainer` key."""
     spec = next(f for f in dataclasses.fields(TrainerSettings) if f.name == key)
     return spec.default_factory() if spec.default is dataclasses.MISSING else spec.default
-
-
-def trainer_settings(**overrides: Any) -> dict[str, Any]:
-    """The `trainer` section with its defaults and `overrides`, for code that builds a
-    distiller by hand (benchmarks, tests) instead of composing a whole run."""
-    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(TrainerSettings)})
-    if unknown:
-        raise BrewlabError(f"trainer has no keys {unknown}")
-    return {**dataclasses.asdict(TrainerSettings()), **overrides}
 
 
 def register() -> None:

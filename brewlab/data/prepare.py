@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from brewlab.config.schema import TokenizerOptions, options
+from brewlab.config.schema import LoopSettings, TokenizerOptions, with_defaults
 from brewlab.core.cache import Cache, stable_hash
 from brewlab.core.errors import BrewlabError
 from brewlab.core.files import atomic_open, publish_dir
@@ -69,7 +69,7 @@ def prepare_task(
         if (tok_dir / "tokenizer.json").is_file():
             tokenizer = load_tokenizer(str(tok_dir), "tokenizer cache")
         else:
-            tokenizer = build_char_tokenizer(texts, int(options(tok_cfg, TokenizerOptions)["min_freq"]), tok_cfg.get("max_size"))
+            tokenizer = build_char_tokenizer(texts, int(with_defaults(tok_cfg, TokenizerOptions)["min_freq"]), tok_cfg.get("max_size"))
             build = cache.build_dir(tok_dir)
             tokenizer.save_pretrained(str(build))
             publish_dir(build, tok_dir)
@@ -119,14 +119,13 @@ def encode_cached(
 
 
 def train_loader(
-    features: Any, trainer_cfg: Mapping[str, Any], pad_token_id: int, seed: int, shard: tuple[int, int] = (0, 1)
+    features: Any, loop: LoopSettings, pad_token_id: int, seed: int, shard: tuple[int, int] = (0, 1)
 ) -> Any:
     """Length-grouped training batches (`length_pool` batches per sorted pool), this rank's share
     of each (`shard`: rank, world size); the same for the student and for a teacher's stages."""
     from brewlab.data.batching import make_loader
 
-    bs, pool = int(trainer_cfg["batch_size"]), int(trainer_cfg["length_pool"])
-    return make_loader(features, bs, pad_token_id, seed, True, shard=shard, pool=pool)
+    return make_loader(features, loop.batch_size, pad_token_id, seed, True, shard=shard, pool=loop.length_pool)
 
 
 class DeviceLoader:

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from brewlab.config.schema import TrainerSettings
 from brewlab.core.registry import Registry
 from brewlab.distill.losses import MATCH_LOSSES, probability_shift
 from brewlab.distill.objective import MatchTerm, Objective, layers_of
@@ -58,7 +59,7 @@ class Distiller:
 
     @classmethod
     def assemble(
-        cls, parts: Mapping[str, Distiller], trainer_cfg: Mapping[str, Any], make_optimizer: MakeOptimizer, log: LogFn | None = None
+        cls, parts: Mapping[str, Distiller], trainer: TrainerSettings, make_optimizer: MakeOptimizer, log: LogFn | None = None
     ) -> Distiller:
         """The distiller that trains the run from its per-task parts: the one part itself."""
         (part,) = parts.values()
@@ -75,7 +76,7 @@ class Distiller:
         student: Any,
         objective: Objective,
         schedules: Schedules,
-        trainer_cfg: Mapping[str, Any],
+        trainer: TrainerSettings,
         make_optimizer: MakeOptimizer,
         kind: Any,
         teacher: Any | None = None,
@@ -91,13 +92,13 @@ class Distiller:
         self.teacher = teacher if self.uses_teacher else None  # adaptor or None
         self.objective = objective if self.uses_teacher else Objective([], 1.0, [])
         self.schedules = schedules
-        self.cfg = trainer_cfg
+        self.trainer = trainer
         self.kind = kind
         self.projections = projections if projections is not None else nn.ModuleDict()
         self.params = [p for p in student.model.parameters() if p.requires_grad] + list(self.projections.parameters())
         self.optimizer = make_optimizer(self.params)
         self.log = log or (lambda metrics, step: None)
-        self.outputs = outputs_for(self.teacher, objective, trainer_cfg, kind, inputs_repeat, canonical)
+        self.outputs = outputs_for(self.teacher, objective, trainer, kind, inputs_repeat, canonical)
 
     def prepare_teacher(self) -> None:
         """Ready the teacher's outputs before the first step (after a resume restored them)."""
@@ -211,25 +212,25 @@ class Distiller:
         skipped (`nonfinite: skip`). `parallel`: `train_loader` is this rank's share of each global
         batch (torchrun); gradients and logged losses are averaged over ranks. The user's
         callbacks named in `trainer.callbacks` run after the built-in ones."""
-        cfg = self.cfg
-        total = total_steps(cfg, len(train_loader))
+        trainer = self.trainer
+        total = total_steps(trainer, len(train_loader))
         device = next(iter(self.params)).device if self.params else torch.device("cpu")
-        autocast, scaler = precision(str(cfg["precision"]), device)
+        autocast, scaler = precision(trainer.precision, device)
         scheduler = self.schedules.lr_scheduler(self.optimizer, max(total, 1))
         trained = Trained(self.modules(), self.optimizer, scheduler, scaler, self.caches(), self.params, self.stores())
-        guard = NonFiniteGuard(str(cfg["nonfinite"]))
+        guard = NonFiniteGuard(trainer.nonfinite)
         checkpointer = Checkpointer(checkpoints, trained, guard)
         restored = checkpointer.restore()
         self.prepare_teacher()
         bar = progress_bar(total, enabled=progress, initial=restored[0].step)
         callbacks = [
             guard,
-            IntervalLog(int(cfg["log_every"]), self.log, bar, parallel),
+            IntervalLog(trainer.log_every, self.log, bar, parallel),
             DevEval(evaluate, main_metric, trained.modules, self.log),
             checkpointer,
-            *user_callbacks(cfg["callbacks"]),
+            *user_callbacks(trainer.callbacks),
         ]
-        state = run_loop(self.compute_loss, trained, train_loader, cfg, total, callbacks, restored, autocast, parallel)
+        state = run_loop(self.compute_loss, trained, train_loader, trainer, total, callbacks, restored, autocast, parallel)
         seconds = state.train_seconds + time.perf_counter() - checkpointer.started
         for module in trained.modules:
             module.eval()
@@ -317,9 +318,9 @@ class MultiTaskDistiller(Distiller):
 
     @classmethod
     def assemble(
-        cls, parts: Mapping[str, Distiller], trainer_cfg: Mapping[str, Any], make_optimizer: MakeOptimizer, log: LogFn | None = None
+        cls, parts: Mapping[str, Distiller], trainer: TrainerSettings, make_optimizer: MakeOptimizer, log: LogFn | None = None
     ) -> Distiller:
-        return cls(parts, trainer_cfg, make_optimizer, log)
+        return cls(parts, trainer, make_optimizer, log)
 
     @classmethod
     def batches(cls, loaders: Mapping[str, Any], sizes: Mapping[str, int], d_cfg: Mapping[str, Any], seed: int) -> Any:
@@ -330,14 +331,14 @@ class MultiTaskDistiller(Distiller):
     def __init__(
         self,
         parts: Mapping[str, Distiller],
-        trainer_cfg: Mapping[str, Any],
+        trainer: TrainerSettings,
         make_optimizer: MakeOptimizer,
         log: LogFn | None = None,
     ) -> None:
         self.parts = dict(parts)
         first = next(iter(self.parts.values()))
         self.student, self.teacher, self.kind = first.student, None, first.kind
-        self.schedules, self.cfg, self.outputs = first.schedules, trainer_cfg, None
+        self.schedules, self.trainer, self.outputs = first.schedules, trainer, None
         self.students = nn.ModuleDict({name: part.student.model for name, part in self.parts.items()})
         self.projections = nn.ModuleDict({name: part.projections for name, part in self.parts.items()})
         # Module.parameters() yields the shared encoder once

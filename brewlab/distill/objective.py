@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from brewlab.config.schema import LossTermOptions, options
+from brewlab.config.schema import LossTermOptions, with_defaults
 from brewlab.core.errors import BrewlabError
 from brewlab.distill.losses import LOGIT_LOSSES, MATCH_LOSSES
 
@@ -102,7 +102,7 @@ def parse_objective(loss_cfg: Mapping[str, Any], teacher: Any | None, student: A
     matches: list[MatchTerm] = []
     for name, term in loss_cfg.items():
         key = f"loss.{name}"
-        term = options(term, LossTermOptions)
+        term = with_defaults(term, LossTermOptions)
         kind = term.get("kind")  # hard, logits or match: no default, a term must say
         weight = term["weight"]
         if not isinstance(weight, (int, float)) or isinstance(weight, bool) or weight < 0 or math.isnan(weight):

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,16 +18,16 @@ import numpy as np
 import torch
 
 from brewlab.config.identity import run_fingerprint
+from brewlab.config.schema import RunSettings
 from brewlab.core import layout
 from brewlab.core.cache import stable_hash
-from brewlab.core.errors import BrewlabError
 from brewlab.core.files import publish_dir, write_json_atomic
 from brewlab.core.parallel import main_first
 from brewlab.data.prepare import Prepared, prepare_task, train_loader
 from brewlab.data.tasks import kind_of
 from brewlab.distill.teacher_outputs.plan import StorePlan
-from brewlab.eval.evaluation import evaluate, measure, paired_difference, summary_table, teacher_metrics
-from brewlab.stages.augmented import augmented_training
+from brewlab.eval.evaluation import evaluate, measure, paired_difference, teacher_metrics
+from brewlab.stages.augmented import Augmented, augmented_training
 from brewlab.stages.stage import (
     Stage,
     attention_of,
@@ -39,7 +38,7 @@ from brewlab.stages.stage import (
     sdpa_again,
 )
 from brewlab.stages.teachers import get_teachers, teacher_base
-from brewlab.train.runtime import Runtime, keep_heap_compact, seed_everything
+from brewlab.train.runtime import Runtime, seed_everything
 
 log = logging.getLogger("brewlab")
 
@@ -48,7 +47,7 @@ log = logging.getLogger("brewlab")
 
 
 def checkpoint_store(
-    cfg: Mapping[str, Any], run_dir: Path, preps: Sequence[Prepared], rt: Runtime, stage: str | None = None
+    cfg: Mapping[str, Any], settings: RunSettings, run_dir: Path, preps: Sequence[Prepared], rt: Runtime, stage: str | None = None
 ) -> Any:
     """The checkpoints of the run's student (or of another of its stages, e.g. `labels_only`,
     in a subfolder), tied to the config and to the encoded data (`preps`), whose cached teacher
@@ -59,19 +58,19 @@ def checkpoint_store(
 
     directory = run_dir / layout.CHECKPOINTS / (stage or "")
     fingerprint = stable_hash([run_fingerprint(cfg), *(p.data_id for p in preps), *([stage] if stage else [])])
-    keep, agree = int(cfg["trainer"]["checkpoints_kept"]), None
+    keep, agree = settings.trainer.checkpoints_kept, None
     if rt.data_parallel:  # a kill between two ranks' saves of one step leaves the step before on both
         directory, keep, agree = directory / f"rank-{rt.rank}", max(keep, 2), common_step
     store = CheckpointStore(directory, fingerprint, keep=keep, agree=agree)
-    if cfg["resume"] is False:
+    if settings.resume is False:
         store.clear()  # resume=false: this directory starts over
     return store
 
 
-def finished_run(cfg: Mapping[str, Any], run_dir: Path) -> dict[str, Any] | None:
+def finished_run(cfg: Mapping[str, Any], settings: RunSettings, run_dir: Path) -> dict[str, Any] | None:
     """metrics.json of this very run when it already finished here (a re-run sweep skips it)."""
     path = run_dir / layout.METRICS
-    if cfg["resume"] is False or not path.is_file():
+    if settings.resume is False or not path.is_file():
         return None
     try:
         metrics = json.loads(path.read_text(encoding="utf-8"))
@@ -84,122 +83,213 @@ def finished_run(cfg: Mapping[str, Any], run_dir: Path) -> dict[str, Any] | None
 # ----------------------------------------------------------------------------- the run
 
 
-def run(cfg: Mapping[str, Any], run_dir: Path, rt: Runtime) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Tasks:
+    """The tasks a run trains, as its distiller names them: the run's own `task`, or several
+    that share one student encoder (`named`)."""
+
+    name: str  # the distiller
+    d_cls: Any
+    named: Mapping[str, Any] | None  # None: the run's own task
+    order: list[str]
+    configs: dict[str, Mapping[str, Any]]  # the run's config with each task in place of `task`
+
+    @property
+    def single(self) -> bool:
+        return self.named is None
+
+    @property
+    def first(self) -> str:
+        return self.order[0]
+
+
+@dataclass
+class Inputs:
+    """What the student's stage starts from, made under `main_first` (rank 0 fills the caches)."""
+
+    base: str | None  # the teachers' base model (and the tokenizer's source)
+    preps: dict[str, Prepared]
+    augmented: Augmented | None
+    teachers: dict[str, list[Any]]
+
+
+@dataclass
+class Students:
+    models: dict[str, Any]
+    parts: dict[str, Any]  # each task's distiller
+    distiller: Any  # the one that trains them all
+
+
+def run(cfg: Mapping[str, Any], settings: RunSettings, run_dir: Path, rt: Runtime) -> dict[str, Any]:
     """Execute one composed run; returns the metrics written to metrics.json.
 
     The distiller says which tasks it trains (the run's `task`, or several that share one
     student encoder), which distiller trains each task's student, how those parts make one
     distiller and how the tasks' batches make one stream; this function asks, and names none."""
-    from hydra.utils import instantiate
     from transformers.utils import logging as hf_logging
-
-    from brewlab.distill.distillers import DISTILLERS
-    from brewlab.models.build import save_model
 
     hf_logging.disable_progress_bar()  # our own bar shows the training loss; no per-file bars
     if cfg["teacher"].get("notice"):  # e.g. a licence restriction: once in every run's log
         log.warning("teacher %s: %s", cfg["teacher"].get("name_or_path") or cfg["teacher"].get("kind"), cfg["teacher"]["notice"])
-    name, d_cfg, trainer_cfg = cfg["distiller"]["name"], cfg["distiller"], cfg["trainer"]
+    tasks = _tasks(cfg)
+    attn = attention_of(cfg)
+    inputs = _inputs(cfg, settings, tasks, attn, rt)
+    seed_everything(settings.seed)
+    students = _students(cfg, settings, tasks, inputs, attn, rt)
+    preps, eval_bs = inputs.preps, settings.trainer.eval_batch_size
+    batches = _batches(cfg, settings, tasks, inputs, rt)
+    dev = None if tasks.single else (_mean_dev_score(students.parts, preps, eval_bs, rt.device), "score")  # None: the task's own
+    checkpoints = checkpoint_store(cfg, settings, run_dir, list(preps.values()), rt)
+    stage = Stage("student", tasks.name, cfg["loss"], settings.trainer, settings.seed, checkpoints)
+    result = stage.run(students.distiller, preps[tasks.first], rt, batches, rt.data_parallel, dev)
+    plain = None
+    if cfg["baselines"]["labels_only"]:  # every rank trains it, as it trains the student
+        plain_store = checkpoint_store(cfg, settings, run_dir, list(preps.values()), rt, "labels_only")
+        plain = labels_only_student(cfg, settings, preps[tasks.first], inputs.teachers[tasks.first][0], attn, rt, plain_store)
+    if rt.rank != 0:  # the other data-parallel ranks hold the same student: rank 0 measures and saves
+        return {}
+    sdpa_again(attn, list(students.models.values()))
+    if attn != "sdpa":
+        for t in (t for n in tasks.order for t in inputs.teachers[n]):
+            t.use_attention("sdpa")
+    log.info("evaluating the teacher and the student on validation and test")
+    metrics = _metrics(cfg, settings, tasks, inputs, students, plain, attn, run_dir, rt.device)
+    metrics["student"].update(
+        train_seconds=result.train_seconds, steps=result.steps, best_step=result.best_step, final_losses=result.final_losses,
+        labels_only=_labels_only(students.parts),
+    )
+    every = [t for n in tasks.order for t in inputs.teachers[n]]
+    metrics["teacher_store"] = {"entries": students.distiller.stores(), "teacher_loaded": any(t.loaded for t in every)}
+    if students.distiller.stores() and not metrics["teacher_store"]["teacher_loaded"]:
+        log.info("teacher: never loaded in this run; its outputs and scores came from the teacher store")
+    _save(tasks, inputs, students, run_dir)
+    write_json_atomic(run_dir / layout.METRICS, metrics)
+    return metrics
+
+
+def _tasks(cfg: Mapping[str, Any]) -> Tasks:
+    from brewlab.distill.distillers import DISTILLERS
+
+    name, d_cfg = cfg["distiller"]["name"], cfg["distiller"]
     d_cls = DISTILLERS.get(name)
     named = d_cls.tasks_of(d_cfg)
     # several tasks: pooled (sentence) heads first, whose encoder carries the pooler the others ignore
     order = [cfg["task"]["name"]] if named is None else sorted(named, key=lambda n: not kind_of(named[n]["kind"]).pooled_head)
-    task_cfgs = {n: cfg if named is None else {**cfg, "task": named[n]} for n in order}
-    device, seed = rt.device, int(cfg["seed"])
-    attn = attention_of(cfg)
+    configs = {n: cfg if named is None else {**cfg, "task": named[n]} for n in order}
+    return Tasks(name, d_cls, named, order, configs)
+
+
+def _inputs(cfg: Mapping[str, Any], settings: RunSettings, tasks: Tasks, attn: str, rt: Runtime) -> Inputs:
+    """The tasks' data, the augmented data and the teachers; every user error is raised before
+    any teacher work."""
     with main_first():  # under torchrun, rank 0 fills the caches the other ranks then read
-        base = teacher_base(cfg, rt)
-        vocab = None if named is None else [task_cfgs[n]["task"] for n in order]  # shared by the tasks' students
-        preps = {n: prepare_task(task_cfgs[n], rt.cache, tokenizer_from=base, vocab_tasks=vocab) for n in order}
-        for n in order:
-            check_student_init(task_cfgs[n], preps[n])
-        augmented = augmented_training(cfg, preps[order[0]], rt) if named is None else None  # errors before teacher work
-        teachers = {n: get_teachers(task_cfgs[n], preps[n], base, attn, rt) for n in order}
+        base = teacher_base(cfg, settings, rt)
+        vocab = None if tasks.single else [tasks.configs[n]["task"] for n in tasks.order]  # shared by the tasks' students
+        preps = {n: prepare_task(tasks.configs[n], rt.cache, tokenizer_from=base, vocab_tasks=vocab) for n in tasks.order}
+        for n in tasks.order:
+            check_student_init(tasks.configs[n], preps[n])
+        augmented = augmented_training(cfg, settings, preps[tasks.first], rt) if tasks.single else None
+        teachers = {n: get_teachers(tasks.configs[n], settings, preps[n], base, attn, rt) for n in tasks.order}
+    return Inputs(base, preps, augmented, teachers)
 
-    repeat = augmented is None or augmented[2] is not None  # online: new inputs every epoch
-    seed_everything(seed)
-    students: dict[str, Any] = {}
+
+def _students(cfg: Mapping[str, Any], settings: RunSettings, tasks: Tasks, inputs: Inputs, attn: str, rt: Runtime) -> Students:
+    """Each task's student and distiller, and the distiller that trains them together."""
+    from hydra.utils import instantiate
+
+    trainer, augmented = settings.trainer, inputs.augmented
+    repeat = augmented is None or augmented.features is not None  # online: new inputs every epoch
+    models: dict[str, Any] = {}
     parts: dict[str, Any] = {}
-    part_name = d_cls.part_name(name, d_cfg)
-    for n in order:
-        model = build_student(task_cfgs[n], preps[n], teachers[n][0], attn, device)
-        if students:  # the tasks' students share the first one's encoder
-            first = next(iter(students.values()))
+    part_name = tasks.d_cls.part_name(tasks.name, cfg["distiller"])
+    for n in tasks.order:
+        prep, teachers = inputs.preps[n], inputs.teachers[n]
+        model = build_student(tasks.configs[n], prep, teachers[0], attn, rt.device)
+        if models:  # the tasks' students share the first one's encoder
+            first = next(iter(models.values()))
             setattr(model, model.base_model_prefix, getattr(first, first.base_model_prefix))
-        students[n] = model
+        models[n] = model
         # a compiled student trains faster; it shares its parameters with `model`, which is saved
-        trained = torch.compile(model) if trainer_cfg["compile"] else model
-        features = preps[n].features["train"] if augmented is None else augmented[2]
-        store = StorePlan.of(trainer_cfg, rt.cache, n, preps[n], features)
+        trained = torch.compile(model) if trainer.compile else model
+        features = prep.features["train"] if augmented is None else augmented.features
+        store = StorePlan.of(trainer, rt.cache, n, prep, features)
         parts[n] = build_distiller(
-            part_name, task_cfgs[n], trained, teachers[n], preps[n], cfg["loss"], trainer_cfg, rt.tracker, repeat, store, features
+            part_name, tasks.configs[n], trained, teachers, prep, cfg["loss"], trainer, rt.tracker, repeat, store, features
         )
-    distiller = d_cls.assemble(parts, trainer_cfg, instantiate(cfg["optim"], _partial_=True), rt.tracker.log)
-    loaders = {
-        n: augmented[0] if augmented else train_loader(preps[n].features["train"], trainer_cfg, preps[n].tokenizer.pad_token_id, seed, rt.shard)
-        for n in order
-    }
-    batches = d_cls.batches(loaders, {n: len(preps[n].features["train"]) for n in order}, d_cfg, seed)
-    eval_bs = int(trainer_cfg["eval_batch_size"])
-    dev = None if named is None else (_mean_dev_score(parts, preps, eval_bs, device), "score")  # None: the task's own
-    stage = Stage("student", name, cfg["loss"], trainer_cfg, seed, checkpoint_store(cfg, run_dir, list(preps.values()), rt))
-    result = stage.run(distiller, preps[order[0]], rt, batches, rt.data_parallel, dev)
-    plain = None
-    if cfg["baselines"]["labels_only"]:  # every rank trains it, as it trains the student
-        plain_store = checkpoint_store(cfg, run_dir, list(preps.values()), rt, "labels_only")
-        plain = labels_only_student(cfg, preps[order[0]], teachers[order[0]][0], attn, trainer_cfg, seed, rt, plain_store)
-    if rt.rank != 0:  # the other data-parallel ranks hold the same student: rank 0 measures and saves
-        return {}
-    sdpa_again(attn, list(students.values()))
-    if attn != "sdpa":
-        for t in (t for n in order for t in teachers[n]):
-            t.use_attention("sdpa")
-    log.info("evaluating the teacher and the student on validation and test")
+    distiller = tasks.d_cls.assemble(parts, trainer, instantiate(cfg["optim"], _partial_=True), rt.tracker.log)
+    return Students(models, parts, distiller)
 
+
+def _batches(cfg: Mapping[str, Any], settings: RunSettings, tasks: Tasks, inputs: Inputs, rt: Runtime) -> Any:
+    """The student's training batches: the augmented ones, or each task's training split, as
+    one stream."""
+    preps = inputs.preps
+    loaders = {
+        n: inputs.augmented.batches
+        if inputs.augmented
+        else train_loader(preps[n].features["train"], settings.trainer, preps[n].tokenizer.pad_token_id, settings.seed, rt.shard)
+        for n in tasks.order
+    }
+    sizes = {n: len(preps[n].features["train"]) for n in tasks.order}
+    return tasks.d_cls.batches(loaders, sizes, cfg["distiller"], settings.seed)
+
+
+def _metrics(
+    cfg: Mapping[str, Any],
+    settings: RunSettings,
+    tasks: Tasks,
+    inputs: Inputs,
+    students: Students,
+    plain: tuple[Any, Any] | None,
+    attn: str,
+    run_dir: Path,
+    device: torch.device,
+) -> dict[str, Any]:
+    """The teachers' and the students' scores on validation and test, per task when several."""
+    preps, eval_bs, first = inputs.preps, settings.trainer.eval_batch_size, tasks.first
     metrics: dict[str, Any] = {
         "task": {},
-        "distiller": name,
+        "distiller": tasks.name,
         "loss": sorted(cfg["loss"]),
-        "seed": seed,
+        "seed": settings.seed,
         "study": cfg.get("study"),
         "fingerprint": run_fingerprint(cfg),
     }
     entries = {}
-    for n in order:
-        predictions = layout.predictions(run_dir, n if named is not None else None)
-        entries[n] = _task_entry(preps[n], teachers[n], parts[n], students[n], base, eval_bs, device, predictions)
-    if named is None:
-        entry = entries[order[0]]
+    for n in tasks.order:
+        predictions = layout.predictions(run_dir, None if tasks.single else n)
+        entries[n] = _task_entry(
+            preps[n], inputs.teachers[n], students.parts[n], students.models[n], inputs.base, eval_bs, device, predictions
+        )
+    if tasks.single:
+        entry = entries[first]
         metrics["task"] = {"name": cfg["task"]["name"], **{k: entry.pop(k) for k in ("main_metric", "sizes")}, **entry.pop("describe")}
-        if augmented is not None:
-            metrics["augmentation"] = augmented[1]
+        if inputs.augmented is not None:
+            metrics["augmentation"] = inputs.augmented.info
         metrics.update(entry)
         if plain is not None:
-            metrics["labels_only"] = _labels_only_entry(plain, preps[order[0]], attn, eval_bs, device, layout.predictions(run_dir))
+            metrics["labels_only"] = _labels_only_entry(plain, preps[first], attn, eval_bs, device, layout.predictions(run_dir))
         if cfg["baselines"]["linear"]:
             from brewlab.eval.baselines import linear_baseline
 
-            metrics["linear_baseline"] = linear_baseline(cfg["task"], preps[order[0]].rows, preps[order[0]].label_names)
+            metrics["linear_baseline"] = linear_baseline(cfg["task"], preps[first].rows, preps[first].label_names)
     else:
-        metrics["task"] = {"name": "+".join(order), "main_metric": "score", "tasks": order, "tau": d_cfg["tau"]}
+        metrics["task"] = {"name": "+".join(tasks.order), "main_metric": "score", "tasks": tasks.order, "tau": cfg["distiller"]["tau"]}
         for entry in entries.values():
             entry.update(entry.pop("describe"))
-        metrics.update(tasks=entries, **_mean_rows(entries, order, students))
-    metrics["student"].update(
-        train_seconds=result.train_seconds, steps=result.steps, best_step=result.best_step, final_losses=result.final_losses,
-        labels_only=_labels_only(parts),
-    )
-    every = [t for n in order for t in teachers[n]]
-    metrics["teacher_store"] = {"entries": distiller.stores(), "teacher_loaded": any(t.loaded for t in every)}
-    if distiller.stores() and not metrics["teacher_store"]["teacher_loaded"]:
-        log.info("teacher: never loaded in this run; its outputs and scores came from the teacher store")
+        metrics.update(tasks=entries, **_mean_rows(entries, tasks.order, students.models))
+    return metrics
+
+
+def _save(tasks: Tasks, inputs: Inputs, students: Students, run_dir: Path) -> None:
+    """The trained student(s), with their tokenizers and projections, published into the run directory."""
+    from brewlab.models.build import save_model
 
     build = Path(tempfile.mkdtemp(dir=run_dir, prefix=".student-"))
-    for n in order:
-        save_model(students[n], preps[n].tokenizer, build / n if named is not None else build, {"projections": parts[n].projections})
+    for n in tasks.order:
+        directory = build if tasks.single else build / n
+        save_model(students.models[n], inputs.preps[n].tokenizer, directory, {"projections": students.parts[n].projections})
     publish_dir(build, run_dir / layout.SAVED_STUDENT)
-    write_json_atomic(run_dir / layout.METRICS, metrics)
-    return metrics
 
 
 def _labels_only(parts: Mapping[str, Any]) -> bool:
@@ -267,107 +357,3 @@ def _mean_rows(entries: Mapping[str, Any], order: Sequence[str], students: Mappi
     student = mean_of("student")
     student["parameters"] = count_parameters(torch.nn.ModuleList(students.values()))
     return {"teacher": teacher, "student": student}
-
-
-# ----------------------------------------------------------------------------- job entry
-
-
-def import_plugins(modules: Any) -> None:
-    """Import the user's `plugins` modules, whose registrations then exist for the whole run."""
-    import importlib
-
-    if modules is None:
-        return
-    if not isinstance(modules, list) or not all(isinstance(m, str) and m for m in modules):
-        raise BrewlabError(f"plugins={modules!r} must be a list of module names, e.g. plugins=[my_losses]")
-    for name in modules:
-        try:
-            importlib.import_module(name)
-        except Exception as exc:  # any failure inside the user's module is reported as the user's
-            raise BrewlabError(f"plugins: cannot import {name!r} ({type(exc).__name__}: {exc})") from None
-
-
-def _interrupted_here(run_dir: Path) -> bool:
-    """An earlier launch in this directory stopped before finishing (inside any stage, the
-    teacher's included): its W&B run is continued rather than a second one started."""
-    started = (run_dir / layout.WANDB_RUN).is_file() and not (run_dir / layout.METRICS).is_file()
-    return started or any((run_dir / layout.CHECKPOINTS).rglob("step-*.pt"))
-
-
-def run_job(cfg: Any) -> float:
-    """Hydra job: validate, track, run; user errors become one line and exit code 2.
-
-    In a multirun a failed job records `error.txt` in its directory and returns NaN so the
-    sweep goes on; the report lists it as failed.
-    """
-    import sys
-    import traceback
-
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    from brewlab.config.compose import to_plain
-    from brewlab.core.parallel import barrier, init, is_main, shared_dir
-    from brewlab.run.validate import validate
-    from brewlab.train.tracking import make_tracker
-
-    hc = HydraConfig.get()
-    run_dir = Path(hc.runtime.output_dir)
-    multirun = hc.mode == RunMode.MULTIRUN
-    tracker = None
-    try:
-        plain = to_plain(cfg)
-        import_plugins(plain.get("plugins"))
-        validate(plain)
-        rt = Runtime.of(plain, None)
-        init(rt.device)
-        run_dir = shared_dir(run_dir)  # torchrun: every rank keeps its checkpoints in rank 0's directory
-        done = finished_run(plain, run_dir)
-        if done is not None:
-            if rt.rank == 0:
-                print(summary_table(done))
-                print(f"outputs: {run_dir} (this run had already finished here; resume=false runs it again)")
-            return float(done["student"]["validation"][done["task"]["main_metric"]])
-        study = plain.get("study")
-        # one W&B group per sweep (its directory, e.g. ablation_losses/2026-11-29_03-00-00), so
-        # repetitions of a configuration sit together and two sweeps of one study stay apart
-        group = "/".join(Path(hc.sweep.dir).parts[-2:]) if multirun else study
-        tracker = make_tracker(
-            plain["logger"] if rt.rank == 0 else {"name": "none"},  # one W&B run and one set of outputs, from rank 0
-            run_dir,
-            plain,
-            name=f"{hc.job.override_dirname or 'default'},seed={plain['seed']}",
-            tags=list(hc.overrides.task) + ([f"study={study}"] if study else []),
-            group=group,
-            resume=plain["resume"] is not False and _interrupted_here(run_dir),
-        )
-        keep_heap_compact(plain["trainer"]["heap_trim_every_s"])
-        seed_everything(int(plain["seed"]))
-        rt = rt.with_tracker(tracker)
-        metrics = run(plain, run_dir, rt)
-        barrier()  # every rank has saved its last checkpoint before rank 0 removes them
-        if rt.rank != 0:
-            tracker.finish(0)
-            return float("nan")
-        tracker.summary(metrics)
-        tracker.finish(0)
-        shutil.rmtree(run_dir / layout.CHECKPOINTS, ignore_errors=True)  # finished: metrics and student are written
-        (run_dir / layout.ERROR).unlink(missing_ok=True)  # an earlier attempt's failure, now resumed past
-        print(summary_table(metrics))
-        print(f"outputs: {run_dir}")
-        return float(metrics["student"]["validation"][metrics["task"]["main_metric"]])
-    except Exception as exc:  # a BrewlabError is the user's: one line; any other keeps its traceback
-        if tracker is not None:
-            tracker.finish(1)
-        user_error = isinstance(exc, BrewlabError)
-        line = f"brewlab: error: {exc}" if user_error else f"brewlab: {type(exc).__name__}: {exc}"
-        if is_main():  # one record per run; other ranks' errors reach the console
-            run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / layout.ERROR).write_text(line + "\n\n" + traceback.format_exc(), encoding="utf-8")
-        if multirun:
-            log.error(line)
-            return float("nan")
-        if not user_error or os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(line, file=sys.stderr)
-        sys.exit(2)

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from brewlab.config import schema
-from brewlab.config.schema import AugmentationOptions, StudentOptions, TaskOptions, options
+from brewlab.config.schema import AugmentationOptions, StudentOptions, TaskOptions, settings
 from brewlab.core.errors import BrewlabError, bad_choice
 from brewlab.core.files import check_writable
 from brewlab.data.augment.ops import AUGMENTERS, check_config, ops_of
@@ -62,7 +62,7 @@ def validate(cfg: Mapping[str, Any]) -> None:
         if isinstance(task_cfg, Mapping) and task_cfg.get("kind") in KINDS:
             classes = KINDS.get(task_cfg["kind"]).logit_classes(task_cfg)
             build_schedules(cfg["scheduler"], classes, f"task {name}")
-    s_kind = options(student, StudentOptions)["kind"]  # its name is checked with the other schema keys
+    s_kind = settings(student, StudentOptions).kind  # its name is checked with the other schema keys
     check_teacher(teacher)
     STUDENT_KINDS.get(s_kind)(student, task_kind)
     t_shape = teacher_shape(teacher)
@@ -104,7 +104,7 @@ def _check_task(task: Mapping[str, Any]) -> Any:
         if path:
             _check_utf8(Path(path), f"task.data.{split}_file")
     _check_number("task.max_seq_length", task["max_seq_length"], 8)
-    fraction = options(task, TaskOptions)["train_fraction"]
+    fraction = settings(task, TaskOptions).train_fraction
     if not isinstance(fraction, (int, float)) or isinstance(fraction, bool) or not 0 < fraction <= 1:
         raise BrewlabError(f"task.train_fraction={fraction!r} must be a fraction in (0, 1]")
     return kind
@@ -137,7 +137,7 @@ def _check_loops(cfg: Mapping[str, Any]) -> None:
     schema.check("logger", cfg["logger"], schema.Logger)
     schema.check("", cfg, schema.TopLevel)
     task = cfg["task"]
-    STUDENT_KINDS.get(options(cfg["student"], StudentOptions)["kind"], "student.kind")
+    STUDENT_KINDS.get(settings(cfg["student"], StudentOptions).kind, "student.kind")
     for key, values, options_of in (
         ("student", cfg["student"], schema.StudentOptions),
         ("teacher", teacher, schema.TeacherOptions),
@@ -266,7 +266,7 @@ def check_teachers(d_cfg: Mapping[str, Any], teacher: Mapping[str, Any]) -> None
 def _check_mlm_language(cfg: Mapping[str, Any], name: str, op: Mapping[str, Any]) -> None:
     """The offline masked LM is pretrained on one language's corpus; on another language's text
     it would only propose [UNK]s, after a long pretraining."""
-    aug_language = options(cfg["augmentation"], AugmentationOptions)["language"]
+    aug_language = settings(cfg["augmentation"], AugmentationOptions).language
     language = cfg["task"].get("language") if aug_language == "auto" else aug_language
     corpus = ((op.get("masked_lm") or {}).get("pretrain") or {}).get("task") or {}
     if language and corpus.get("language") and language != corpus["language"]:

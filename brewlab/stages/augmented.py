@@ -9,9 +9,9 @@ import time
 from collections.abc import Mapping
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from brewlab.config.schema import AugmentationOptions, options
+from brewlab.config.schema import AugmentationOptions, RunSettings, settings
 from brewlab.core.cache import stable_hash
 from brewlab.core.files import write_jsonl
 from brewlab.data.augment.language import detect_language, vocabulary
@@ -25,9 +25,15 @@ from brewlab.train.runtime import Runtime
 log = logging.getLogger("brewlab")
 
 
-def augmented_training(
-    cfg: Mapping[str, Any], prep: Prepared, rt: Runtime
-) -> tuple[Any, dict[str, Any], list[dict[str, Any]] | None] | None:
+class Augmented(NamedTuple):
+    """The student's augmented training data."""
+
+    batches: Any  # the training batches, remade each epoch when online
+    info: dict[str, Any]  # its description in metrics.json
+    features: list[dict[str, Any]] | None  # the encoded examples; None: they change every epoch
+
+
+def augmented_training(cfg: Mapping[str, Any], run: RunSettings, prep: Prepared, rt: Runtime) -> Augmented | None:
     """The student's training batches: the task's examples plus `augmentation.copies` augmented
     copies of each (labelled by the teacher through the KD losses), a description for
     metrics.json and the encoded examples (None when they change every epoch); None without
@@ -39,11 +45,11 @@ def augmented_training(
         return None
     kind, rows, task_cfg = prep.kind, prep.rows["train"], cfg["task"]
     texts = [t for row in rows for t in kind.augment_texts(row) if t]
-    language = options(aug_cfg, AugmentationOptions)["language"]
+    language = settings(aug_cfg, AugmentationOptions).language
     language = detect_language(texts) if language == "auto" else language
     check_language(aug_cfg, language)  # before any masked LM is loaded or pretrained
     models = {
-        name: op.get("model_name_or_path") or teacher_base({**cfg, "teacher": op["masked_lm"]}, rt)
+        name: op.get("model_name_or_path") or teacher_base({**cfg, "teacher": op["masked_lm"]}, run, rt)
         for name, op in ops.items()
         if AUGMENTERS.props(op["kind"]).masked_lm
     }
@@ -55,7 +61,7 @@ def augmented_training(
         extra = [_unlabelled(f) for f in kind.encode(augmented_rows, prep.tokenizer, task_cfg)]
         return [{**f, "idx": i} for i, f in enumerate([*prep.features["train"], *extra])]
 
-    bs, pad = int(cfg["trainer"]["batch_size"]), prep.tokenizer.pad_token_id
+    bs, pad = run.trainer.batch_size, prep.tokenizer.pad_token_id
     info = {"ops": sorted(ops), "mode": aug_cfg["mode"], "copies": copies, "rate": aug_cfg["rate"], "language": language}
     features = None
     if aug_cfg["mode"] == "online":
@@ -63,8 +69,8 @@ def augmented_training(
             lambda epoch: mixed(augment_rows(rows, kind, fn, copies, seed * 1_000_003 + epoch)),
             bs,
             pad,
-            int(cfg["seed"]),  # batch order follows the run's seed, as without augmentation
-            pool=int(cfg["trainer"]["length_pool"]),
+            run.seed,  # batch order follows the run's seed, as without augmentation
+            pool=run.trainer.length_pool,
         )
         info["features"] = len(batches.first)
     else:
@@ -86,12 +92,12 @@ def augmented_training(
             write_jsonl(augmented, path)
             log.info("augmentation: %d examples written to %s", len(augmented), path)
         features = mixed(augmented)
-        batches = train_loader(features, cfg["trainer"], pad, int(cfg["seed"]), rt.shard)
+        batches = train_loader(features, run.trainer, pad, run.seed, rt.shard)
         info.update(features=len(features), cache=str(path))
     info.update(original_examples=len(rows), augmented_examples=copies * len(rows))
     info["seconds"] = time.perf_counter() - started
     log.info("augmentation %s: %d original + %d augmented examples", "+".join(sorted(ops)), len(rows), copies * len(rows))
-    return batches, info, features
+    return Augmented(batches, info, features)
 
 
 def _unlabelled(feature: dict[str, Any]) -> dict[str, Any]:

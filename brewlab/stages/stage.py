@@ -5,6 +5,7 @@ share one loop (`brewlab.train.loop`), one checkpoint format and one way of logg
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 from collections.abc import Callable, Mapping, Sequence
@@ -15,7 +16,14 @@ from typing import Any
 
 import torch
 
-from brewlab.config.schema import StudentOptions, options
+from brewlab.config.schema import (
+    LoopSettings,
+    RunSettings,
+    StageTrainSettings,
+    StudentOptions,
+    TrainerSettings,
+    settings,
+)
 from brewlab.core.cache import TEACHER_META, stable_hash
 from brewlab.core.errors import BrewlabError
 from brewlab.core.files import publish_dir, write_json_atomic
@@ -36,7 +44,7 @@ class Stage:
     name: str
     distiller: str  # registered name; the student's stage may assemble one from per-task parts
     loss: Mapping[str, Any] = field(default_factory=lambda: HARD_ONLY)
-    loop: Mapping[str, Any] = field(default_factory=dict)  # the trainer settings of this stage
+    loop: TrainerSettings = field(default_factory=TrainerSettings)  # the loop settings of this stage
     seed: int = 0
     checkpoints: Any | None = None  # a CheckpointStore, or None (not resumable)
 
@@ -70,7 +78,7 @@ def build_distiller(
     teachers: Sequence[Any] | None,
     prep: Prepared,
     loss_cfg: Mapping[str, Any],
-    trainer_cfg: Mapping[str, Any],
+    trainer: TrainerSettings,
     tracker: Any,
     inputs_repeat: bool = True,
     store: Any | None = None,
@@ -114,13 +122,13 @@ def build_distiller(
     task_cfg = cfg.get("task") or {}  # harnesses may build a distiller from a partial config
     classes = prep.kind.logit_classes(task_cfg, prep.label_names, len(prep.tokenizer)) if teacher else None
     projections = build_projections(objective.matches, teacher, student) if teacher else None
-    pad_id, eval_bs = prep.tokenizer.pad_token_id, int(trainer_cfg["eval_batch_size"])
+    pad_id, eval_bs = prep.tokenizer.pad_token_id, trainer.eval_batch_size
     canonical = partial(canonical_logits, teacher, features, eval_bs, pad_id) if features is not None else None
     return distiller_cls(
         student=student,
         objective=objective,
         schedules=build_schedules(cfg["scheduler"], classes, f"task {task_cfg.get('name', '?')}"),
-        trainer_cfg=trainer_cfg,
+        trainer=trainer,
         make_optimizer=instantiate(cfg["optim"], _partial_=True),
         kind=prep.kind,
         teacher=teacher,
@@ -134,7 +142,7 @@ def build_distiller(
 def train_loop(
     distiller: Any,
     prep: Prepared,
-    trainer_cfg: Mapping[str, Any],
+    trainer: TrainerSettings,
     seed: int,
     rt: Runtime,
     batches: Any | None = None,
@@ -148,9 +156,9 @@ def train_loop(
     loader = batches
     if loader is None:
         shard = rt.shard if parallel else (0, 1)
-        loader = train_loader(prep.features["train"], trainer_cfg, prep.tokenizer.pad_token_id, seed, shard)
+        loader = train_loader(prep.features["train"], trainer, prep.tokenizer.pad_token_id, seed, shard)
     if dev is None:
-        eval_bs = int(trainer_cfg["eval_batch_size"])
+        eval_bs = trainer.eval_batch_size
         dev = (lambda: evaluate(distiller.student, prep, "validation", eval_bs, rt.device)), prep.kind.main_metric
     return distiller.fit(
         DeviceLoader(loader, rt.device),
@@ -193,7 +201,7 @@ def build_student(cfg: Mapping[str, Any], prep: Prepared, teacher: Any, attn: st
     if init_from:
         model = load_pretrained(init_from, prep.kind, num_labels, attn, key="student.init_from", new_head=True)
     else:
-        build = STUDENT_KINDS.props(options(s_cfg, StudentOptions)["kind"], "student.kind").build
+        build = STUDENT_KINDS.props(settings(s_cfg, StudentOptions).kind, "student.kind").build
         model = build(s_cfg["arch"], prep.tokenizer, prep.kind, num_labels, attn)
     if s_cfg.get("init_from_teacher_layers"):
         from brewlab.models.teacher import Teacher
@@ -217,20 +225,19 @@ def check_student_init(cfg: Mapping[str, Any], prep: Prepared) -> None:
 
 def labels_only_student(
     cfg: Mapping[str, Any],
+    run: RunSettings,
     prep: Prepared,
     teacher: Any,
     attn: str,
-    trainer_cfg: Mapping[str, Any],
-    seed: int,
     rt: Runtime,
     checkpoints: Any | None = None,
 ) -> tuple[Any, Any]:
     """The same student (architecture, seed, data order, trainer settings) trained on labels
     only: the row that distillation has to beat, made in the same run (`baselines.labels_only`),
     checkpointed into `checkpoints` like the student."""
-    seed_everything(seed)
+    seed_everything(run.seed)
     model = build_student(cfg, prep, teacher, attn, rt.device)
-    stage = Stage("labels_only", "trainer", HARD_ONLY, trainer_cfg, seed, checkpoints)
+    stage = Stage("labels_only", "trainer", HARD_ONLY, run.trainer, run.seed, checkpoints)
     distiller = stage.build(cfg, model, None, prep, PrefixedTracker(rt.tracker, "labels_only/"))
     return model, stage.run(distiller, prep, rt, parallel=rt.data_parallel)
 
@@ -245,20 +252,20 @@ class PrefixedTracker:
         self.tracker.log({self.prefix + k: v for k, v in metrics.items()}, step)
 
 
-def stage_optim(optim_cfg: Mapping[str, Any], train_cfg: Mapping[str, Any]) -> dict[str, Any]:
+def stage_optim(optim_cfg: Mapping[str, Any], train: StageTrainSettings) -> dict[str, Any]:
     """The optimizer a cached stage (teacher, pretraining) trains with: the run's `optim` group
     at the stage's own `train.lr` when it has one. It is part of the stage's cache key: a teacher
     trained with other optimizer settings is another teacher."""
-    lr = optim_cfg["lr"] if train_cfg["lr"] is None else train_cfg["lr"]
-    return {**optim_cfg, "lr": lr}
+    return {**optim_cfg, "lr": optim_cfg["lr"] if train.lr is None else train.lr}
 
 
 def train_and_publish(
     name: str,
     cfg: Mapping[str, Any],
+    run: RunSettings,
     model: Any,
     prep: Prepared,
-    train_cfg: Mapping[str, Any],
+    train: StageTrainSettings,
     directory: Path,
     key: str,
     rt: Runtime,
@@ -273,15 +280,14 @@ def train_and_publish(
     from brewlab.models.build import save_model
     from brewlab.train.checkpoint import CheckpointStore
 
-    stage_cfg = {**cfg, "optim": stage_optim(cfg["optim"], train_cfg)}
+    stage_cfg = {**cfg, "optim": stage_optim(cfg["optim"], train)}
+    loop = {f.name: getattr(train, f.name) for f in dataclasses.fields(LoopSettings)}
     # no user callbacks: the cached entry's key does not hold `trainer.callbacks`
-    loop_cfg = {**train_cfg, "checkpoint_every": cfg["trainer"]["checkpoint_every"], "callbacks": []}
-    store = CheckpointStore(
-        rt.cache.checkpoints_of(directory), stable_hash([key, prep.data_id]), keep=int(cfg["trainer"]["checkpoints_kept"])
-    )
-    if cfg["resume"] is False:
+    loop_settings = TrainerSettings(**loop, checkpoint_every=run.trainer.checkpoint_every, callbacks=[])
+    store = CheckpointStore(rt.cache.checkpoints_of(directory), stable_hash([key, prep.data_id]), keep=run.trainer.checkpoints_kept)
+    if run.resume is False:
         store.clear()
-    stage = Stage(name, "trainer", HARD_ONLY, loop_cfg, int(train_cfg["seed"]), store)
+    stage = Stage(name, "trainer", HARD_ONLY, loop_settings, train.seed, store)
     result = stage.run(stage.build(stage_cfg, model, None, prep, rt.tracker), prep, rt)
     build = rt.cache.build_dir(directory)
     save_model(model, prep.tokenizer, build)

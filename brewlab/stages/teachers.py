@@ -3,6 +3,7 @@ pretraining its masked-LM base when it has one) and cached by everything that sh
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import torch
 
 from brewlab.config.identity import hashed_view, teacher_identity
-from brewlab.config.schema import TeacherOptions, options
+from brewlab.config.schema import RunSettings, StageTrainSettings, TeacherOptions, settings
 from brewlab.core.cache import TEACHER_META, stable_hash
 from brewlab.core.errors import BrewlabError
 from brewlab.data.prepare import Prepared, prepare_task
@@ -24,7 +25,7 @@ from brewlab.train.runtime import Runtime
 log = logging.getLogger("brewlab")
 
 
-def teacher_base(cfg: Mapping[str, Any], rt: Runtime) -> str | None:
+def teacher_base(cfg: Mapping[str, Any], run: RunSettings, rt: Runtime) -> str | None:
     """The model a teacher starts from (and whose tokenizer the run uses): a hub id or directory
     for `hf`, the cached masked LM for `pretrained_scratch` (pretrained first if missing), or
     None for `scratch`."""
@@ -35,7 +36,8 @@ def teacher_base(cfg: Mapping[str, Any], rt: Runtime) -> str | None:
     if not kind.masked_lm_base:
         return None
     p_cfg = t_cfg["pretrain"]
-    key = rt.cache.key(hashed_view({"arch": t_cfg["arch"], "pretrain": p_cfg, "optim": stage_optim(cfg["optim"], p_cfg["train"])}))
+    loop = settings(p_cfg["train"], StageTrainSettings)
+    key = rt.cache.key(hashed_view({"arch": t_cfg["arch"], "pretrain": p_cfg, "optim": stage_optim(cfg["optim"], loop)}))
     directory = rt.cache.entry("pretrained", p_cfg["task"]["name"], key)
     if (directory / TEACHER_META).is_file():
         log.info("pretrained masked LM: reused cache %s", directory)
@@ -43,16 +45,16 @@ def teacher_base(cfg: Mapping[str, Any], rt: Runtime) -> str | None:
     stage = {**cfg, "task": p_cfg["task"]}
     prep = prepare_task(stage, rt.cache)
     log.info("pretraining a masked LM on %s %s (cache key %s)", p_cfg["task"]["name"], prep.sizes, key)
-    train_cfg = {**p_cfg["train"], "seed": stage_seed(p_cfg["train"], t_cfg)}
-    torch.manual_seed(train_cfg["seed"])
+    loop = dataclasses.replace(loop, seed=stage_seed(loop, t_cfg))
+    torch.manual_seed(loop.seed)
     model = build_scratch(t_cfg["arch"], prep.tokenizer, prep.kind, prep.kind.num_labels(prep.label_names)).to(rt.device)
-    train_and_publish("pretrain", stage, model, prep, train_cfg, directory, key, rt.with_tracker(PrefixedTracker(rt.tracker, "pretrain/")))
+    train_and_publish("pretrain", stage, run, model, prep, loop, directory, key, rt.with_tracker(PrefixedTracker(rt.tracker, "pretrain/")))
     return str(directory)
 
 
-def stage_seed(train_cfg: Mapping[str, Any], t_cfg: Mapping[str, Any]) -> int:
+def stage_seed(train: StageTrainSettings, t_cfg: Mapping[str, Any]) -> int:
     """A teacher stage's seed: its own `train.seed`, else the teacher's."""
-    return int(t_cfg["seed"] if train_cfg["seed"] is None else train_cfg["seed"])
+    return int(t_cfg["seed"]) if train.seed is None else train.seed  # the teacher group has no schema
 
 
 def teacher_configs(cfg: Mapping[str, Any]) -> list[dict[str, Any]] | None:
@@ -78,28 +80,29 @@ def _merged(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def get_teachers(cfg: Mapping[str, Any], prep: Prepared, base: str | None, attn: str, rt: Runtime) -> list[Teacher]:
+def get_teachers(cfg: Mapping[str, Any], run: RunSettings, prep: Prepared, base: str | None, attn: str, rt: Runtime) -> list[Teacher]:
     """The run's teacher, or one per `distiller.teachers` entry; every teacher must read the
     run's tokenizer."""
     configs = teacher_configs(cfg)
     if configs is None:
-        return [get_teacher(cfg, prep, base, attn, rt)]
+        return [get_teacher(cfg, run, prep, base, attn, rt)]
     out = []
     for i, t_cfg in enumerate(configs):
         stage = {**cfg, "teacher": t_cfg}
-        t_base = teacher_base(stage, rt)
+        t_base = teacher_base(stage, run, rt)
         key = f"distiller.teachers[{i}]"
         if t_base not in (None, base) and stable_hash(load_tokenizer(t_base, key).get_vocab()) != prep.tokenizer_id:
             raise BrewlabError(
                 f"{key}={t_base!r} uses another vocabulary than the run's tokenizer (from teacher={cfg['teacher']['name']}); "
                 "every teacher must share it"
             )
-        out.append(get_teacher(stage, prep, t_base, attn, rt, f"teacher{i}/"))
+        out.append(get_teacher(stage, run, prep, t_base, attn, rt, f"teacher{i}/"))
     return out
 
 
 def get_teacher(
     cfg: Mapping[str, Any],
+    run: RunSettings,
     prep: Prepared,
     base: str | None,
     attn: str,
@@ -113,7 +116,7 @@ def get_teacher(
     or cached teacher's weights are read only when something runs it."""
     t_cfg = cfg["teacher"]
     num_labels = prep.kind.num_labels(prep.label_names)
-    finetune = TEACHER_KINDS.props(t_cfg["kind"], "teacher.kind").always_trains or bool(options(t_cfg, TeacherOptions)["finetune"])
+    finetune = TEACHER_KINDS.props(t_cfg["kind"], "teacher.kind").always_trains or settings(t_cfg, TeacherOptions).finetune
     if base is not None and not finetune:
 
         def load_base() -> Any:
@@ -126,16 +129,18 @@ def get_teacher(
             return model.to(rt.device).eval()
 
         return Teacher("loaded", base, t_cfg, load_base)
+    loop = settings(t_cfg["train"], StageTrainSettings)
     key = rt.cache.key(
         {
             "teacher": teacher_identity(t_cfg),
             "task": cfg["task"],  # everything that shapes the data
             "tokenizer": prep.tokenizer_id,
             "init": "teacher-seed",  # weights are initialised from teacher.seed, not the run's seed
-            "optim": stage_optim(cfg["optim"], t_cfg["train"]),
+            "optim": stage_optim(cfg["optim"], loop),
         }
     )
     directory = rt.cache.entry("teachers", cfg["task"]["name"], key)
+    loop = dataclasses.replace(loop, seed=stage_seed(loop, t_cfg))
 
     def train() -> Any:
         log.info("teacher: training %s (cache key %s)", f"from {base}" if base else "from scratch", key)
@@ -145,9 +150,8 @@ def get_teacher(
         else:
             model = load_pretrained(base, prep.kind, num_labels, key="teacher base", new_head=True)
         model = model.to(rt.device)
-        train_cfg = {**t_cfg["train"], "seed": stage_seed(t_cfg["train"], t_cfg)}
         tracker = rt.with_tracker(PrefixedTracker(rt.tracker, prefix))
-        train_and_publish(prefix.rstrip("/"), cfg, model, prep, train_cfg, directory, key, tracker)
+        train_and_publish(prefix.rstrip("/"), cfg, run, model, prep, loop, directory, key, tracker)
         set_attention(model, attn)
         return model.eval()
 

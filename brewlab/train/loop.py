@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from brewlab.config.schema import LoopSettings, TrainerSettings
 from brewlab.core.parallel import average_gradients
 from brewlab.train.callbacks import Callback, fire
 from brewlab.train.state import Control, Trained, TrainState
@@ -48,17 +49,17 @@ def progress_bar(total: int, enabled: bool, initial: int = 0) -> Any:
     return tqdm(total=total, initial=initial, desc="train", disable=not enabled, dynamic_ncols=True, leave=False)
 
 
-def total_steps(cfg: Mapping[str, Any], batches: int) -> int:
+def total_steps(loop: LoopSettings, batches: int) -> int:
     """Optimizer steps of a loop over `batches` batches per epoch (`epochs`, capped by `max_steps`)."""
-    total = int(cfg["epochs"]) * math.ceil(batches / int(cfg["grad_accum"]))
-    return min(total, int(cfg["max_steps"])) if cfg["max_steps"] else total
+    total = loop.epochs * math.ceil(batches / loop.grad_accum)
+    return min(total, loop.max_steps) if loop.max_steps else total
 
 
 def run_loop(
     compute_loss: Callable[[Mapping[str, Any], int, int], tuple[torch.Tensor, dict[str, torch.Tensor]]],
     trained: Trained,
     loader: Any,
-    cfg: Mapping[str, Any],
+    trainer: TrainerSettings,
     total: int,
     callbacks: Sequence[Callback],
     restored: tuple[TrainState, dict[str, Any] | None],
@@ -76,8 +77,8 @@ def run_loop(
 
     state, rng = restored
     control = Control(total)
-    accum, clip = int(cfg["grad_accum"]), cfg["grad_clip"]
-    log_every, eval_every, save_every = int(cfg["log_every"]), int(cfg["eval_every"] or 0), int(cfg["checkpoint_every"] or 0)
+    accum, clip = trainer.grad_accum, trainer.grad_clip
+    log_every, eval_every, save_every = trainer.log_every, trainer.eval_every or 0, trainer.checkpoint_every or 0
     optimizer, scheduler, scaler = trained.optimizer, trained.scheduler, trained.scaler
     for module in trained.modules:
         module.train()

@@ -8,13 +8,13 @@ import dataclasses
 import random
 import threading
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
+from brewlab.config.schema import TrainerSettings
 from brewlab.core.cache import Cache
 
 
@@ -28,16 +28,15 @@ class Runtime:
     progress: bool = True  # progress bars (rank 0 only)
 
     @classmethod
-    def of(cls, cfg: Mapping[str, Any], tracker: Any) -> Runtime:
+    def of(cls, cache_dir: str, trainer: TrainerSettings, tracker: Any) -> Runtime:
         """The runtime of this process for a validated config (ranks from torchrun's environment)."""
         from brewlab.core.parallel import world
         from brewlab.models.build import device_of
 
         rank, size = world()
-        cache = Cache(cfg["cache_dir"])
+        cache = Cache(cache_dir)
         cache.root.mkdir(parents=True, exist_ok=True)
-        progress = bool(cfg["trainer"]["progress"]) and rank == 0
-        return cls(device_of(cfg["trainer"]["device"]), cache, tracker, rank, size, progress)
+        return cls(device_of(trainer.device), cache, tracker, rank, size, trainer.progress and rank == 0)
 
     @property
     def data_parallel(self) -> bool:

@@ -8,7 +8,7 @@ import random
 from collections.abc import Mapping
 from typing import Any
 
-from brewlab.config.schema import MaskedLMOptions, options
+from brewlab.config.schema import MaskedLMOptions, with_defaults
 from brewlab.core.errors import BrewlabError
 from brewlab.data.augment.language import Vocabulary, is_cjk
 
@@ -50,7 +50,7 @@ class MaskedLMReplace:
             )
         self.model = model.eval()
         self.rate = rate
-        settings = options(op, MaskedLMOptions)
+        settings = with_defaults(op, MaskedLMOptions)
         self.top_k = int(settings["top_k"])
         self.batch_size = int(settings["batch_size"])
         self.max_length = min(int(settings["max_length"]), int(self.model.config.max_position_embeddings))

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from brewlab.config.schema import TaskOptions, options
+from brewlab.config.schema import TaskOptions, settings
 from brewlab.core.errors import BrewlabError
 from brewlab.data.tasks.base import KINDS, SOURCES, Example, KindBase, example_id
 from brewlab.data.tasks.readers import package_file
@@ -68,7 +68,7 @@ class Classification(KindBase):
     @staticmethod
     def normalise(row: Example, label_names: Sequence[str], cfg: Mapping, split: str) -> Example:
         fields = list(cfg.get("text_fields") or ["text"])
-        label_key = options(cfg, TaskOptions)["label_field"]
+        label_key = settings(cfg, TaskOptions).label_field
         if fields[0] not in row:
             raise BrewlabError(f"task {cfg['name']}: {split} example has no field {fields[0]!r}; fields: {sorted(row)}")
         label = row.get(label_key)

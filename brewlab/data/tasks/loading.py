@@ -7,7 +7,7 @@ import math
 import random
 from collections.abc import Mapping
 
-from brewlab.config.schema import SplitOptions, TaskOptions, options
+from brewlab.config.schema import SplitOptions, TaskOptions, settings, with_defaults
 from brewlab.data.tasks.base import SOURCES, SPLITS, Example, TaskData, kind_of
 from brewlab.data.tasks.readers import read_local
 
@@ -28,10 +28,10 @@ def load_task_data(cfg: Mapping) -> TaskData:
     label_names = list(cfg["label_names"])
     splits = _carve_splits(raw, cfg.get("split") or {})
     splits = {name: [kind.normalise(row, label_names, cfg, name) for row in rows] for name, rows in splits.items()}
-    fraction = options(cfg, TaskOptions)["train_fraction"]
+    fraction = settings(cfg, TaskOptions).train_fraction
     if fraction < 1:  # a fixed-seed subset, in the split's order, so runs with one fraction agree
         keep = max(1, math.ceil(round(fraction * len(splits["train"]), 6)))  # 0.07 * 100 is 7, not 8
-        chosen = sorted(random.Random(int(options(cfg.get("split"), SplitOptions)["seed"])).sample(range(len(splits["train"])), keep))
+        chosen = sorted(random.Random(settings(cfg.get("split") or {}, SplitOptions).seed).sample(range(len(splits["train"])), keep))
         splits["train"] = [splits["train"][i] for i in chosen]
     limits = cfg.get("limit") or {}
     for name in SPLITS:
@@ -46,7 +46,7 @@ def _carve_splits(raw: dict[str, list[Example]], split_cfg: Mapping) -> dict[str
     missing = [s for s in ("validation", "test") if s not in out]
     if "all" not in raw and not missing:
         return out
-    settings = options(split_cfg, SplitOptions)
+    settings = with_defaults(split_cfg, SplitOptions)
     pool = list(raw["all"] if "all" in raw else raw["train"])
     random.Random(int(settings["seed"])).shuffle(pool)
     total = len(pool)

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from brewlab.config.schema import MaskingOptions, options
+from brewlab.config.schema import MaskingOptions, settings
 from brewlab.core.errors import BrewlabError
 from brewlab.data.tasks.base import KINDS, SOURCES, Example, KindBase
 from brewlab.data.tasks.loading import load_task_data
@@ -190,7 +190,7 @@ class MaskedLM(KindBase):
     @staticmethod
     def encode(rows: Sequence[Example], tokenizer: Any, cfg: Mapping) -> list[dict[str, Any]]:
         masking = cfg["masking"]
-        whole_word = bool(options(masking, MaskingOptions)["whole_word"])
+        whole_word = settings(masking, MaskingOptions).whole_word
         enc = tokenizer(
             [r["text"] for r in rows],
             truncation=True,

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
+from brewlab.config.schema import TrainerSettings
 from brewlab.distill.teacher_outputs.disk import StoredOutputs
 from brewlab.distill.teacher_outputs.memory import CanonicalLogits, MemoryOutputs
 from brewlab.distill.teacher_outputs.provider import OnlineOutputs, TeacherOutputs
@@ -13,7 +13,7 @@ from brewlab.distill.teacher_outputs.provider import OnlineOutputs, TeacherOutpu
 def outputs_for(
     teacher: Any | None,
     objective: Any,
-    trainer_cfg: Mapping[str, Any],
+    trainer: TrainerSettings,
     kind: Any,
     inputs_repeat: bool = True,
     canonical: CanonicalLogits | None = None,
@@ -26,7 +26,7 @@ def outputs_for(
     if teacher.stored:
         return StoredOutputs(teacher)
     keep = (
-        bool(trainer_cfg["cache_teacher_outputs"])
+        trainer.cache_teacher_outputs
         and inputs_repeat
         and not objective.matches
         and kind.cache_teacher_logits  # a kind may have logits too large to keep

@@ -7,6 +7,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from brewlab.config.schema import TrainerSettings
 from brewlab.core.cache import Cache
 from brewlab.distill.teacher_outputs.disk import StoredView
 from brewlab.distill.teacher_outputs.layout import Wanted, weights_id
@@ -25,14 +26,14 @@ class StorePlan:
     @classmethod
     def of(
         cls,
-        trainer_cfg: Mapping[str, Any],
+        trainer: TrainerSettings,
         cache: Cache,
         task: str,
         prep: Any,
         features: Sequence[Mapping[str, Any]] | None,
     ) -> StorePlan | None:
         """The plan for one task's training `features` (None: they differ every epoch)."""
-        if not trainer_cfg["teacher_store"]:
+        if not trainer.teacher_store:
             return None
         if features is None:
             log.info("teacher store: bypassed, online augmentation gives the teacher new inputs every epoch")
@@ -41,7 +42,7 @@ class StorePlan:
             log.info("teacher store: bypassed, task kind %s keeps no teacher logits (too large per example)", type(prep.kind).__name__)
             return None
         store = TeacherStore(
-            cache, float(trainer_cfg["teacher_store_max_gb"]), str(trainer_cfg["teacher_store_features"]), int(trainer_cfg["eval_batch_size"])
+            cache, trainer.teacher_store_max_gb, trainer.teacher_store_features, trainer.eval_batch_size
         )
         return cls(store, task, prep.data_id, features, prep.tokenizer.pad_token_id)
 
