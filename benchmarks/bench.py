@@ -109,10 +109,9 @@ def brewlab_contender(teacher: Any, student: Any) -> Any:
     }
     loss = overhead_loss(teacher.config.num_hidden_layers, student.config.num_hidden_layers)
     trainer = TrainerSettings(epochs=1, log_every=50, grad_clip=1.0)
-    # what build_distiller reads of a prepared task: its kind, its labels and its vocabulary size
-    prep = SimpleNamespace(
-        kind=KINDS.get("classification"), label_names=["negative", "positive"], tokenizer=range(student.config.vocab_size)
-    )
+    # what build_distiller reads of a prepared task: its kind, its labels, its vocabulary size and pad id
+    tokenizer = type("Vocabulary", (), {"pad_token_id": 0, "__len__": lambda self: student.config.vocab_size})()
+    prep = SimpleNamespace(kind=KINDS.get("classification"), label_names=["negative", "positive"], tokenizer=tokenizer)
     tracker = SimpleNamespace(log=lambda metrics, step: None)
     return build_distiller("general", cfg, student, [teacher], prep, loss, trainer, tracker)
 
