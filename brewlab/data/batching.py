@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+from brewlab.core.parallel import RankSlices
+
 
 class LengthGroupedBatches(Sampler[list[int]]):
     """Shuffled batches of similar length: shuffle, cut into pools of `pool` batches, sort each
@@ -111,8 +113,6 @@ def make_loader(
     evaluation keeps length order (fastest) and the caller restores example order through the
     `idx` field. A training loader of rank r among N (`shard`) yields its slice of global batches
     of batch_size x N."""
-    from brewlab.core.parallel import RankSlices
-
     lengths = [len(f["input_ids"]) for f in features]
     rank, size = shard if train else (0, 1)
     sampler: Any = LengthGroupedBatches(lengths, batch_size * size, seed, shuffle=train, pool=pool if train else len(lengths))

@@ -16,6 +16,10 @@ from brewlab.config.schema import LoopSettings, TokenizerOptions, with_defaults
 from brewlab.core.cache import Cache, stable_hash
 from brewlab.core.errors import BrewlabError
 from brewlab.core.files import atomic_open, publish_dir
+from brewlab.data.batching import make_loader, set_epoch
+from brewlab.data.tasks import KINDS, load_task_data
+from brewlab.models.build import load_tokenizer, without_call_settings
+from brewlab.models.vocab import build_char_tokenizer
 
 log = logging.getLogger("brewlab")
 
@@ -43,10 +47,6 @@ def prepare_task(
     """Read and encode the task. The tokenizer is the one saved with `tokenizer_from` (a model
     the teacher starts from), else a character vocabulary built from the training split (of
     every task in `vocab_tasks`, so tasks that share a student share its vocabulary)."""
-    from brewlab.data.tasks import KINDS, load_task_data
-    from brewlab.models.build import load_tokenizer
-    from brewlab.models.vocab import build_char_tokenizer
-
     task_cfg = cfg["task"]
     kind = KINDS.get(task_cfg["kind"], "task.kind")
     data = load_task_data(task_cfg)
@@ -92,8 +92,6 @@ def encode_cached(
 
     import transformers
 
-    from brewlab.models.build import without_call_settings
-
     backend = getattr(without_call_settings(tokenizer), "backend_tokenizer", None)
     tasks_dir = Path(sys.modules[kind.__module__].__file__).parent  # the kinds and their shared helpers
     source = b"".join(f.read_bytes() for f in sorted(tasks_dir.glob("*.py"))) + transformers.__version__.encode()
@@ -123,8 +121,6 @@ def train_loader(
 ) -> Any:
     """Length-grouped training batches (`length_pool` batches per sorted pool), this rank's share
     of each (`shard`: rank, world size); the same for the student and for a teacher's stages."""
-    from brewlab.data.batching import make_loader
-
     return make_loader(features, loop.batch_size, pad_token_id, seed, True, shard=shard, pool=loop.length_pool)
 
 
@@ -138,8 +134,6 @@ class DeviceLoader:
         return len(self.loader)
 
     def set_epoch(self, epoch: int) -> None:
-        from brewlab.data.batching import set_epoch
-
         set_epoch(self.loader, epoch)
 
     def __iter__(self):

@@ -19,6 +19,7 @@ from torch import nn
 
 from brewlab.config.schema import TrainerSettings
 from brewlab.core.registry import Registry
+from brewlab.data.batching import TaskMixture
 from brewlab.distill.losses import MATCH_LOSSES, probability_shift
 from brewlab.distill.objective import MatchTerm, Objective, layers_of
 from brewlab.distill.schedulers import Schedules
@@ -324,8 +325,6 @@ class MultiTaskDistiller(Distiller):
 
     @classmethod
     def batches(cls, loaders: Mapping[str, Any], sizes: Mapping[str, int], d_cfg: Mapping[str, Any], seed: int) -> Any:
-        from brewlab.data.batching import TaskMixture
-
         return TaskMixture(loaders, sizes, float(d_cfg["tau"]), seed)
 
     def __init__(

@@ -20,6 +20,7 @@ from typing import Any
 
 from brewlab.core.errors import BrewlabError
 from brewlab.core.registry import Registry
+from brewlab.data.augment.language import detect_language
 
 Splits = Mapping[str, Sequence[Mapping[str, Any]]]
 LINEAR_BASELINES: Registry = Registry("task.kind")  # task kind -> its baseline's fit(task, splits, label_names)
@@ -50,8 +51,6 @@ def _best_of(fit: Any, score: Any, strengths: Sequence[float]) -> tuple[float, f
 def _classification(task: Mapping[str, Any], splits: Splits, label_names: Sequence[str]) -> dict[str, Any]:
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
-
-    from brewlab.data.augment.language import detect_language
 
     started = time.perf_counter()
     text = {s: [" ".join(t for t in (r["text"], r.get("text_pair")) if t) for r in rows] for s, rows in splits.items()}

@@ -17,8 +17,12 @@ import torch
 
 from brewlab.core.cache import TEACHER_META
 from brewlab.core.files import publish_dir, write_json_atomic, write_jsonl
+from brewlab.data.batching import make_loader
 from brewlab.data.prepare import Prepared
+from brewlab.distill.ensemble import TeacherEnsemble
 from brewlab.distill.teacher_outputs.locking import locked
+from brewlab.eval.significance import compare, read_records
+from brewlab.models.build import count_parameters
 from brewlab.models.kinds import TEACHER_KINDS
 
 log = logging.getLogger("brewlab")
@@ -28,8 +32,6 @@ def predict(
     adaptor: Any, features: Sequence[dict[str, Any]], batch_size: int, pad_id: int, device: torch.device
 ) -> tuple[np.ndarray, float]:
     """Logits for every example in input order, and the wall time spent in the model."""
-    from brewlab.data.batching import make_loader
-
     loader = make_loader(features, batch_size, pad_id, seed=0, train=False)
     adaptor.model.eval()
     rows: dict[int, np.ndarray] = {}
@@ -64,8 +66,6 @@ def measure(
 ) -> dict[str, Any]:
     """Validation and test scores, parameter counts and inference speed of one adaptor; with
     `predictions`, its per-example predictions of each split in `<predictions>/<split>.jsonl`."""
-    from brewlab.models.build import count_parameters
-
     entry: dict[str, Any] = {
         split: evaluate(view, prep, split, eval_bs, device, predictions / f"{split}.jsonl" if predictions else None)
         for split in ("validation", "test")
@@ -89,8 +89,6 @@ def teacher_metrics(
     `brewlab.models.teacher.Teacher`s and `used` the adaptor the student read them through (None: it
     read none); a teacher read from the teacher store is measured once and its scores kept
     there. The predictions of the one the student learnt from go to `<predictions>/teacher/`."""
-    from brewlab.distill.ensemble import TeacherEnsemble
-
     ensemble = isinstance(used, TeacherEnsemble)
     views = used.members if ensemble else [used] if used is not None else [t.adaptor(prep.kind) for t in teachers]
     single = predictions / "teacher" if predictions and not ensemble else None
@@ -113,8 +111,6 @@ def teacher_metrics(
 def paired_difference(ours: Path, reference: Path, split: str = "test") -> dict[str, float]:
     """Test-metric difference of two models of one run with its paired-bootstrap interval and p
     (`brewlab.eval.significance`, over the test examples; one seed, so no seed spread is in it)."""
-    from brewlab.eval.significance import compare, read_records
-
     (c,) = compare([[read_records(ours / f"{split}.jsonl")]], [read_records(reference / f"{split}.jsonl")])
     return {"difference": c.difference, "low": c.low, "high": c.high, "p": c.p}
 

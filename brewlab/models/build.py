@@ -14,6 +14,9 @@ import torch
 from torch import nn
 
 from brewlab.core.errors import BrewlabError
+from brewlab.core.hub import hub_unreachable
+from brewlab.models import bigru  # importing it registers the BiGRU models with the Auto classes
+from brewlab.models.bigru import BiGRUConfig
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
 
@@ -21,15 +24,11 @@ WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.ind
 def _auto_class(kind: Any):
     import transformers
 
-    import brewlab.models.bigru  # noqa: F401  (registers the BiGRU models with the Auto classes)
-
     return getattr(transformers, kind.auto_model)
 
 
 def bigru_head(kind: Any, key: str = "student.kind=bigru") -> Any:
     """The BiGRU model class for a task kind, or a clear error for kinds it has no head for."""
-    from brewlab.models import bigru
-
     if kind.auto_model not in bigru.HEADS:
         able = ", ".join(sorted(bigru.HEADS))
         raise BrewlabError(f"{key} has no head for {kind.auto_model}; it supports: {able}")
@@ -38,8 +37,6 @@ def bigru_head(kind: Any, key: str = "student.kind=bigru") -> Any:
 
 def build_bigru(arch: Mapping, tokenizer, kind: Any, num_labels: int):
     """A randomly initialised BiGRU student (see `brewlab.models.bigru`) sized to the tokenizer."""
-    from brewlab.models.bigru import BiGRUConfig
-
     shape = {k: arch[k] for k in ("num_hidden_layers", "hidden_size", "dropout") if arch.get(k) is not None}
     config = BiGRUConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, num_labels=num_labels, **shape)
     return bigru_head(kind)(config)
@@ -64,8 +61,6 @@ def is_local_model_dir(name_or_path: str) -> bool:
 
 
 def _require_hub(name_or_path: str, key: str) -> None:
-    from brewlab.core.hub import hub_unreachable
-
     endpoint = hub_unreachable()
     if endpoint is not None:
         raise BrewlabError(

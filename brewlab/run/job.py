@@ -10,12 +10,16 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from brewlab.config.compose import to_plain
 from brewlab.config.schema import run_settings
 from brewlab.core import layout
 from brewlab.core.errors import BrewlabError
+from brewlab.core.parallel import barrier, init, is_main, shared_dir
 from brewlab.eval.evaluation import summary_table
 from brewlab.run.pipeline import finished_run, run
+from brewlab.run.validate import validate
 from brewlab.train.runtime import Runtime, keep_heap_compact, seed_everything
+from brewlab.train.tracking import make_tracker
 
 log = logging.getLogger("brewlab")
 
@@ -53,11 +57,6 @@ def run_job(cfg: Any) -> float:
 
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
-
-    from brewlab.config.compose import to_plain
-    from brewlab.core.parallel import barrier, init, is_main, shared_dir
-    from brewlab.run.validate import validate
-    from brewlab.train.tracking import make_tracker
 
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)

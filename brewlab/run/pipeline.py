@@ -22,11 +22,15 @@ from brewlab.config.schema import RunSettings
 from brewlab.core import layout
 from brewlab.core.cache import stable_hash
 from brewlab.core.files import publish_dir, write_json_atomic
-from brewlab.core.parallel import main_first
+from brewlab.core.parallel import common_step, main_first
 from brewlab.data.prepare import Prepared, prepare_task, train_loader
 from brewlab.data.tasks import kind_of
+from brewlab.distill.distillers import DISTILLERS
 from brewlab.distill.teacher_outputs.plan import StorePlan
+from brewlab.eval.baselines import linear_baseline
 from brewlab.eval.evaluation import evaluate, measure, paired_difference, teacher_metrics
+from brewlab.models.adaptors import HFAdaptor
+from brewlab.models.build import count_parameters, save_model
 from brewlab.stages.augmented import Augmented, augmented_training
 from brewlab.stages.stage import (
     Stage,
@@ -38,6 +42,7 @@ from brewlab.stages.stage import (
     sdpa_again,
 )
 from brewlab.stages.teachers import get_teachers, teacher_base
+from brewlab.train.checkpoint import CheckpointStore
 from brewlab.train.runtime import Runtime, seed_everything
 
 log = logging.getLogger("brewlab")
@@ -53,9 +58,6 @@ def checkpoint_store(
     in a subfolder), tied to the config and to the encoded data (`preps`), whose cached teacher
     logits they hold. Under torchrun each rank keeps its own (its random generators and teacher
     logits are its own) in rank 0's run directory, and the ranks resume from a step they all hold."""
-    from brewlab.core.parallel import common_step
-    from brewlab.train.checkpoint import CheckpointStore
-
     directory = run_dir / layout.CHECKPOINTS / (stage or "")
     fingerprint = stable_hash([run_fingerprint(cfg), *(p.data_id for p in preps), *([stage] if stage else [])])
     keep, agree = settings.trainer.checkpoints_kept, None
@@ -168,8 +170,6 @@ def run(cfg: Mapping[str, Any], settings: RunSettings, run_dir: Path, rt: Runtim
 
 
 def _tasks(cfg: Mapping[str, Any]) -> Tasks:
-    from brewlab.distill.distillers import DISTILLERS
-
     name, d_cfg = cfg["distiller"]["name"], cfg["distiller"]
     d_cls = DISTILLERS.get(name)
     named = d_cls.tasks_of(d_cfg)
@@ -270,8 +270,6 @@ def _metrics(
         if plain is not None:
             metrics["labels_only"] = _labels_only_entry(plain, preps[first], attn, eval_bs, device, layout.predictions(run_dir))
         if cfg["baselines"]["linear"]:
-            from brewlab.eval.baselines import linear_baseline
-
             metrics["linear_baseline"] = linear_baseline(cfg["task"], preps[first].rows, preps[first].label_names)
     else:
         metrics["task"] = {"name": "+".join(tasks.order), "main_metric": "score", "tasks": tasks.order, "tau": cfg["distiller"]["tau"]}
@@ -283,8 +281,6 @@ def _metrics(
 
 def _save(tasks: Tasks, inputs: Inputs, students: Students, run_dir: Path) -> None:
     """The trained student(s), with their tokenizers and projections, published into the run directory."""
-    from brewlab.models.build import save_model
-
     build = Path(tempfile.mkdtemp(dir=run_dir, prefix=".student-"))
     for n in tasks.order:
         directory = build if tasks.single else build / n
@@ -317,8 +313,6 @@ def _task_entry(
     prep: Prepared, teachers: Sequence[Any], part: Any, student: Any, base: str | None, eval_bs: int, device: torch.device, predictions: Path
 ) -> dict[str, Any]:
     """One task's metrics: its data, its teacher(s) and its student on validation and test."""
-    from brewlab.models.adaptors import HFAdaptor
-
     entry: dict[str, Any] = {"main_metric": prep.kind.main_metric, "sizes": prep.sizes}
     entry["describe"] = prep.kind.describe(prep.rows, prep.label_names)  # e.g. entity counts per split for NER
     entry.update(teacher_metrics(teachers, part.teacher, prep, base, eval_bs, device, predictions))
@@ -327,8 +321,6 @@ def _task_entry(
 
 
 def _labels_only_entry(plain: tuple[Any, Any], prep: Prepared, attn: str, eval_bs: int, device: torch.device, predictions: Path) -> dict[str, Any]:
-    from brewlab.models.adaptors import HFAdaptor
-
     model, result = plain
     sdpa_again(attn, [model])
     entry = measure(HFAdaptor(model, prep.kind), prep, eval_bs, device, predictions / layout.LABELS_ONLY)
@@ -343,8 +335,6 @@ def _labels_only_entry(plain: tuple[Any, Any], prep: Prepared, attn: str, eval_b
 def _mean_rows(entries: Mapping[str, Any], order: Sequence[str], students: Mapping[str, Any]) -> dict[str, Any]:
     """The run-level teacher and student rows of several tasks: the mean main metric over tasks
     (what sweeps and reports compare); parameters summed, the shared encoder counted once."""
-    from brewlab.models.build import count_parameters
-
     def mean_of(role: str) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for split in ("validation", "test"):

@@ -28,7 +28,17 @@ from brewlab.core.cache import TEACHER_META, stable_hash
 from brewlab.core.errors import BrewlabError
 from brewlab.core.files import publish_dir, write_json_atomic
 from brewlab.data.prepare import DeviceLoader, Prepared, train_loader
+from brewlab.distill.distillers import DISTILLERS
+from brewlab.distill.ensemble import TeacherEnsemble
+from brewlab.distill.objective import build_projections, parse_objective
+from brewlab.distill.schedulers import build_schedules
+from brewlab.distill.teacher_outputs.canonical import canonical_logits
 from brewlab.eval.evaluation import evaluate
+from brewlab.models.adaptors import HFAdaptor
+from brewlab.models.build import init_from_teacher_layers, load_pretrained, load_tokenizer, save_model, set_attention
+from brewlab.models.kinds import STUDENT_KINDS
+from brewlab.models.teacher import Teacher
+from brewlab.train.checkpoint import CheckpointStore
 from brewlab.train.runtime import Runtime, seed_everything
 
 log = logging.getLogger("brewlab")
@@ -93,14 +103,6 @@ def build_distiller(
     memory are computed before training in the store's canonical batches, so they are the same
     bits as stored ones."""
     from hydra.utils import instantiate
-
-    from brewlab.distill.distillers import DISTILLERS
-    from brewlab.distill.ensemble import TeacherEnsemble
-    from brewlab.distill.objective import build_projections, parse_objective
-    from brewlab.distill.schedulers import build_schedules
-    from brewlab.distill.teacher_outputs.canonical import canonical_logits
-    from brewlab.models.adaptors import HFAdaptor
-    from brewlab.models.teacher import Teacher
 
     distiller_cls = DISTILLERS.get(name, "distiller")
     student = HFAdaptor(student_model, prep.kind)
@@ -176,8 +178,6 @@ def attention_of(cfg: Mapping[str, Any]) -> str:
 
 def sdpa_again(attn: str, models: Sequence[Any]) -> None:
     """Attention maps were only needed by the losses: measure and save with sdpa."""
-    from brewlab.models.build import set_attention
-
     if attn != "sdpa":
         for model in models:
             set_attention(model, "sdpa")
@@ -186,9 +186,6 @@ def sdpa_again(attn: str, models: Sequence[Any]) -> None:
 def build_student(cfg: Mapping[str, Any], prep: Prepared, teacher: Any, attn: str, device: torch.device):
     """A random student of `student.arch`, or one initialised from a saved model
     (`student.init_from`, e.g. a general-distilled student) or from teacher layers."""
-    from brewlab.models.build import init_from_teacher_layers, load_pretrained
-    from brewlab.models.kinds import STUDENT_KINDS
-
     s_cfg = cfg["student"]
     num_labels = prep.kind.num_labels(prep.label_names)
     vocab = s_cfg.get("vocab_size")
@@ -204,8 +201,6 @@ def build_student(cfg: Mapping[str, Any], prep: Prepared, teacher: Any, attn: st
         build = STUDENT_KINDS.props(settings(s_cfg, StudentOptions).kind, "student.kind").build
         model = build(s_cfg["arch"], prep.tokenizer, prep.kind, num_labels, attn)
     if s_cfg.get("init_from_teacher_layers"):
-        from brewlab.models.teacher import Teacher
-
         init_from_teacher_layers(model, Teacher.of(teacher).model, [int(i) for i in s_cfg["init_from_teacher_layers"]])
     return model.to(device)
 
@@ -213,8 +208,6 @@ def build_student(cfg: Mapping[str, Any], prep: Prepared, teacher: Any, attn: st
 def check_student_init(cfg: Mapping[str, Any], prep: Prepared) -> None:
     """A student initialised from a saved model must share the run's vocabulary; checked
     before any teacher is trained."""
-    from brewlab.models.build import load_tokenizer
-
     init_from = cfg["student"].get("init_from")
     if init_from and stable_hash(load_tokenizer(init_from, "student.init_from").get_vocab()) != prep.tokenizer_id:
         raise BrewlabError(
@@ -277,9 +270,6 @@ def train_and_publish(
     The stage checkpoints like the student's (every `trainer.checkpoint_every` steps, after
     each evaluation and at its end) into the cache, keyed like the entry, so a killed run, or any later run
     that needs the same entry, continues it instead of starting over."""
-    from brewlab.models.build import save_model
-    from brewlab.train.checkpoint import CheckpointStore
-
     stage_cfg = {**cfg, "optim": stage_optim(cfg["optim"], train)}
     loop = {f.name: getattr(train, f.name) for f in dataclasses.fields(LoopSettings)}
     # no user callbacks: the cached entry's key does not hold `trainer.callbacks`

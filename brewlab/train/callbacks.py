@@ -22,6 +22,7 @@ from torch import nn
 from brewlab.core.errors import BrewlabError
 from brewlab.core.parallel import is_main, mean_across_ranks
 from brewlab.core.registry import Registry
+from brewlab.train.checkpoint import rng_state
 from brewlab.train.state import Control, Trained, TrainState
 
 log = logging.getLogger("brewlab")
@@ -227,7 +228,6 @@ class Checkpointer(Callback):
     def on_save(self, state: TrainState, control: Control) -> None:
         if self.store is None:
             return
-        from brewlab.train.checkpoint import rng_state
 
         self.guard.check(state.step)  # never save a state that a NaN already reached
         self.guard.check_weights(self.trained.params, state.step)

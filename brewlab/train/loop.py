@@ -17,7 +17,9 @@ import torch
 
 from brewlab.config.schema import LoopSettings, TrainerSettings
 from brewlab.core.parallel import average_gradients
+from brewlab.data.batching import set_epoch
 from brewlab.train.callbacks import Callback, fire
+from brewlab.train.checkpoint import set_rng_state
 from brewlab.train.state import Control, Trained, TrainState
 
 AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -72,9 +74,6 @@ def run_loop(
     epoch end, each done by the `callbacks`. A resumed loop redraws the data order of its epoch,
     skips the batches already consumed and then continues with the saved random generators, so
     it takes exactly the steps an uninterrupted one would."""
-    from brewlab.data.batching import set_epoch
-    from brewlab.train.checkpoint import set_rng_state
-
     state, rng = restored
     control = Control(total)
     accum, clip = trainer.grad_accum, trainer.grad_clip

@@ -16,6 +16,8 @@ import torch
 
 from brewlab.config.schema import TrainerSettings
 from brewlab.core.cache import Cache
+from brewlab.core.parallel import world
+from brewlab.models.build import device_of
 
 
 @dataclass(frozen=True)
@@ -30,9 +32,6 @@ class Runtime:
     @classmethod
     def of(cls, cache_dir: str, trainer: TrainerSettings, tracker: Any) -> Runtime:
         """The runtime of this process for a validated config (ranks from torchrun's environment)."""
-        from brewlab.core.parallel import world
-        from brewlab.models.build import device_of
-
         rank, size = world()
         cache = Cache(cache_dir)
         cache.root.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,7 @@ from typing import Any
 from brewlab.config.schema import MaskedLMOptions, with_defaults
 from brewlab.core.errors import BrewlabError
 from brewlab.data.augment.language import Vocabulary, is_cjk
+from brewlab.models.build import check_model_dir, load_tokenizer
 
 
 class MaskedLMReplace:
@@ -25,8 +26,6 @@ class MaskedLMReplace:
         import torch
         from transformers import AutoModelForMaskedLM
         from transformers.utils import logging as hf_logging
-
-        from brewlab.models.build import check_model_dir, load_tokenizer
 
         key = f"augmentation.ops.{name}.model_name_or_path"
         if not model_path:

@@ -22,6 +22,7 @@ import numpy as np
 from brewlab.core.errors import BrewlabError, bad_choice
 from brewlab.core.registry import Registry
 from brewlab.data.augment.language import Vocabulary, join_words, split_words
+from brewlab.data.augment.masked_lm import MaskedLMReplace
 
 
 @dataclass(frozen=True)
@@ -212,8 +213,6 @@ def mlm_op(
 ) -> TextFn:
     """TinyBERT-style replacement by a masked LM's predictions (`brewlab.data.augment.masked_lm`),
     imported only when a config asks for it (it loads torch and transformers)."""
-    from brewlab.data.augment.masked_lm import MaskedLMReplace
-
     return MaskedLMReplace(name, op, rate, vocab, model_path)
 
 

@@ -11,13 +11,12 @@ from typing import Any
 
 from brewlab.core.errors import BrewlabError
 from brewlab.core.hub import hub_unreachable
+from brewlab.core.packaged import SCHEME, package_path
 from brewlab.data.tasks.base import SOURCES, SPLITS, Example
 
 
 def package_file(package: str, relative: str, distribution: str | None = None) -> Path:
     """A data file that an installed package ships (module `package`, pip name `distribution`)."""
-    from brewlab.core.packaged import SCHEME, package_path
-
     return package_path(f"{SCHEME}{package}/{relative}", "task.source", distribution)
 
 

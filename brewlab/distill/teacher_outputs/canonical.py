@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from brewlab.data.batching import PadCollator
+
 
 def canonical_outputs(
     teacher: Any, features: Sequence[Mapping[str, Any]], names: Sequence[str], batch_size: int, pad_id: int
@@ -21,8 +23,6 @@ def canonical_outputs(
     in, so every teacher output that is kept (the store, the in-memory logit cache) is computed
     in these batches: it is then a function of the example alone, never of the seed or of the
     training batch the example falls in, and a stored run matches an unstored one bit for bit."""
-    from brewlab.data.batching import PadCollator
-
     collate = PadCollator(pad_id)
     order = np.argsort([len(f["input_ids"]) for f in features], kind="stable")
     need_hidden = any(n.startswith("hidden.") for n in names)

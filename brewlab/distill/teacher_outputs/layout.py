@@ -14,7 +14,9 @@ import numpy as np
 import torch
 
 from brewlab.core.cache import stable_hash
+from brewlab.distill.objective import layers_of
 from brewlab.models.adaptors import MODEL_INPUTS
+from brewlab.models.build import WEIGHT_FILES
 
 VERSION = 1  # bump when what an array holds changes
 MANIFEST = "manifest.json"
@@ -31,8 +33,6 @@ class Wanted:
 
     @classmethod
     def of(cls, matches: Sequence[Any]) -> Wanted:
-        from brewlab.distill.objective import layers_of
-
         layers: dict[str, set[int]] = {"hidden": set(), "attention": set()}
         for term in matches:
             for t_layer, _ in term.pairs:
@@ -45,8 +45,6 @@ class Wanted:
 
 def weights_id(directory: str | Path) -> str:
     """Content hash of a model directory's weights and config: what the teacher computes."""
-    from brewlab.models.build import WEIGHT_FILES
-
     digest = hashlib.sha256()
     for name in ("config.json", *WEIGHT_FILES):
         path = Path(directory) / name

@@ -12,6 +12,7 @@ from brewlab.core.cache import Cache
 from brewlab.distill.teacher_outputs.disk import StoredView
 from brewlab.distill.teacher_outputs.layout import Wanted, weights_id
 from brewlab.distill.teacher_outputs.store import StoreSkipped, TeacherStore
+from brewlab.models.build import is_local_model_dir
 
 log = logging.getLogger("brewlab")
 
@@ -48,8 +49,6 @@ class StorePlan:
 
     def attach(self, view: Any, teacher: Any, matches: Sequence[Any]) -> Any:
         """`view` (a teacher's adaptor) read from the store, or `view` itself when it cannot be."""
-        from brewlab.models.build import is_local_model_dir
-
         if teacher.path is None or not is_local_model_dir(teacher.path):
             log.info("teacher store: bypassed, teacher %s has no local weights to key its outputs by", teacher.path or "(given)")
             return view
