@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from transformers import BertConfig, BertForSequenceClassification
 
 from brewlab.config.compose import ROOT, compose_run  # noqa: F401  (the suite's one compose helper)
 
@@ -64,3 +66,37 @@ def cli(tmp_path, cache_dir):
 
 def read_metrics(run_dir: Path) -> dict:
     return json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+
+
+# --------------------------------------------------------------- the shared tiny models
+
+KD_HARD = {"kd": {"kind": "logits", "fn": "ce", "weight": 1.0}, "hard": {"kind": "hard", "weight": 0.5}}
+
+
+def tiny(layers: int, hidden: int, heads: int = 2, seed: int = 0) -> BertForSequenceClassification:
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=40,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=2 * hidden,
+        num_labels=3,
+    )
+    model = BertForSequenceClassification(config)
+    model.set_attn_implementation("eager")
+    return model.eval()
+
+
+def batch(seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, 40, (4, 9), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0
+    mask[3, 4:] = 0
+    return {
+        "input_ids": ids * mask,
+        "attention_mask": mask,
+        "labels": torch.tensor([0, 1, 2, 1]),
+        "idx": torch.arange(4),
+    }

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import compose_run
+from conftest import KD_HARD, ROOT, compose_run
 from transformers import BertConfig, BertForSequenceClassification, BertForTokenClassification
 
 from brewlab.config.schema import TrainerSettings
@@ -25,9 +25,6 @@ from brewlab.distill.distillers import DISTILLERS
 from brewlab.distill.objective import parse_objective
 from brewlab.distill.schedulers import build_schedules
 from brewlab.models.adaptors import HFAdaptor
-
-ROOT = Path(__file__).resolve().parents[1]
-KD_HARD = {"kd": {"kind": "logits", "fn": "ce", "weight": 1.0}, "hard": {"kind": "hard", "weight": 0.5}}
 
 
 def model(kind: str, layers: int, hidden: int, seed: int):

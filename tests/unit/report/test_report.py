@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 import yaml
+from conftest import ROOT
 
 from brewlab.report.cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 ERROR_LINE = "brewlab: error: loss.kd.weight=-1 must be a number >= 0"
 

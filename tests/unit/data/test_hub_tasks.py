@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-from conftest import read_metrics
+from conftest import ROOT, read_metrics
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = ROOT / "tests" / "fixtures"
 
 
 def test_xnli_sentence_pairs_from_local_files(cli):
@@ -76,7 +74,7 @@ def test_article_per_row_hub_uploads_are_flattened(monkeypatch):
     hub = {"train": [article(i) for i in range(8)], "dev": [article(10)], "test": [article(20), article(21)]}
     monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: hub)
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")  # no connection probe: the stub stands in for the hub
-    cfg = OmegaConf.to_container(OmegaConf.load(Path(__file__).parents[1] / "conf" / "task" / "drcd.yaml"))
+    cfg = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "task" / "drcd.yaml"))
     data = load_task_data(cfg)
     assert data.sizes() == {"train": 8, "validation": 1, "test": 2}
     row = data.splits["test"][1]
@@ -104,7 +102,7 @@ def test_classification_hub_formats_read_from_local_files(task, tmp_path):
     for split, n in (("train", 30), ("validation", 5), ("test", 5)):
         files[split] = tmp_path / f"{split}.jsonl"
         write_jsonl([row] * n, files[split])
-    cfg = OmegaConf.to_container(OmegaConf.load(Path(__file__).parents[1] / "conf" / "task" / f"{task}.yaml"))
+    cfg = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "task" / f"{task}.yaml"))
     cfg["data"] = {f"{split}_file": str(path) for split, path in files.items()}
     data = load_task_data(cfg)
     assert data.sizes() == {"train": 30, "validation": 5, "test": 5}

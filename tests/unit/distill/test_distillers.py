@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import BertConfig, BertForSequenceClassification
+from conftest import KD_HARD, batch, tiny
 
 from brewlab.config.schema import TrainerSettings
 from brewlab.core.errors import BrewlabError
@@ -17,35 +17,6 @@ from brewlab.distill.teacher_outputs.memory import TeacherCache
 from brewlab.models.adaptors import HFAdaptor
 from brewlab.models.build import count_parameters, init_from_teacher_layers
 from brewlab.models.shape import Shape
-
-
-def tiny(layers: int, hidden: int, heads: int = 2, seed: int = 0) -> BertForSequenceClassification:
-    torch.manual_seed(seed)
-    config = BertConfig(
-        vocab_size=40,
-        hidden_size=hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        intermediate_size=2 * hidden,
-        num_labels=3,
-    )
-    model = BertForSequenceClassification(config)
-    model.set_attn_implementation("eager")
-    return model.eval()
-
-
-def batch(seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(5, 40, (4, 9), generator=g)
-    mask = torch.ones_like(ids)
-    mask[1, 6:] = 0
-    mask[3, 4:] = 0
-    return {
-        "input_ids": ids * mask,
-        "attention_mask": mask,
-        "labels": torch.tensor([0, 1, 2, 1]),
-        "idx": torch.arange(4),
-    }
 
 
 def test_uniform_mapping_matches_the_paper_t3_recipe():
@@ -150,7 +121,6 @@ def make(name: str, loss: dict, cache: bool = True, seed: int = 0):
     )
 
 
-KD_HARD = {"kd": {"kind": "logits", "fn": "ce", "weight": 1.0}, "hard": {"kind": "hard", "weight": 0.5}}
 
 
 def test_cached_teacher_outputs_give_the_same_losses():

@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import compose_run
+from conftest import ROOT, compose_run
 
 from brewlab.config import schema
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = ROOT / "conf"
 
 # where each schema's keys sit in the composed config ("*": any one key)
 SECTIONS: dict[str, type] = {

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import yaml
+from conftest import ROOT
 
 from brewlab.core.errors import BrewlabError
 from brewlab.core.files import write_jsonl
@@ -14,7 +13,7 @@ from brewlab.data.tasks import load_task_data
 from brewlab.data.tasks.readers import package_file
 from brewlab.models.vocab import SPECIAL_TOKENS, build_char_tokenizer
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = ROOT / "conf"
 
 
 @pytest.fixture(scope="module")

@@ -4,14 +4,13 @@ the composed smoke configs pass validation."""
 from __future__ import annotations
 
 import itertools
-from pathlib import Path
 
 import pytest
-from conftest import compose_run
+from conftest import ROOT, compose_run
 
 from brewlab.run.validate import validate
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = ROOT / "conf"
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir())
 OPTIONS = [(g, f.stem) for g in GROUPS for f in sorted((CONF / g).glob("*.yaml"))]  # incl. experiment/
 ATOMIC_LOSSES = sorted(f.stem for f in (CONF / "loss").glob("*.yaml"))

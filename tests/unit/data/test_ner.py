@@ -3,13 +3,11 @@ hub-format files and end-to-end smoke runs for pd98_ner, msra_ner and conll03.""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import read_metrics
+from conftest import ROOT, read_metrics
 
 from brewlab.core.errors import BrewlabError
 from brewlab.core.files import write_jsonl
@@ -20,7 +18,6 @@ from brewlab.data.tasks.readers import package_file
 from brewlab.distill.losses import LOGIT_LOSSES
 from brewlab.models.vocab import build_char_tokenizer
 
-ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 FIXTURES = ROOT / "tests" / "fixtures"
 KIND = KINDS.get("token_classification")

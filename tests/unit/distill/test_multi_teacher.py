@@ -7,8 +7,7 @@ import re
 
 import pytest
 import torch
-from conftest import read_metrics
-from test_distillers import KD_HARD, batch, tiny
+from conftest import KD_HARD, batch, read_metrics, tiny
 
 from brewlab.config.schema import TrainerSettings
 from brewlab.core.errors import BrewlabError

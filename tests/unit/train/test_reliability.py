@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import read_metrics
+from conftest import KD_HARD, ROOT, read_metrics
 from transformers import BertConfig, BertForSequenceClassification
 
 from brewlab.config.schema import TrainerSettings, run_settings
@@ -27,8 +27,6 @@ from brewlab.train.callbacks import CALLBACKS, Callback
 from brewlab.train.checkpoint import CheckpointStore
 from brewlab.train.runtime import seed_everything
 
-ROOT = Path(__file__).resolve().parents[1]
-KD_HARD = {"kd": {"kind": "logits", "fn": "ce", "weight": 1.0}, "hard": {"kind": "hard", "weight": 0.5}}
 CLASSIFICATION = KINDS.get("classification")
 
 
@@ -179,6 +177,7 @@ def _pretrained(cache, tracker):
     return Path(teacher_base(cfg, run_settings(cfg), Runtime(torch.device("cpu"), Cache(cache), tracker, progress=False))), cfg
 
 
+@pytest.mark.slow  # two pretrainings and a resumed one
 def test_a_killed_pretraining_stage_publishes_what_an_uninterrupted_one_does(tmp_path, caplog):
     """The resumed launch reads the vocabulary and the encoded corpus from the cache instead of
     making them: neither the masked LM it publishes (tokenizer included) nor the key of the data
