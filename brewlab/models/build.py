@@ -15,8 +15,6 @@ from torch import nn
 
 from brewlab.core.errors import BrewlabError
 from brewlab.core.hub import hub_unreachable
-from brewlab.models import bigru  # importing it registers the BiGRU models with the Auto classes
-from brewlab.models.bigru import BiGRUConfig
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
 
@@ -24,11 +22,15 @@ WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.ind
 def _auto_class(kind: Any):
     import transformers
 
+    from brewlab.models import bigru  # noqa: F401  # lazy: registers the BiGRU classes when needed
+
     return getattr(transformers, kind.auto_model)
 
 
 def bigru_head(kind: Any, key: str = "student.kind=bigru") -> Any:
     """The BiGRU model class for a task kind, or a clear error for kinds it has no head for."""
+    from brewlab.models import bigru  # lazy: transformers' modeling stack is slow to import
+
     if kind.auto_model not in bigru.HEADS:
         able = ", ".join(sorted(bigru.HEADS))
         raise BrewlabError(f"{key} has no head for {kind.auto_model}; it supports: {able}")
@@ -37,6 +39,8 @@ def bigru_head(kind: Any, key: str = "student.kind=bigru") -> Any:
 
 def build_bigru(arch: Mapping, tokenizer, kind: Any, num_labels: int):
     """A randomly initialised BiGRU student (see `brewlab.models.bigru`) sized to the tokenizer."""
+    from brewlab.models.bigru import BiGRUConfig  # lazy: as in bigru_head
+
     shape = {k: arch[k] for k in ("num_hidden_layers", "hidden_size", "dropout") if arch.get(k) is not None}
     config = BiGRUConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, num_labels=num_labels, **shape)
     return bigru_head(kind)(config)

@@ -8,8 +8,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from transformers import AutoConfig
-
 from brewlab.models.adaptors import HFAdaptor, LazyAdaptor
 from brewlab.models.build import set_attention
 
@@ -65,6 +63,8 @@ class Teacher:
         """The model's config (sizes, depth), read without loading its weights."""
         if self._model is not None:
             return self._model.config
+        from transformers import AutoConfig  # lazy: slow to import, and a stored teacher may never need it
+
         return AutoConfig.from_pretrained(self.path)
 
     def adaptor(self, kind: Any) -> Any:
