@@ -3,6 +3,8 @@ PYTHON ?= python3
 PIP = $(PYTHON) -m pip
 # CPU wheel (on local disk here). GPU users: make install TORCH_SPEC="torch==<version>" (CUDA build).
 TORCH_SPEC ?= torch==2.13.0
+# import-linter's contracts (pyproject.toml), run by the same Python that make installs into
+LINT_IMPORTS = $(PYTHON) -c "from importlinter.cli import lint_imports_command; lint_imports_command()"
 
 .PHONY: install install-dev run test lint
 
@@ -19,9 +21,9 @@ run: install
 
 test: install-dev
 	$(PYTHON) -m ruff check .
-	lint-imports
+	$(LINT_IMPORTS)
 	$(PYTHON) -m pytest -n 2
 
 lint:
 	$(PYTHON) -m ruff check .
-	lint-imports
+	$(LINT_IMPORTS)
